@@ -1,0 +1,151 @@
+"""The shared machinery behind cka_matrix, hsic, cka and MinibatchCKA.
+
+Gram route: each representation becomes one centered Gram row (once), every cross HSIC
+is one matrix product of the stacked rows, every self HSIC the diagonal of a row product.
+Feature route (linear kernel, small widths): the same numbers from X_cᵀY_c (Kornblith et
+al. 2019), all pairs from one product of the concatenated centered features.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import _validate
+from .backends import ZeroBandwidthError
+from .backends.torch_backend import center_features
+
+# A representation whose centered features are within this many ulps of its raw values
+# (relative Frobenius norm) is constant up to rounding: its CKA is undefined.
+_ZERO_VARIANCE_ULPS = 64.0
+
+
+@dataclass
+class Settings:
+    kernel: str = "linear"
+    unbiased: bool = True
+    sigma: float | None = None
+    threshold: float = 1.0
+
+    def check(self) -> None:
+        _validate.kernel_args(self.kernel, self.sigma, self.threshold)
+
+
+def normaliser(n: int, unbiased: bool) -> float:
+    """HSIC₁ = ⟨Û(K), Û(L)⟩ / (n(n−3));  HSIC₀ = ⟨HKH, HLH⟩ / (n−1)²."""
+    return float(n * (n - 3)) if unbiased else float((n - 1) ** 2)
+
+
+@dataclass
+class Rows:
+    """Centered Gram rows of L representations plus what the zero-variance test needs."""
+    g: torch.Tensor        # (L, m) compute dtype, the backend's row layout
+    sq_c: torch.Tensor     # (L,) float64, ‖X − 1μᵀ‖²_F
+    sq: torch.Tensor       # (L,) float64, ‖X‖²_F
+
+
+def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None = None) -> Rows:
+    """One centered Gram row per representation, written into ``out`` (L, m) if given."""
+    L = len(tensors)
+    device = tensors[0].device
+    g = out if out is not None else torch.empty(
+        L, be.row_length(n, s.unbiased), dtype=ct, device=device)
+    sq_c = torch.empty(L, dtype=torch.float64, device=device)
+    sq = torch.empty(L, dtype=torch.float64, device=device)
+    for i, (x, name) in enumerate(zip(tensors, names)):
+        sq_c[i], sq[i] = gram_row(be, x, name, g[i], n, ct, s)
+    bad = ~torch.isfinite(sq_c)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        _validate.raise_non_finite(tensors[i], names[i], ct)
+    return Rows(g, sq_c, sq)
+
+
+def gram_row(be, x, name, out, n, ct, s: Settings):
+    """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) tensors."""
+    mu = x.mean(0, dtype=ct)
+    try:
+        sq_c = be.centered_gram_row(x, mu, out, kernel=s.kernel, sigma=s.sigma,
+                                    threshold=s.threshold, unbiased=s.unbiased)
+    except ZeroBandwidthError as e:
+        raise ValueError(f"{name}: {e}") from None
+    sq_c = sq_c.to(torch.float64)
+    return sq_c, sq_c + n * mu.to(torch.float64).square().sum()
+
+
+def zero_variance(sq_c: torch.Tensor, sq: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
+    """Layers whose centered features are rounding noise of their raw values (or zero)."""
+    eps = torch.finfo(ct).eps * _ZERO_VARIANCE_ULPS
+    return sq_c <= (eps * eps) * sq
+
+
+def cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, names_a, names_b):
+    """CKA = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L)); NaN (with a warning naming the
+    layer) where a self term is zero, negative or from a zero-variance representation.
+    Never clamped: debiased CKA can be slightly outside [0, 1]."""
+    bad_a = undefined_a | ~(self_a > 0)
+    bad_b = undefined_b | ~(self_b > 0)
+    for flags, names in ((bad_a, names_a), (bad_b, names_b)):
+        for i in flags.nonzero().flatten().tolist():
+            warnings.warn(f"CKA is undefined for {names[i]}: its representation has zero "
+                          f"variance (or a non-positive unbiased self-HSIC); its entries are NaN",
+                          _validate.FlashCKAWarning, stacklevel=4)
+    denom = torch.sqrt(self_a.clamp(min=0)[:, None] * self_b.clamp(min=0)[None, :])
+    out = cross / denom
+    out[bad_a] = float("nan")
+    out[:, bad_b] = float("nan")
+    return out
+
+
+# ---------------------------------------------------------------- feature-space route
+
+def feature_route_cheaper(dims_a, dims_b, n, same: bool) -> bool:
+    """Gram route ≈ n²·Σd (SYRK) + 2·L_A·L_B·n²; feature route ≈ 2n·ΣdA·ΣdB (+ self
+    blocks). Also bounds the ΣdA × ΣdB product matrix the feature route materialises."""
+    da, db = sum(dims_a), sum(dims_b)
+    gram = n * n * (da + (0 if same else db)) + 2 * len(dims_a) * len(dims_b) * n * n
+    feature = 2 * n * da * db + (0 if same else 2 * n * (sum(d * d for d in dims_a)
+                                                         + sum(d * d for d in dims_b)))
+    return feature < gram and da * db <= (1 << 26)
+
+
+def centered_features(tensors, names, ct):
+    """Flattened centered features (n, d) in ct, with their (‖X_c‖², ‖X‖²)."""
+    xcs, sq_c, sq = [], [], []
+    n = tensors[0].shape[0]
+    for x, name in zip(tensors, names):
+        mu = x.mean(0, dtype=ct)
+        xc = center_features(x, mu)
+        c = xc.to(torch.float64).square().sum()
+        if not bool(torch.isfinite(c)):
+            _validate.raise_non_finite(x, name, ct)
+        xcs.append(xc)
+        sq_c.append(c)
+        sq.append(c + n * mu.to(torch.float64).square().sum())
+    return xcs, torch.stack(sq_c), torch.stack(sq)
+
+
+def feature_hsic(xa, xb, n, unbiased):
+    """Unnormalised HSIC of every pair (len(xa), len(xb)) float64 from centered features:
+    biased ‖X_cᵀY_c‖²_F; debiased (Kornblith et al. 2019, appendix)
+    ‖X_cᵀY_c‖²_F − n/(n−2)·⟨diag K, diag L⟩ + tr K · tr L / ((n−1)(n−2))."""
+    A, B = torch.cat(xa, 1), torch.cat(xb, 1)
+    m2 = (A.T @ B).to(torch.float64).square()
+    seg_a = _segments([x.shape[1] for x in xa], A.device)
+    seg_b = _segments([x.shape[1] for x in xb], A.device)
+    rows = torch.zeros(len(xa), m2.shape[1], dtype=torch.float64, device=A.device)
+    rows.index_add_(0, seg_a, m2)
+    out = torch.zeros(len(xa), len(xb), dtype=torch.float64, device=A.device)
+    out.index_add_(1, seg_b, rows)
+    if unbiased:
+        ka = torch.stack([x.to(torch.float64).square().sum(1) for x in xa])  # (LA, n)
+        kb = torch.stack([x.to(torch.float64).square().sum(1) for x in xb])
+        out = out - n / (n - 2) * (ka @ kb.T) \
+            + ka.sum(1)[:, None] * kb.sum(1)[None, :] / ((n - 1) * (n - 2))
+    return out
+
+
+def _segments(dims, device):
+    return torch.repeat_interleave(torch.arange(len(dims), device=device),
+                                   torch.tensor(dims, device=device))

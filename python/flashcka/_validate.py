@@ -1,0 +1,114 @@
+"""Input checks shared by every public entry point (DESIGN.md §6).
+
+Everything here runs before any native or Triton call: kernels receive only floating
+tensors of consistent sample count, on one device, with non-empty features.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+KERNELS = ("linear", "rbf")
+COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+class FlashCKAWarning(UserWarning):
+    """Warnings from flashcka (undefined CKA for a layer, backend fallbacks)."""
+
+
+def representations(xs, arg: str) -> tuple[list[torch.Tensor], list[str]]:
+    """Normalise ``xs`` (a tensor, a sequence of tensors or a name -> tensor mapping) to
+    a list of tensors and their names; the names are used in every message."""
+    if isinstance(xs, torch.Tensor):
+        tensors, names = [xs], [arg]
+    elif isinstance(xs, Mapping):
+        names, tensors = [str(k) for k in xs.keys()], list(xs.values())
+    elif isinstance(xs, Sequence) and not isinstance(xs, (str, bytes)):
+        tensors, names = list(xs), [f"{arg}[{i}]" for i in range(len(xs))]
+    else:
+        raise TypeError(f"{arg} must be a tensor, a sequence of tensors or a dict of tensors; "
+                        f"got {type(xs).__name__}")
+    if not tensors:
+        raise ValueError(f"{arg} is empty: give at least one representation")
+    for t, name in zip(tensors, names):
+        representation(t, name)
+    return tensors, names
+
+
+def representation(x, name: str) -> None:
+    """One representation: a floating tensor of shape (n, ...) with at least one feature."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex() or not x.is_floating_point():
+        raise TypeError(f"{name} has dtype {x.dtype}; CKA needs real floating-point "
+                        f"activations (float16, bfloat16, float32 or float64)")
+    if x.dim() == 0:
+        raise ValueError(f"{name} is a scalar; a representation has shape (n, ...)")
+    if x.shape[0] == 0 or x[:1].numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): a representation needs "
+                         f"at least one sample and one feature")
+
+
+def sample_count(groups: Sequence[tuple[list[torch.Tensor], list[str]]], unbiased: bool) -> int:
+    """The common number of samples n of every representation; n >= 4 for unbiased
+    estimators (Song et al. 2012 divide by n(n-3)), n >= 2 otherwise."""
+    n, first = None, None
+    for tensors, names in groups:
+        for t, name in zip(tensors, names):
+            if n is None:
+                n, first = t.shape[0], name
+            elif t.shape[0] != n:
+                raise ValueError(f"{name} has {t.shape[0]} samples but {first} has {n}: every "
+                                 f"representation must hold the same samples (dimension 0)")
+    need = 4 if unbiased else 2
+    if n < need:
+        kind = "unbiased (debiased) estimators need n >= 4" if unbiased else \
+            "the biased estimator needs n >= 2"
+        raise ValueError(f"{first} has n = {n} samples; {kind}"
+                         + ("; pass unbiased=False for the biased estimator" if unbiased else ""))
+    return n
+
+
+def device_of(groups: Sequence[tuple[list[torch.Tensor], list[str]]]) -> torch.device:
+    device, first = None, None
+    for tensors, names in groups:
+        for t, name in zip(tensors, names):
+            if device is None:
+                device, first = t.device, name
+            elif t.device != device:
+                raise ValueError(f"{name} is on {t.device} but {first} is on {device}; "
+                                 f"move them to one device")
+    return device
+
+
+def compute_dtype(groups, dtype) -> torch.dtype:
+    """float64 if asked or if any input is float64; float32 otherwise (bf16/fp16 upcast)."""
+    if dtype is not None:
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        return dtype
+    for tensors, _ in groups:
+        if any(t.dtype == torch.float64 for t in tensors):
+            return torch.float64
+    return torch.float32
+
+
+def kernel_args(kernel: str, sigma, threshold) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if sigma is not None and not (float(sigma) > 0 and float(sigma) < float("inf")):
+        raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+    if not (float(threshold) > 0 and float(threshold) < float("inf")):
+        raise ValueError(f"threshold must be a positive finite number, got {threshold}")
+
+
+def raise_non_finite(x: torch.Tensor, name: str, dtype: torch.dtype) -> None:
+    """Called when a layer's centered Gram statistics came out non-finite: say why."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} holds non-finite values ({int(bad.sum())} NaN/Inf entries; "
+                         f"first at index {idx}: {x[idx].item()})")
+    raise ValueError(f"{name} overflows {dtype} in its Gram matrix (largest |value| "
+                     f"{x.abs().max().item():.3g}); pass dtype=torch.float64 or rescale it")

@@ -1,0 +1,68 @@
+"""Backend registry and selection (DESIGN.md §4).
+
+``select(name, device)`` returns the backend for a call: ``"torch"`` (pure PyTorch, any
+device), ``"native"`` (flashcka._C: C++ CPU kernels), ``"triton"`` (GPU kernels; CPU
+tensors too when TRITON_INTERPRET=1) or ``"auto"``: native for CPU tensors and Triton for
+CUDA tensors where they are built and usable, the torch backend otherwise.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .._validate import FlashCKAWarning
+from .base import Backend, ZeroBandwidthError
+from .torch_backend import TorchBackend
+
+NAMES = ("auto", "torch", "native", "triton")
+_instances: dict[str, Backend] = {"torch": TorchBackend()}
+_warned: set[str] = set()
+
+
+def get(name: str) -> Backend:
+    """The backend object called ``name`` (created on first use)."""
+    if name not in NAMES or name == "auto":
+        raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
+    if name not in _instances:
+        if name == "native":
+            from .native import NativeBackend
+            _instances[name] = NativeBackend()
+        else:
+            from .triton_backend import TritonBackend
+            _instances[name] = TritonBackend()
+    return _instances[name]
+
+
+def select(name: str, x: torch.Tensor) -> Backend:
+    """The backend to run on tensors like ``x`` (device and dtype)."""
+    if name == "auto":
+        for candidate in _auto_order(x.device):
+            be = get(candidate)
+            ok, why = be.usable()
+            if ok and be.accepts(x):
+                return be
+            if not ok and candidate not in _warned:
+                _warned.add(candidate)
+                warnings.warn(f"flashcka: the {candidate} backend is not usable ({why}); "
+                              f"using the torch backend", FlashCKAWarning, stacklevel=3)
+        return get("torch")
+    be = get(name)
+    ok, why = be.usable()
+    if not ok:
+        raise RuntimeError(f"backend={name!r} is not usable here: {why}")
+    if not be.accepts(x):
+        raise ValueError(f"backend={name!r} does not run on {x.device} tensors of dtype "
+                         f"{x.dtype}; use backend='auto' or 'torch'")
+    return be
+
+
+def _auto_order(device: torch.device) -> tuple[str, ...]:
+    if device.type == "cuda":
+        return ("triton",)
+    if device.type == "cpu":
+        return ("native",)
+    return ()
+
+
+__all__ = ["Backend", "ZeroBandwidthError", "NAMES", "get", "select"]

@@ -1,0 +1,58 @@
+"""The backend contract (DESIGN.md §4). Every backend gives the torch backend's numbers.
+
+All inputs arrive validated (see ``flashcka._validate``): floating tensors, one device,
+``n`` samples, non-empty features. ``ct`` below is the compute dtype (float32/float64).
+
+A backend stores a centered Gram ``C`` (n × n) as a *row* of its own layout, of length
+``row_length(n, unbiased)``, chosen so that the plain dot product of two rows equals the
+Frobenius inner product ``⟨C_a, C_b⟩_F``. The torch backend uses the flattened matrix;
+a packed backend may keep ``sqrt(2)·triu(C, 1)`` (plus ``diag(C)`` when biased). Rows are
+only ever combined with rows of the same backend.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class ZeroBandwidthError(ValueError):
+    """The RBF median heuristic gave sigma = 0 (more than half the distances are zero)."""
+
+
+class Backend:
+    name = "abstract"
+
+    def usable(self) -> tuple[bool, str]:
+        """(usable in this process, reason when not)."""
+        raise NotImplementedError
+
+    def accepts(self, x: torch.Tensor) -> bool:
+        """Whether this backend runs on ``x``'s device and dtype."""
+        raise NotImplementedError
+
+    def kernel_matrix(self, x: torch.Tensor, *, kernel: str, sigma, threshold: float,
+                      ct: torch.dtype) -> torch.Tensor:
+        """Uncentered kernel matrix K (n, n) in ``ct`` of x (n, ...)."""
+        raise NotImplementedError
+
+    def center(self, k: torch.Tensor, *, unbiased: bool) -> torch.Tensor:
+        """U-centering (unbiased) or HKH (biased) of k (n, n), in k's dtype."""
+        raise NotImplementedError
+
+    def row_length(self, n: int, unbiased: bool) -> int:
+        raise NotImplementedError
+
+    def centered_gram_row(self, x: torch.Tensor, mu: torch.Tensor, out: torch.Tensor, *,
+                          kernel: str, sigma, threshold: float, unbiased: bool) -> torch.Tensor:
+        """Write the centered Gram of ``x`` (n, ...) into ``out`` (row_length,) of dtype ct.
+
+        ``mu`` (x.shape[1:], ct) is the column mean of x; the Gram is built from
+        ``x - mu`` (exactly invariant, and free of float32 cancellation). RBF uses
+        ``sigma`` if given, else σ² = threshold² · median of the n² squared distances.
+        Returns ``‖x - mu‖²_F`` as a 0-d tensor (used to detect zero variance and
+        non-finite inputs without another pass over x).
+        """
+        raise NotImplementedError
+
+    def pair(self, ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
+        """Inner products of rows: (LA, m), (LB, m) -> (LA, LB) float64."""
+        raise NotImplementedError

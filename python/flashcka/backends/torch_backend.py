@@ -1,0 +1,101 @@
+"""The plain-PyTorch backend: the readable implementation, on any device and dtype."""
+from __future__ import annotations
+
+import torch
+
+from .base import Backend, ZeroBandwidthError
+
+
+def center_features(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """x (n, ...) minus its column mean mu (x.shape[1:]), flattened to (n, d) in mu's dtype."""
+    return (x.to(mu.dtype) - mu).reshape(x.shape[0], -1)
+
+
+def sq_distances(kc: torch.Tensor) -> torch.Tensor:
+    """Squared distances D_ab = K_aa + K_bb - 2 K_ab from a linear Gram (n, n); D_aa = 0."""
+    diag = kc.diagonal()
+    d = (diag[:, None] + diag[None, :] - 2 * kc).clamp_(min=0)
+    return d.fill_diagonal_(0)
+
+
+def median_sq_distance(d: torch.Tensor) -> torch.Tensor:
+    """numpy.median of all n² entries of d (n zeros on the diagonal included; the mean of
+    the two middle values when n² is even), by selection on the strict upper triangle:
+    the sorted n² entries are n zeros followed by each off-diagonal value twice."""
+    n = d.shape[0]
+    iu = torch.triu_indices(n, n, 1, device=d.device)
+    upper = d[iu[0], iu[1]]
+
+    def order_stat(k: int) -> torch.Tensor:
+        if k < n:
+            return d.new_zeros(())
+        return torch.kthvalue(upper, (k - n) // 2 + 1).values
+
+    total = n * n
+    return (order_stat((total - 1) // 2) + order_stat(total // 2)) / 2
+
+
+def rbf_from_gram(kc: torch.Tensor, sigma, threshold: float) -> torch.Tensor:
+    """RBF kernel exp(-D / (2σ²)) from a linear Gram; σ² = sigma² or threshold²·median(D)."""
+    d = sq_distances(kc)
+    if sigma is not None:
+        two_s2 = 2.0 * float(sigma) ** 2
+    else:
+        med = median_sq_distance(d)
+        if not bool(med > 0):
+            raise ZeroBandwidthError(
+                "the median heuristic gives sigma = 0 (at least half of the squared "
+                "pairwise distances are zero, e.g. repeated samples); pass sigma=")
+        two_s2 = 2.0 * threshold ** 2 * med
+    return torch.exp(d.div_(-two_s2))
+
+
+def center(k: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    """U-centering (Székely & Rizzo 2014) or HKH of k (n, n), never forming H."""
+    n = k.shape[0]
+    if not unbiased:
+        r = k.mean(1, keepdim=True)
+        c = k.mean(0, keepdim=True)
+        return k - r - c + r.mean()
+    kt = k.clone()
+    kt.fill_diagonal_(0)
+    r = kt.sum(1, keepdim=True)
+    c = kt.sum(0, keepdim=True)
+    u = kt - r / (n - 2) - c / (n - 2) + r.sum() / ((n - 1) * (n - 2))
+    return u.fill_diagonal_(0)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def usable(self):
+        return True, ""
+
+    def accepts(self, x):
+        return True
+
+    def kernel_matrix(self, x, *, kernel, sigma, threshold, ct):
+        if kernel == "linear":
+            xf = x.reshape(x.shape[0], -1).to(ct)
+            return xf @ xf.T
+        mu = x.to(ct).mean(0)
+        xc = center_features(x, mu)
+        return rbf_from_gram(xc @ xc.T, sigma, threshold)
+
+    def center(self, k, *, unbiased):
+        return center(k, unbiased)
+
+    def row_length(self, n, unbiased):
+        return n * n
+
+    def centered_gram_row(self, x, mu, out, *, kernel, sigma, threshold, unbiased):
+        xc = center_features(x, mu)
+        k = xc @ xc.T
+        sq_norm = k.diagonal().sum()
+        if kernel == "rbf":
+            k = rbf_from_gram(k, sigma, threshold)
+        out.copy_(center(k, unbiased).reshape(-1))
+        return sq_norm
+
+    def pair(self, ga, gb):
+        return (ga @ gb.T).to(torch.float64)

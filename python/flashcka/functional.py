@@ -1,0 +1,154 @@
+"""Public functions on tensors: gram, center, hsic, cka, cka_matrix.
+
+Shapes: a representation is ``(n, ...)`` (n samples), flattened to ``(n, d)``. Results of
+hsic/cka/cka_matrix are float64 on the inputs' device. Compute dtype: float64 if asked
+(``dtype=torch.float64``) or if any input is float64, float32 otherwise (bf16/fp16 inputs
+are upcast). Features are centered (X − 1μᵀ) before any Gram: every estimator is exactly
+invariant to it and it removes float32 cancellation (DESIGN.md §1).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _engine, _validate, backends
+from ._engine import Settings
+
+
+def gram(x: torch.Tensor, kernel: str = "linear", *, sigma: float | None = None,
+         threshold: float = 1.0, dtype: torch.dtype | None = None,
+         backend: str = "auto") -> torch.Tensor:
+    """Kernel (Gram) matrix of ``x`` (n, ...) -> (n, n), uncentered.
+
+    linear: ``K = X Xᵀ``.  rbf: ``K_ab = exp(−‖x_a − x_b‖² / (2σ²))`` with ``σ = sigma`` if
+    given, else ``σ² = threshold² · median(D)`` where ``D`` holds all n² squared pairwise
+    distances, the n zeros of the diagonal included, and the median is numpy's (mean of
+    the two middle values when n² is even) — Kornblith et al. 2019's convention.
+    """
+    _validate.representation(x, "x")
+    _validate.kernel_args(kernel, sigma, threshold)
+    ct = _validate.compute_dtype([([x], ["x"])], dtype)
+    k = backends.select(backend, x).kernel_matrix(x, kernel=kernel, sigma=sigma,
+                                                  threshold=threshold, ct=ct)
+    if not bool(torch.isfinite(k).all()):
+        _validate.raise_non_finite(x, "x", ct)
+    return k
+
+
+def center(k: torch.Tensor, *, unbiased: bool = True, backend: str = "auto") -> torch.Tensor:
+    """Center a kernel matrix ``k`` (n, n) -> (n, n), without forming ``H = I − 11ᵀ/n``.
+
+    biased: ``HKH`` (Gretton et al. 2005). unbiased: U-centering (Székely & Rizzo 2014):
+    ``K̃`` = k with zeroed diagonal, ``Û_ij = K̃_ij − r_i/(n−2) − c_j/(n−2) + S/((n−1)(n−2))``
+    (r, c the row/column sums of K̃, S their total) off the diagonal, ``Û_ii = 0``; n ≥ 4.
+    """
+    _validate.representation(k, "k")
+    if k.dim() != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"k must be a square (n, n) matrix, got shape {tuple(k.shape)}")
+    _validate.sample_count([([k], ["k"])], unbiased)
+    if not bool(torch.isfinite(k).all()):
+        _validate.raise_non_finite(k, "k", k.dtype)
+    if k.dtype not in _validate.COMPUTE_DTYPES:
+        k = k.float()
+    return backends.select(backend, k).center(k, unbiased=unbiased)
+
+
+def hsic(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "linear", unbiased: bool = True,
+         sigma: float | None = None, threshold: float = 1.0,
+         dtype: torch.dtype | None = None, backend: str = "auto") -> torch.Tensor:
+    """HSIC of ``x`` (n, ...) and ``y`` (n, ...) -> 0-d float64.
+
+    unbiased (Song et al. 2012): ``⟨Û(K), Û(L)⟩_F / (n(n−3))`` with U-centered kernels;
+    biased (Gretton et al. 2005): ``tr(K H L H) / (n−1)²``. Kernel arguments as in ``gram``.
+    """
+    return _pairs([x], ["x"], [y], ["y"], Settings(kernel, unbiased, sigma, threshold),
+                  dtype, backend, "auto", want="hsic")[0, 0]
+
+
+def cka(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "linear", unbiased: bool = True,
+        sigma: float | None = None, threshold: float = 1.0,
+        dtype: torch.dtype | None = None, backend: str = "auto") -> torch.Tensor:
+    """CKA of ``x`` (n, ...) and ``y`` (n, ...) -> 0-d float64 (Kornblith et al. 2019).
+
+    ``CKA = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))``; with ``unbiased=True`` this is
+    debiased CKA (HSIC₁, U-centering), which can be slightly negative: never clamped.
+    A zero-variance representation gives NaN and a warning.
+    """
+    return _pairs([x], ["x"], [y], ["y"], Settings(kernel, unbiased, sigma, threshold),
+                  dtype, backend, "auto")[0, 0]
+
+
+def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
+               sigma: float | None = None, threshold: float = 1.0,
+               dtype: torch.dtype | None = None, backend: str = "auto",
+               route: str = "auto") -> torch.Tensor:
+    """CKA of every pair: ``xs`` (L_A representations (n, ...)), ``ys`` (L_B, or None for
+    xs against itself) -> (L_A, L_B) float64. Sequences or name -> tensor dicts.
+
+    Gram route: each centered Gram is computed once and stacked as a row of ``G_A``
+    (L_A × m); all cross HSICs are ``G_A G_Bᵀ``, self HSICs its diagonal terms.
+    Feature route (linear kernel, when cheaper by flop count, or ``route="feature"``):
+    all ``‖X_cᵀY_c‖²_F`` from one product of the concatenated centered features.
+    """
+    xa, na = _validate.representations(xs, "xs")
+    if ys is None:
+        xb, nb = None, na
+    else:
+        xb, nb = _validate.representations(ys, "ys")
+    return _pairs(xa, na, xb, nb, Settings(kernel, unbiased, sigma, threshold),
+                  dtype, backend, route)
+
+
+def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
+    """All-pairs HSIC (want="hsic") or CKA between xa and xb (None: xa with itself)."""
+    s.check()
+    same = xb is None
+    groups = [(xa, na)] + ([] if same else [(xb, nb)])
+    for tensors, names in groups:
+        for t, name in zip(tensors, names):
+            _validate.representation(t, name)
+    n = _validate.sample_count(groups, s.unbiased)
+    _validate.device_of(groups)
+    ct = _validate.compute_dtype(groups, dtype)
+    if route not in ("auto", "gram", "feature"):
+        raise ValueError(f"route must be 'auto', 'gram' or 'feature', got {route!r}")
+    if route == "feature" and s.kernel != "linear":
+        raise ValueError("route='feature' needs kernel='linear'")
+    dims_a = [t[0].numel() for t in xa]
+    dims_b = dims_a if same else [t[0].numel() for t in xb]
+    use_feature = route == "feature" or (
+        route == "auto" and s.kernel == "linear"
+        and _engine.feature_route_cheaper(dims_a, dims_b, n, same))
+    norm = _engine.normaliser(n, s.unbiased)
+
+    if use_feature:
+        fa, sqc_a, sq_a = _engine.centered_features(xa, na, ct)
+        fb, sqc_b, sq_b = (fa, sqc_a, sq_a) if same else _engine.centered_features(xb, nb, ct)
+        cross = _engine.feature_hsic(fa, fb, n, s.unbiased) / norm
+        if same:
+            self_a = self_b = cross.diagonal().clone()
+        else:
+            self_a = torch.stack([_engine.feature_hsic([f], [f], n, s.unbiased)[0, 0]
+                                  for f in fa]) / norm
+            self_b = torch.stack([_engine.feature_hsic([f], [f], n, s.unbiased)[0, 0]
+                                  for f in fb]) / norm
+    else:
+        be = backends.select(backend, xa[0])
+        ra = _engine.gram_rows(be, xa, na, n, ct, s)
+        rb = ra if same else _engine.gram_rows(be, xb, nb, n, ct, s)
+        cross = be.pair(ra.g, rb.g) / norm
+        if same:
+            self_a = self_b = cross.diagonal().clone()
+        else:
+            self_a = _self_inner(ra.g) / norm
+            self_b = _self_inner(rb.g) / norm
+        sqc_a, sq_a, sqc_b, sq_b = ra.sq_c, ra.sq, rb.sq_c, rb.sq
+    if want == "hsic":
+        return cross
+    return _engine.cka_from_hsic(cross, self_a, self_b,
+                                 _engine.zero_variance(sqc_a, sq_a, ct),
+                                 _engine.zero_variance(sqc_b, sq_b, ct), na, nb)
+
+
+def _self_inner(g: torch.Tensor) -> torch.Tensor:
+    """‖row‖² of each row of g (L, m) -> (L,) float64: the self HSICs, unnormalised."""
+    return torch.einsum("lm,lm->l", g, g).to(torch.float64)
