@@ -117,7 +117,7 @@ def centered_features(tensors, names, ct):
     for x, name in zip(tensors, names):
         mu = x.mean(0, dtype=ct)
         xc = center_features(x, mu)
-        c = xc.to(torch.float64).square().sum()
+        c = xc.square().sum().to(torch.float64)  # in ct, so float32 overflow shows
         if not bool(torch.isfinite(c)):
             _validate.raise_non_finite(x, name, ct)
         xcs.append(xc)

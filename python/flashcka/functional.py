@@ -101,6 +101,7 @@ def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
 def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
     """All-pairs HSIC (want="hsic") or CKA between xa and xb (None: xa with itself)."""
     s.check()
+    backends.check_name(backend)
     same = xb is None
     groups = [(xa, na)] + ([] if same else [(xb, nb)])
     for tensors, names in groups:

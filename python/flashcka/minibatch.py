@@ -35,8 +35,7 @@ class MinibatchCKA:
         self.settings.check()
         if dtype is not None and dtype not in _validate.COMPUTE_DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        if backend not in backends.NAMES:
-            raise ValueError(f"backend must be one of {backends.NAMES}, got {backend!r}")
+        backends.check_name(backend)
         self.same = num_layers_b is None
         self.num_layers_a = num_layers_a
         self.num_layers_b = num_layers_a if self.same else num_layers_b

@@ -20,10 +20,16 @@ _instances: dict[str, Backend] = {"torch": TorchBackend()}
 _warned: set[str] = set()
 
 
+def check_name(name: str) -> None:
+    if name not in NAMES:
+        raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
+
+
 def get(name: str) -> Backend:
     """The backend object called ``name`` (created on first use)."""
-    if name not in NAMES or name == "auto":
-        raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
+    check_name(name)
+    if name == "auto":
+        raise ValueError("get() takes a concrete backend name; use select() for 'auto'")
     if name not in _instances:
         if name == "native":
             from .native import NativeBackend
@@ -38,8 +44,11 @@ def select(name: str, x: torch.Tensor) -> Backend:
     """The backend to run on tensors like ``x`` (device and dtype)."""
     if name == "auto":
         for candidate in _auto_order(x.device):
-            be = get(candidate)
-            ok, why = be.usable()
+            try:
+                be = get(candidate)
+                ok, why = be.usable()
+            except ImportError as e:
+                ok, why = False, f"{type(e).__name__}: {e}"
             if ok and be.accepts(x):
                 return be
             if not ok and candidate not in _warned:
@@ -65,4 +74,4 @@ def _auto_order(device: torch.device) -> tuple[str, ...]:
     return ()
 
 
-__all__ = ["Backend", "ZeroBandwidthError", "NAMES", "get", "select"]
+__all__ = ["Backend", "ZeroBandwidthError", "NAMES", "check_name", "get", "select"]

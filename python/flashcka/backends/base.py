@@ -47,7 +47,9 @@ class Backend:
 
         ``mu`` (x.shape[1:], ct) is the column mean of x; the Gram is built from
         ``x - mu`` (exactly invariant, and free of float32 cancellation). RBF uses
-        ``sigma`` if given, else σ² = threshold² · median of the n² squared distances.
+        ``sigma`` if given, else σ² = threshold² · median of the n² squared distances;
+        if that median is 0, raise ZeroBandwidthError — unless every distance is 0 (a
+        constant representation), whose kernel is 11ᵀ and centered Gram 0.
         Returns ``‖x - mu‖²_F`` as a 0-d tensor (used to detect zero variance and
         non-finite inputs without another pass over x).
         """

@@ -43,6 +43,8 @@ def rbf_from_gram(kc: torch.Tensor, sigma, threshold: float) -> torch.Tensor:
     else:
         med = median_sq_distance(d)
         if not bool(med > 0):
+            if not bool(d.max() > 0):  # constant representation: K = 11ᵀ, centered to 0
+                return torch.ones_like(d)
             raise ZeroBandwidthError(
                 "the median heuristic gives sigma = 0 (at least half of the squared "
                 "pairwise distances are zero, e.g. repeated samples); pass sigma=")

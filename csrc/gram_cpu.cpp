@@ -1,0 +1,303 @@
+// Fused centered Gram on the CPU (DESIGN.md §1-2).
+//
+//   x (n, a, b) strided, mu (d = a·b)  ->  K = (x − 1μᵀ)(x − 1μᵀ)ᵀ, upper triangle only
+//   (SYRK over column chunks: x − μ is loaded chunk by chunk into a cache-sized buffer,
+//   so activations are read once and no (n, d) copy is made), then in one pass over the
+//   triangle: optional RBF (D_ab = K_aa + K_bb − 2K_ab, median by selection, exp), and
+//   U-centering / HKH written straight into the packed row
+//   [√2·strict upper (n(n−1)/2, row-major)] (+ [diag (n)] when biased),
+//   so that a plain dot product of two rows is ⟨C_a, C_b⟩_F.
+#include "gram_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "blas.h"
+
+namespace flashcka {
+namespace {
+
+constexpr double kSqrt2 = 1.4142135623730951;
+
+// Run fn(i0, i1) over [0, n) split into `threads` contiguous ranges.
+template <class F>
+void parallel_rows(int64_t n, int threads, int64_t work, F fn) {
+  if (threads <= 1 || work < (int64_t(1) << 16) || n < 2) {
+    fn(int64_t(0), n);
+    return;
+  }
+  const int t = int(std::min<int64_t>(threads, n));
+  std::vector<std::thread> pool;
+  pool.reserve(t - 1);
+  for (int p = 1; p < t; ++p) pool.emplace_back(fn, n * p / t, n * (p + 1) / t);
+  fn(int64_t(0), n / t);
+  for (auto& th : pool) th.join();
+}
+
+// dst (n, c1 − c0) row-major = columns [c0, c1) of x − 1μᵀ (μ may be null), rows [i0, i1).
+template <class I, class T>
+void load_centered(const I* x, const Layout& L, const T* mu, int64_t c0, int64_t c1, T* dst,
+                   int64_t i0, int64_t i1) {
+  const int64_t w = c1 - c0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const I* xi = x + i * L.s0;
+    T* di = dst + i * w;
+    int64_t j = c0 / L.b, k = c0 % L.b, c = c0;
+    while (c < c1) {
+      const int64_t seg = std::min(L.b - k, c1 - c);
+      const I* xp = xi + j * L.s1 + k * L.s2;
+      T* dp = di + (c - c0);
+      if (mu != nullptr) {
+        const T* mp = mu + c;
+        if (L.s2 == 1) {
+          for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t]) - mp[t];
+        } else {
+          for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t * L.s2]) - mp[t];
+        }
+      } else {
+        for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t * L.s2]);
+      }
+      c += seg;
+      k = 0;
+      ++j;
+    }
+  }
+}
+
+// Upper triangle of K (n, n, ld n) = (x − 1μᵀ)(x − 1μᵀ)ᵀ; the strict lower part is untouched.
+template <class I, class T>
+void gram_upper(const I* x, const Layout& L, const T* mu, T* K, int threads) {
+  const int64_t n = L.n, d = L.a * L.b;
+  set_blas_threads(threads);
+  if (std::is_same<I, T>::value && mu == nullptr && L.a == 1 && L.s2 == 1) {
+    syrk_upper(int(n), int(d), reinterpret_cast<const T*>(x), int(L.s0), T(0), K);
+    return;
+  }
+  // Chunk width: about 2 MiB of centered buffer, at least 256 columns.
+  int64_t w = std::max<int64_t>(256, (int64_t(2) << 20) / (int64_t(sizeof(T)) * n));
+  w = std::min(w, d);
+  std::vector<T> buf(static_cast<size_t>(n * w));
+  for (int64_t c0 = 0; c0 < d; c0 += w) {
+    const int64_t c1 = std::min(d, c0 + w);
+    parallel_rows(n, threads, n * (c1 - c0), [&](int64_t i0, int64_t i1) {
+      load_centered<I, T>(x, L, mu, c0, c1, buf.data(), i0, i1);
+    });
+    syrk_upper(int(n), int(c1 - c0), buf.data(), int(c1 - c0), c0 == 0 ? T(0) : T(1), K);
+  }
+}
+
+// numpy.median of the n² squared distances: n zeros and each strict-upper value twice.
+// `scr` (M = n(n−1)/2 values) is reordered by selection.
+template <class T>
+T median_sq_distance(T* scr, int64_t n) {
+  const int64_t M = n * (n - 1) / 2, total = n * n;
+  const int64_t k1 = (total - 1) / 2, k2 = total / 2;
+  T v1 = T(0), v2 = T(0);
+  int64_t idx1 = -1;
+  if (k1 >= n) {
+    idx1 = (k1 - n) / 2;
+    std::nth_element(scr, scr + idx1, scr + M);
+    v1 = scr[idx1];
+  }
+  if (k2 >= n) {
+    const int64_t idx2 = (k2 - n) / 2;
+    if (idx2 == idx1) {
+      v2 = v1;
+    } else if (idx1 >= 0 && idx2 == idx1 + 1) {
+      v2 = *std::min_element(scr + idx2, scr + M);
+    } else {
+      std::nth_element(scr, scr + idx2, scr + M);
+      v2 = scr[idx2];
+    }
+  }
+  return (v1 + v2) / T(2);
+}
+
+// In the upper triangle of K: linear Gram -> RBF kernel; dg (n) -> the kernel's diagonal.
+// `scr` holds ≥ n(n−1)/2 values (used for the median). Returns 1 on zero bandwidth.
+template <class T>
+int rbf_upper(T* K, T* dg, int64_t n, T* scr, const GramArgs& args) {
+  for (int64_t i = 0; i < n; ++i) {
+    T* Ki = K + i * n;
+    for (int64_t j = i + 1; j < n; ++j) {
+      const T v = dg[i] + dg[j] - T(2) * Ki[j];
+      Ki[j] = v < T(0) ? T(0) : v;
+    }
+  }
+  T two_s2;
+  if (args.sigma > 0) {
+    two_s2 = T(2.0 * args.sigma * args.sigma);
+  } else {
+    int64_t p = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = i + 1; j < n; ++j) scr[p++] = K[i * n + j];
+    const T med = median_sq_distance(scr, n);
+    if (!(med > T(0))) return 1;
+    two_s2 = T(2.0 * args.threshold * args.threshold) * med;
+  }
+  const T neg = -two_s2;
+  for (int64_t i = 0; i < n; ++i) {
+    T* Ki = K + i * n;
+    for (int64_t j = i + 1; j < n; ++j) Ki[j] = std::exp(Ki[j] / neg);
+    dg[i] = T(1);
+  }
+  return 0;
+}
+
+// Packed centered row from the upper triangle of a symmetric kernel K and its diagonal.
+template <class T>
+void center_pack(const T* K, const T* dg, int64_t n, bool unbiased, T* out) {
+  std::vector<double> r(size_t(n), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T* Ki = K + i * n;
+    double ri = 0.0;
+    for (int64_t j = i + 1; j < n; ++j) {
+      const double v = double(Ki[j]);
+      ri += v;
+      r[j] += v;
+    }
+    r[i] += ri + (unbiased ? 0.0 : double(dg[i]));
+  }
+  double S = 0.0;
+  for (double v : r) S += v;
+  std::vector<double> m(static_cast<size_t>(n));
+  const double dn = double(n);
+  for (int64_t i = 0; i < n; ++i)
+    m[i] = unbiased ? r[i] / (dn - 2) - S / (2 * (dn - 1) * (dn - 2))
+                    : r[i] / dn - S / (2 * dn * dn);
+  T* o = out;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* Ki = K + i * n;
+    const double mi = m[i];
+    for (int64_t j = i + 1; j < n; ++j) *o++ = T(kSqrt2 * (double(Ki[j]) - mi - m[j]));
+  }
+  if (!unbiased)
+    for (int64_t i = 0; i < n; ++i) *o++ = T(double(dg[i]) - 2 * m[i]);
+}
+
+template <class I, class T>
+GramResult centered_gram_row_t(const I* x, const Layout& L, const T* mu, T* out,
+                               const GramArgs& args) {
+  const int64_t n = L.n;
+  std::vector<T> K(static_cast<size_t>(n * n));
+  gram_upper<I, T>(x, L, mu, K.data(), args.threads);
+  std::vector<T> dg(static_cast<size_t>(n));
+  double sq = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    dg[i] = K[i * n + i];
+    sq += double(dg[i]);
+  }
+  if (args.kernel == 1 && rbf_upper(K.data(), dg.data(), n, out, args) != 0) return {sq, 1};
+  center_pack(K.data(), dg.data(), n, args.unbiased, out);
+  return {sq, 0};
+}
+
+template <class I, class T>
+GramResult kernel_matrix_t(const I* x, const Layout& L, const T* mu, T* out,
+                           const GramArgs& args) {
+  const int64_t n = L.n;
+  gram_upper<I, T>(x, L, mu, out, args.threads);
+  std::vector<T> dg(static_cast<size_t>(n));
+  double sq = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    dg[i] = out[i * n + i];
+    sq += double(dg[i]);
+  }
+  if (args.kernel == 1) {
+    std::vector<T> scr(static_cast<size_t>(n * (n - 1) / 2 + 1));
+    if (rbf_upper(out, dg.data(), n, scr.data(), args) != 0) return {sq, 1};
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    out[i * n + i] = dg[i];
+    for (int64_t j = i + 1; j < n; ++j) out[j * n + i] = out[i * n + j];
+  }
+  return {sq, 0};
+}
+
+template <class T>
+void center_full_t(const T* k, T* out, int64_t n, bool unbiased) {
+  std::vector<double> r(size_t(n), 0.0), c(size_t(n), 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      if (unbiased && i == j) continue;
+      const double v = double(k[i * n + j]);
+      r[i] += v;
+      c[j] += v;
+    }
+  double S = 0.0;
+  for (double v : r) S += v;
+  const double dn = double(n);
+  const double div = unbiased ? dn - 2 : dn;
+  const double g = unbiased ? S / ((dn - 1) * (dn - 2)) : S / (dn * dn);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      out[i * n + j] = (unbiased && i == j)
+                           ? T(0)
+                           : T(double(k[i * n + j]) - r[i] / div - c[j] / div + g);
+}
+
+template <class T>
+void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64_t ldb,
+            int64_t m, T* out, int threads) {
+  set_blas_threads(threads);
+  if (ga == gb && la == lb && lda == ldb) {
+    syrk_upper(int(la), int(m), ga, int(lda), T(0), out);
+    for (int64_t i = 0; i < la; ++i)
+      for (int64_t j = i + 1; j < la; ++j) out[j * la + i] = out[i * la + j];
+  } else {
+    gemm_abt(int(la), int(lb), int(m), ga, int(lda), gb, int(ldb), out);
+  }
+}
+
+// Calls f.template operator()<I, T>() for the (input, compute) dtype pair.
+template <class F>
+GramResult dispatch2(int x_dtype, int ct, F f) {
+  if (x_dtype == kF32 && ct == kF32) return f(float(), float());
+  if (x_dtype == kF64 && ct == kF64) return f(double(), double());
+  if (x_dtype == kF32 && ct == kF64) return f(float(), double());
+  return f(double(), float());
+}
+
+}  // namespace
+
+GramResult centered_gram_row(const void* x, int x_dtype, const Layout& lay, const void* mu,
+                             void* out, int ct, const GramArgs& args) {
+  return dispatch2(x_dtype, ct, [&](auto i_tag, auto t_tag) {
+    using I = decltype(i_tag);
+    using T = decltype(t_tag);
+    return centered_gram_row_t<I, T>(static_cast<const I*>(x), lay,
+                                     static_cast<const T*>(mu), static_cast<T*>(out), args);
+  });
+}
+
+GramResult kernel_matrix(const void* x, int x_dtype, const Layout& lay, const void* mu,
+                         void* out, int ct, const GramArgs& args) {
+  return dispatch2(x_dtype, ct, [&](auto i_tag, auto t_tag) {
+    using I = decltype(i_tag);
+    using T = decltype(t_tag);
+    return kernel_matrix_t<I, T>(static_cast<const I*>(x), lay, static_cast<const T*>(mu),
+                                 static_cast<T*>(out), args);
+  });
+}
+
+void center_full(const void* k, void* out, int64_t n, int dtype, bool unbiased) {
+  if (dtype == kF32)
+    center_full_t(static_cast<const float*>(k), static_cast<float*>(out), n, unbiased);
+  else
+    center_full_t(static_cast<const double*>(k), static_cast<double*>(out), n, unbiased);
+}
+
+void pair(const void* ga, int64_t la, int64_t lda, const void* gb, int64_t lb, int64_t ldb,
+          int64_t m, void* out, int dtype, int threads) {
+  if (dtype == kF32)
+    pair_t(static_cast<const float*>(ga), la, lda, static_cast<const float*>(gb), lb, ldb, m,
+           static_cast<float*>(out), threads);
+  else
+    pair_t(static_cast<const double*>(ga), la, lda, static_cast<const double*>(gb), lb, ldb,
+           m, static_cast<double*>(out), threads);
+}
+
+}  // namespace flashcka

@@ -1,0 +1,15 @@
+"""Triton kernels of flashcka (installed as ``flashcka.triton``).
+
+Device code only: ``@triton.jit`` functions that know nothing of torch. Launchers live in
+``flashcka.backends.triton_launch``; the backend in ``flashcka.backends.triton_backend``.
+
+- ``gram.py``: ``_gram_stats_kernel`` (upper-triangle tiles of X_c X_cᵀ, diagonal, row
+  sums) and ``_center_pack_kernel`` (U-centering / HKH into a packed row).
+- ``rbf.py``: ``_rbf_kernel`` (squared distances and exp(-D/(2σ²)) in place, row sums).
+- ``pair.py``: ``_pair_kernel`` (split-K inner products of packed rows).
+"""
+from .gram import _center_pack_kernel, _gram_stats_kernel
+from .pair import _pair_kernel
+from .rbf import _rbf_kernel
+
+__all__ = ["_gram_stats_kernel", "_center_pack_kernel", "_rbf_kernel", "_pair_kernel"]

@@ -1,0 +1,235 @@
+"""Launchers for the Triton kernels in ``kernels/triton`` (installed as flashcka.triton).
+
+``gram_stats_triton`` -> ``_gram_stats_kernel``; ``center_pack_triton`` ->
+``_center_pack_kernel``; ``rbf_triton`` -> ``_rbf_kernel``; ``pair_triton`` ->
+``_pair_kernel``. Shapes and dtypes are checked here; the kernels take raw pointers and
+strides. Scratch buffers come from ``_scratch``: NaN-filled when ``POISON`` is set (the
+tests do), so an element a kernel failed to write shows up as NaN.
+
+This module imports triton: import it lazily (flashcka itself never imports triton).
+On the CPU the kernels run through the Triton interpreter, which is decided when the
+kernels are *defined*: set TRITON_INTERPRET=1 before this module is first imported.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+from .torch_backend import median_sq_distance
+from .base import ZeroBandwidthError
+
+POISON = False
+
+
+def _load_kernels():
+    """flashcka.triton, or kernels/triton from the source tree when the (editable)
+    install predates it."""
+    try:
+        return importlib.import_module("flashcka.triton")
+    except ImportError:
+        src = Path(__file__).resolve().parents[3] / "kernels" / "triton"
+        if not (src / "__init__.py").is_file():
+            raise
+        spec = importlib.util.spec_from_file_location(
+            "flashcka.triton", src / "__init__.py", submodule_search_locations=[str(src)])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["flashcka.triton"] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+
+_k = _load_kernels()
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _scratch(shape, dtype, device) -> torch.Tensor:
+    if POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _gram_config(x_dtype: torch.dtype, ct: torch.dtype, n: int) -> dict:
+    if interpreting():
+        return dict(BLOCK=32 if n > 16 else 16, BLOCK_K=64)
+    if ct == torch.float64:
+        return dict(BLOCK=32, BLOCK_K=16, num_warps=4, num_stages=2)
+    if x_dtype in (torch.float16, torch.bfloat16):
+        blk = 128 if n > 512 else 64
+        return dict(BLOCK=blk, BLOCK_K=64, num_warps=8 if blk == 128 else 4, num_stages=3)
+    blk = 64 if n > 128 else 32
+    return dict(BLOCK=blk, BLOCK_K=32, num_warps=4, num_stages=3)
+
+
+def _epilogue_block(n: int) -> int:
+    return 32 if interpreting() or n <= 256 else 64
+
+
+def token_view(x: torch.Tensor):
+    """x (n, ...) as (x', T, C, stride_n, stride_t, stride_c): feature f = t·C + c of
+    the row-major flattening lives at x' + i·stride_n + t·stride_t + c·stride_c.
+    Trailing dims are merged where their strides allow; only layouts that need three or
+    more separate strides are copied (reshape)."""
+    merged: list[list[int]] = []
+    for size, stride in zip(x.shape[1:], x.stride()[1:]):
+        if size == 1:
+            continue
+        if merged and merged[-1][1] == size * stride:
+            merged[-1] = [merged[-1][0] * size, stride]
+        else:
+            merged.append([size, stride])
+    if len(merged) > 2:
+        x = x.reshape(x.shape[0], -1)
+        merged = [[x.shape[1], x.stride(1)]]
+    if not merged:
+        merged = [[1, 1]]
+    if len(merged) == 1:
+        merged = [[1, 0]] + merged
+    (T, st_t), (C, st_c) = merged
+    return x, T, C, x.stride(0), st_t, st_c
+
+
+def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = False):
+    """Upper-triangle tiles of K = X_c X_cᵀ (X_c = x − 1μᵀ, flattened (n, d)), its diagonal
+    and row sums K1 = X_c(X_cᵀ1).
+
+    x (n, ...) float16/bfloat16/float32/float64, any strides (token tensors (n, T, C)
+    are read through their strides, not copied); mu (x.shape[1:]) in the compute dtype ct
+    (float32 or float64). Returns k (n, n) ct with only the tiles on and above the
+    diagonal written (the lower triangle is garbage), diag (n,) ct, rowsum (n,) ct.
+    allow_tf32: float32 products on TF32 tensor cores (≈1e-3 relative error; default off).
+    """
+    ct = mu.dtype
+    if ct not in (torch.float32, torch.float64):
+        raise TypeError(f"mu must be float32 or float64, got {ct}")
+    n = x.shape[0]
+    xv, T, C, st_n, st_t, st_c = token_view(x)
+    mu_flat = mu.reshape(-1).contiguous()
+    if mu_flat.numel() != T * C:
+        raise ValueError(f"mu has {mu_flat.numel()} entries for {T * C} features")
+    cfg = _gram_config(x.dtype, ct, n)
+    nb = triton.cdiv(n, cfg["BLOCK"])
+    k = _scratch((n, n), ct, x.device)
+    diag = _scratch((n,), ct, x.device)
+    rowpart = _scratch((nb, n), ct, x.device)
+    low = x.dtype in (torch.float16, torch.bfloat16) and ct == torch.float32
+    precision = "tf32" if (allow_tf32 and ct == torch.float32 and not low) else "ieee"
+    _k._gram_stats_kernel[(nb, nb)](
+        xv, mu_flat, k, diag, rowpart, n, T, C, st_n, st_t, st_c, k.stride(0),
+        LOW_PRECISION=low, INPUT_PRECISION=precision, **cfg)
+    return k, diag, rowpart.sum(0)
+
+
+def rbf_triton(k: torch.Tensor, diag: torch.Tensor, sigma, threshold: float) -> torch.Tensor:
+    """In place on the upper tiles of k (from gram_stats_triton): K -> exp(-D/(2σ²)),
+    D_ab = ‖x_a − x_b‖². σ² = sigma², or threshold² · median of all n² entries of D
+    (diagonal zeros included, numpy.median convention; computed on the device, one sync
+    to check it is positive). Returns the row sums (n,) of the RBF kernel."""
+    n = k.shape[0]
+    blk = _epilogue_block(n)
+    nb = triton.cdiv(n, blk)
+    rowpart = _scratch((nb, n), k.dtype, k.device)
+    grid = (nb, nb)
+    if sigma is not None:
+        scale = torch.full((), -0.5 / float(sigma) ** 2, dtype=k.dtype, device=k.device)
+        _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0),
+                             BLOCK=blk, DIST=True, EXP=True)
+        return rowpart.sum(0)
+    _k._rbf_kernel[grid](k, diag, diag, rowpart, n, k.stride(0),
+                         BLOCK=blk, DIST=True, EXP=False)
+    med = median_sq_distance(k)  # reads only the strict upper triangle
+    if not bool(med > 0):
+        raise ZeroBandwidthError(
+            "the median heuristic gives sigma = 0 (at least half of the squared "
+            "pairwise distances are zero, e.g. repeated samples); pass sigma=")
+    scale = (-0.5 / threshold ** 2) / med
+    _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0),
+                         BLOCK=blk, DIST=False, EXP=True)
+    return rowpart.sum(0)
+
+
+def row_length(n: int, unbiased: bool) -> int:
+    """Packed row: strict upper triangle (n(n−1)/2), plus the diagonal (n) when biased."""
+    return n * (n - 1) // 2 + (0 if unbiased else n)
+
+
+def center_pack_triton(k: torch.Tensor, rowsum: torch.Tensor, out: torch.Tensor, *,
+                       unbiased: bool) -> torch.Tensor:
+    """Centered k written into ``out`` (row_length(n, unbiased),) as a packed row.
+
+    C = K − m1ᵀ − 1mᵀ with, unbiased (U-centering, Székely & Rizzo 2014; C_ii = 0),
+    r = rowsum − diag(K), m_i = r_i/(n−2) − Σr/(2(n−1)(n−2)); biased (HKH),
+    m_i = rowsum_i/n − Σ rowsum/(2n²). Packed: sqrt(2)·C_ij for i < j row by row, then
+    (biased) C_ii, so that a dot product of two rows is ⟨C, C'⟩_F."""
+    n = k.shape[0]
+    if out.shape != (row_length(n, unbiased),) or out.dtype != k.dtype or out.stride(0) != 1:
+        raise ValueError(f"out must be a contiguous ({row_length(n, unbiased)},) {k.dtype} "
+                         f"tensor, got {tuple(out.shape)} {out.dtype}")
+    if unbiased:
+        r = rowsum - k.diagonal()
+        m = r / (n - 2) - r.sum() / (2 * (n - 1) * (n - 2))
+    else:
+        m = rowsum / n - rowsum.sum() / (2 * n * n)
+    blk = _epilogue_block(n)
+    nb = triton.cdiv(n, blk)
+    _k._center_pack_kernel[(nb, nb)](k, m.contiguous(), out, n, k.stride(0),
+                                     BLOCK=blk, UNBIASED=unbiased)
+    return out
+
+
+def pair_triton(ga: torch.Tensor, gb: torch.Tensor, *, allow_tf32: bool = False) -> torch.Tensor:
+    """(LA, m), (LB, m) -> (LA, LB) float64 inner products of rows.
+
+    Split-K: each program sums a chunk of at most 8192 entries in the rows' dtype
+    (float32 accumulation for float32 rows), the chunk partials are added in float64."""
+    if ga.dim() != 2 or gb.dim() != 2 or ga.shape[1] != gb.shape[1]:
+        raise ValueError(f"pair needs (LA, m) and (LB, m), got {tuple(ga.shape)}, "
+                         f"{tuple(gb.shape)}")
+    dt = torch.promote_types(ga.dtype, gb.dtype)
+    if dt not in (torch.float32, torch.float64):
+        raise TypeError(f"pair rows must be float32 or float64, got {dt}")
+    ga = ga.to(dt)
+    gb = gb.to(dt)
+    if ga.shape[1] and ga.stride(1) != 1:
+        ga = ga.contiguous()
+    if gb.shape[1] and gb.stride(1) != 1:
+        gb = gb.contiguous()
+    (LA, m), LB = ga.shape, gb.shape[0]
+    if interpreting():
+        ba, bk, cfg = 16, 128, {}
+    else:
+        ba, bk = (64, 64) if dt == torch.float32 else (32, 16)
+        cfg = dict(num_warps=4, num_stages=3)
+    bb = ba
+    tiles = triton.cdiv(LA, ba) * triton.cdiv(LB, bb)
+    kblocks = max(1, triton.cdiv(m, bk))
+    target = 1 if interpreting() else 4 * _num_sms(ga.device)
+    splits = max(triton.cdiv(target, tiles), triton.cdiv(m, 8192), 1)
+    splits = min(splits, kblocks)
+    chunk = bk * triton.cdiv(kblocks, splits)
+    splits = max(1, triton.cdiv(m, chunk))
+    part = _scratch((splits, LA, LB), torch.float64, ga.device)
+    precision = "tf32" if (allow_tf32 and dt == torch.float32) else "ieee"
+    _k._pair_kernel[(triton.cdiv(LA, ba), triton.cdiv(LB, bb), splits)](
+        ga, gb, part, LA, LB, m, ga.stride(0), gb.stride(0), chunk,
+        BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=bk, INPUT_PRECISION=precision, **cfg)
+    return part.sum(0)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+__all__ = ["gram_stats_triton", "rbf_triton", "center_pack_triton", "pair_triton",
+           "row_length", "token_view", "interpreting"]

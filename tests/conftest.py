@@ -1,0 +1,19 @@
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture
+def rng():
+    """Fresh random inputs on every run (the seed is printed on failure)."""
+    seed = int(np.random.SeedSequence().entropy % (2 ** 31))
+    print(f"seed = {seed}")
+    return np.random.default_rng(seed)
+
+
+def realistic(rng, n, d, latent=None, dtype=torch.float32):
+    """Activations like a network's: correlated features, non-zero means, varied scales."""
+    z = latent if latent is not None else rng.standard_normal((n, 16))
+    w = rng.standard_normal((z.shape[1], d)) / 4
+    x = np.tanh(z @ w) + 0.3 * rng.standard_normal((n, d)) + rng.uniform(1, 5, size=d)
+    return torch.tensor(x, dtype=dtype)

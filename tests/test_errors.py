@@ -1,0 +1,98 @@
+"""Bad input gets a clear error that names the argument, the layer and the value (§6)."""
+import numpy as np
+import pytest
+import torch
+
+import flashcka
+
+
+def x_(n=10, d=3, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_different_n_names_both():
+    with pytest.raises(ValueError, match=r"ys\[1\] has 9 samples but xs\[0\] has 10"):
+        flashcka.cka_matrix([x_()], [x_(), x_(9)])
+
+
+def test_n_below_4_unbiased():
+    with pytest.raises(ValueError, match=r"n = 3.*n >= 4.*unbiased=False"):
+        flashcka.cka(x_(3), x_(3))
+    assert torch.isfinite(flashcka.cka(x_(3), x_(3, seed=1), unbiased=False))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_names_the_layer(bad):
+    y = x_()
+    y[4, 2] = bad
+    with pytest.raises(ValueError, match=r"block3 holds non-finite values.*\(4, 2\)"):
+        flashcka.cka_matrix({"block1": x_(), "block3": y})
+    with pytest.raises(ValueError, match=r"y holds non-finite"):
+        flashcka.cka(x_(), y)
+
+
+def test_float32_overflow_is_reported():
+    x = x_() * 1e25
+    with pytest.raises(ValueError, match="overflows"):
+        flashcka.cka(x.float(), x_().float())
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_integer_and_complex_dtypes(dtype):
+    with pytest.raises(TypeError, match=rf"xs\[0\] has dtype {dtype}"):
+        flashcka.cka_matrix([x_().to(dtype)])
+
+
+def test_empty_inputs():
+    with pytest.raises(ValueError, match="xs is empty"):
+        flashcka.cka_matrix([])
+    with pytest.raises(ValueError, match=r"x is empty.*\(10, 0\)"):
+        flashcka.cka(torch.empty(10, 0), x_())
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        flashcka.cka_matrix([np.zeros((10, 3))])
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        flashcka.cka(x_(), x_(), kernel="poly")
+    with pytest.raises(ValueError, match="sigma must be a positive"):
+        flashcka.cka(x_(), x_(), kernel="rbf", sigma=0.0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        flashcka.cka(x_(), x_(), backend="cuda")
+    with pytest.raises(ValueError, match="dtype must be"):
+        flashcka.cka(x_(), x_(), dtype=torch.float16)
+    with pytest.raises(ValueError, match="route must be"):
+        flashcka.cka_matrix([x_()], route="fast")
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+@pytest.mark.parametrize("offset", [0.0, 123.456])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_variance_gives_nan_and_names_layer(kernel, offset, dtype):
+    const = torch.full((12, 5), offset, dtype=dtype)
+    xs = {"ok": x_(12).to(dtype), "dead_relu": const}
+    with pytest.warns(flashcka.FlashCKAWarning, match="dead_relu"):
+        m = flashcka.cka_matrix(xs, kernel=kernel)
+    assert torch.isnan(m[1]).all() and torch.isnan(m[:, 1]).all()
+    assert m[0, 0].item() == pytest.approx(1.0)
+
+
+def test_rbf_median_zero_is_explained():
+    x = torch.zeros(10, 2)
+    x[0] = 1.0  # most pairwise distances are zero, but the data is not constant
+    with pytest.raises(ValueError, match=r"x: the median heuristic gives sigma = 0"):
+        flashcka.cka(x, x_(), kernel="rbf")
+    assert torch.isfinite(flashcka.cka(x, x_(), kernel="rbf", sigma=1.0))
+
+
+def test_minibatch_argument_errors():
+    m = flashcka.MinibatchCKA(2, 1)
+    with pytest.raises(ValueError, match="xs has 1 representations; this MinibatchCKA was made "
+                                         "for 2"):
+        m.update([x_()], [x_()])
+    with pytest.raises(ValueError, match="ys is missing"):
+        m.update([x_(), x_()])
+    with pytest.raises(RuntimeError, match="before any update"):
+        m.compute()
+    with pytest.raises(ValueError, match="num_layers_a must be a positive int"):
+        flashcka.MinibatchCKA(0)

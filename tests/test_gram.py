@@ -1,0 +1,58 @@
+"""gram() and center() against the float64 reference."""
+import numpy as np
+import pytest
+import torch
+
+import flashcka
+import reference as ref
+
+BACKENDS = ["torch", "auto"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,d", [(4, 1), (5, 3), (97, 1000)])
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_gram_matches_reference(rng, backend, n, d, kernel):
+    x = rng.standard_normal((n, d)) + 2.0
+    k = flashcka.gram(torch.tensor(x), kernel, backend=backend)
+    assert k.dtype == torch.float64
+    np.testing.assert_allclose(k.numpy(), ref.gram(x, kernel), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("threshold,sigma", [(0.5, None), (2.0, None), (1.0, 3.0)])
+def test_rbf_bandwidth(rng, threshold, sigma):
+    x = rng.standard_normal((40, 7))
+    k = flashcka.gram(torch.tensor(x), "rbf", sigma=sigma, threshold=threshold)
+    np.testing.assert_allclose(k.numpy(), ref.gram_rbf(x, sigma, threshold), rtol=1e-10)
+
+
+def test_rbf_median_includes_diagonal_and_averages_middle(rng):
+    # n = 4: 16 entries (4 zeros + 6 values twice); numpy's median averages entries 7 and 8.
+    x = rng.standard_normal((4, 2))
+    k = flashcka.gram(torch.tensor(x), "rbf", backend="torch")
+    np.testing.assert_allclose(k.numpy(), ref.gram_rbf(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n", [4, 5, 31])
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_center_matches_reference(rng, backend, n, unbiased):
+    a = rng.standard_normal((n, 6))
+    k = a @ a.T
+    got = flashcka.center(torch.tensor(k), unbiased=unbiased, backend=backend).numpy()
+    want = ref.center_unbiased(k) if unbiased else ref.center_biased(k)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_gram_strided_and_token_layout(rng):
+    base = torch.tensor(rng.standard_normal((13, 5, 8)))
+    x = base[:, 1:, ::2]  # (13, 4, 4), non-contiguous
+    assert not x.is_contiguous()
+    np.testing.assert_allclose(flashcka.gram(x).numpy(), ref.gram(x.numpy()), rtol=1e-10)
+
+
+def test_gram_float32_default_and_half_upcast(rng):
+    x = torch.tensor(rng.standard_normal((9, 4)), dtype=torch.bfloat16)
+    k = flashcka.gram(x)
+    assert k.dtype == torch.float32
+    np.testing.assert_allclose(k.numpy(), ref.gram(x.float().numpy()), rtol=1e-5)
