@@ -51,6 +51,9 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    threads = os.environ.get("FLASHCKA_BENCH_THREADS")
+    if threads:  # e.g. 1 on a shared 2-core box: fewer spin-wait stalls between threads
+        torch.set_num_threads(int(threads))
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     config.addinivalue_line("python_files", "bench_*.py")  # pytest's default is test_*.py
 
@@ -236,6 +239,8 @@ def _report(benchmark, target: Target, *, flops: float | None = None,
         info["bytes_read"] = bytes_read
         if median:
             info["gbytes_per_s"] = round(bytes_read / median / 1e9, 2)
+    if "samples" in extra and median:
+        info["samples_per_s"] = round(extra["samples"] / median, 1)
 
 
 def _timeit(benchmark, rounds: dict, target: Target, fn, *args):

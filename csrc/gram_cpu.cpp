@@ -22,21 +22,6 @@ namespace {
 
 constexpr double kSqrt2 = 1.4142135623730951;
 
-// Run fn(i0, i1) over [0, n) split into `threads` contiguous ranges.
-template <class F>
-void parallel_rows(int64_t n, int threads, int64_t work, F fn) {
-  if (threads <= 1 || work < (int64_t(1) << 16) || n < 2) {
-    fn(int64_t(0), n);
-    return;
-  }
-  const int t = int(std::min<int64_t>(threads, n));
-  std::vector<std::thread> pool;
-  pool.reserve(t - 1);
-  for (int p = 1; p < t; ++p) pool.emplace_back(fn, n * p / t, n * (p + 1) / t);
-  fn(int64_t(0), n / t);
-  for (auto& th : pool) th.join();
-}
-
 // dst (n, c1 − c0) row-major = columns [c0, c1) of x − 1μᵀ (μ may be null), rows [i0, i1).
 template <class I, class T>
 void load_centered(const I* x, const Layout& L, const T* mu, int64_t c0, int64_t c1, T* dst,
@@ -68,25 +53,46 @@ void load_centered(const I* x, const Layout& L, const T* mu, int64_t c0, int64_t
 }
 
 // Upper triangle of K (n, n, ld n) = (x − 1μᵀ)(x − 1μᵀ)ᵀ; the strict lower part is untouched.
+// Split over the feature dimension: `threads` workers each load their own column chunks
+// (about 2 MiB each) and run a single-threaded SYRK into their own triangle, summed at the
+// end. OpenBLAS stays at one thread: its own thread pool degrades badly when the cores
+// are shared (measured here: 2-thread SSYRK 3-8× slower than 1 thread under load).
 template <class I, class T>
 void gram_upper(const I* x, const Layout& L, const T* mu, T* K, int threads) {
   const int64_t n = L.n, d = L.a * L.b;
-  set_blas_threads(threads);
-  if (std::is_same<I, T>::value && mu == nullptr && L.a == 1 && L.s2 == 1) {
-    syrk_upper(int(n), int(d), reinterpret_cast<const T*>(x), int(L.s0), T(0), K);
-    return;
-  }
-  // Chunk width: about 2 MiB of centered buffer, at least 256 columns.
+  set_blas_threads(1);
+  const bool direct = std::is_same<I, T>::value && mu == nullptr && L.a == 1 && L.s2 == 1 &&
+                      L.s0 <= 0x7fffffff;
   int64_t w = std::max<int64_t>(256, (int64_t(2) << 20) / (int64_t(sizeof(T)) * n));
-  w = std::min(w, d);
-  std::vector<T> buf(static_cast<size_t>(n * w));
-  for (int64_t c0 = 0; c0 < d; c0 += w) {
-    const int64_t c1 = std::min(d, c0 + w);
-    parallel_rows(n, threads, n * (c1 - c0), [&](int64_t i0, int64_t i1) {
-      load_centered<I, T>(x, L, mu, c0, c1, buf.data(), i0, i1);
-    });
-    syrk_upper(int(n), int(c1 - c0), buf.data(), int(c1 - c0), c0 == 0 ? T(0) : T(1), K);
-  }
+  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, (d + 255) / 256));
+  if (n * n * d < (int64_t(1) << 22)) nt = 1;  // too small to be worth a thread
+  w = std::min(w, (d + nt - 1) / nt);
+  const int64_t chunks = (d + w - 1) / w;
+  nt = std::min(nt, chunks);
+  std::vector<std::vector<T>> partial(static_cast<size_t>(nt - 1));
+  auto worker = [&](int64_t t) {
+    T* Kt = t == 0 ? K : (partial[t - 1].resize(static_cast<size_t>(n * n)), partial[t - 1].data());
+    std::vector<T> buf(direct ? 0 : static_cast<size_t>(n * w));
+    bool first = true;
+    for (int64_t ch = t; ch < chunks; ch += nt) {
+      const int64_t c0 = ch * w, c1 = std::min(d, c0 + w);
+      if (direct) {
+        syrk_upper(int(n), int(c1 - c0), reinterpret_cast<const T*>(x) + c0 * L.s2, int(L.s0),
+                   first ? T(0) : T(1), Kt);
+      } else {
+        load_centered<I, T>(x, L, mu, c0, c1, buf.data(), 0, n);
+        syrk_upper(int(n), int(c1 - c0), buf.data(), int(c1 - c0), first ? T(0) : T(1), Kt);
+      }
+      first = false;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, t);
+  worker(0);
+  for (auto& th : pool) th.join();
+  for (const auto& P : partial)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = i; j < n; ++j) K[i * n + j] += P[i * n + j];
 }
 
 // numpy.median of the n² squared distances: n zeros and each strict-upper value twice.
@@ -239,17 +245,34 @@ void center_full_t(const T* k, T* out, int64_t n, bool unbiased) {
                            : T(double(k[i * n + j]) - r[i] / div - c[j] / div + g);
 }
 
+// out = ga gbᵀ, split over the row length m: each of `threads` workers runs a
+// single-threaded GEMM (or SYRK when ga and gb are the same rows) on its slice into its
+// own (la, lb) partial, summed at the end (see gram_upper for why not OpenBLAS threads).
 template <class T>
 void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64_t ldb,
             int64_t m, T* out, int threads) {
-  set_blas_threads(threads);
-  if (ga == gb && la == lb && lda == ldb) {
-    syrk_upper(int(la), int(m), ga, int(lda), T(0), out);
+  set_blas_threads(1);
+  const bool same = ga == gb && la == lb && lda == ldb;
+  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, m / 4096));
+  if (la * lb * m < (int64_t(1) << 20)) nt = 1;
+  std::vector<std::vector<T>> partial(static_cast<size_t>(nt - 1));
+  auto worker = [&](int64_t t) {
+    T* o = t == 0 ? out : (partial[t - 1].resize(static_cast<size_t>(la * lb)), partial[t - 1].data());
+    const int64_t m0 = m * t / nt, m1 = m * (t + 1) / nt;
+    if (same)
+      syrk_upper(int(la), int(m1 - m0), ga + m0, int(lda), T(0), o);
+    else
+      gemm_abt(int(la), int(lb), int(m1 - m0), ga + m0, int(lda), gb + m0, int(ldb), o);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, t);
+  worker(0);
+  for (auto& th : pool) th.join();
+  for (const auto& P : partial)
+    for (int64_t i = 0; i < la * lb; ++i) out[i] += P[i];
+  if (same)
     for (int64_t i = 0; i < la; ++i)
       for (int64_t j = i + 1; j < la; ++j) out[j * la + i] = out[i * la + j];
-  } else {
-    gemm_abt(int(la), int(lb), int(m), ga, int(lda), gb, int(ldb), out);
-  }
 }
 
 // Calls f.template operator()<I, T>() for the (input, compute) dtype pair.

@@ -1,9 +1,11 @@
 // flashcka._C: the compiled module. Raw pointers (ints), shapes and strides only; no
 // libtorch. Every argument is checked by python/flashcka/backends/native.py first.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "blas.h"
 #include "gram_cpu.h"
@@ -45,7 +47,7 @@ PYBIND11_MODULE(_C, m) {
                                                    cptr(mu), mptr(out), ct,
                                                    make_args(kernel, sigma, threshold, unbiased,
                                                              threads));
-        return py::make_tuple(r.sq_norm, r.status);
+        return std::make_pair(r.sq_norm, r.status);  // converted after the GIL is back
       },
       py::call_guard<py::gil_scoped_release>(),
       "x viewed as (n, a, b) with element strides (s0, s1, s2); mu (a*b) of dtype ct; out "
@@ -59,7 +61,7 @@ PYBIND11_MODULE(_C, m) {
                                                mu ? cptr(mu) : nullptr, mptr(out), ct,
                                                make_args(kernel, sigma, threshold, true,
                                                          threads));
-        return py::make_tuple(r.sq_norm, r.status);
+        return std::make_pair(r.sq_norm, r.status);  // converted after the GIL is back
       },
       py::call_guard<py::gil_scoped_release>(),
       "Full (n, n) kernel matrix of x - mu (mu = 0: no centering) into out.");

@@ -13,3 +13,8 @@ from .minibatch import MinibatchCKA  # noqa: E402
 
 __all__ = ["gram", "center", "hsic", "cka", "cka_matrix", "MinibatchCKA", "capabilities",
            "FlashCKAWarning", "__version__"]
+
+from .compare import compare  # noqa: E402
+from .result import CKAResult, load_result  # noqa: E402
+
+__all__ += ["compare", "CKAResult", "load_result"]

@@ -125,7 +125,7 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     precision = "tf32" if (allow_tf32 and ct == torch.float32 and not low) else "ieee"
     _k._gram_stats_kernel[(nb, nb)](
         xv, mu_flat, k, diag, rowpart, n, T, C, st_n, st_t, st_c, k.stride(0),
-        LOW_PRECISION=low, INPUT_PRECISION=precision, **cfg)
+        LOW_PRECISION=low, INPUT_PRECISION=precision, UPCAST_DOT=interpreting(), **cfg)
     return k, diag, rowpart.sum(0)
 
 

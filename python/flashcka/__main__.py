@@ -1,0 +1,5 @@
+"""``python -m flashcka``: the command-line interface (see ``flashcka.cli``)."""
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

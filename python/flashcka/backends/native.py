@@ -1,0 +1,186 @@
+"""The native CPU backend: C++ kernels in ``flashcka._C`` over OpenBLAS (scipy-openblas32).
+
+centered_gram_row: ``x`` (n, ...) strided, ``mu`` (d,) -> one SYRK of ``X_c = x − 1μᵀ``
+(upper triangle only; ``x − μ`` loaded chunk by chunk, so no (n, d) copy), then RBF (if
+asked) and U-centering / HKH in one pass over the triangle, written as the packed row
+
+    [√2 · strict upper triangle of C, row-major (n(n−1)/2)]  (+ [diag C (n)] when biased)
+
+so ``row_a · row_b = ⟨C_a, C_b⟩_F``. pair: one SGEMM/DGEMM of packed rows (one SYRK when
+both sides are the same rows) -> float64. Half the bytes and flops of full n² rows.
+
+Every shape, dtype, stride and device is checked here; ``_C`` only sees valid pointers.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+from .base import Backend, ZeroBandwidthError
+
+_F32, _F64 = 0, 1
+_CODES = {torch.float32: _F32, torch.float64: _F64}
+_INT_MAX = 2**31 - 1          # OpenBLAS (scipy-openblas32) takes 32-bit sizes
+_ZERO_BW = ("the median heuristic gives sigma = 0 (at least half of the squared pairwise "
+            "distances are zero, e.g. repeated samples); pass sigma=")
+_lib, _lib_error = None, None
+
+
+def _load():
+    """Import flashcka._C after loading the wheel's OpenBLAS (rpath may be stale)."""
+    global _lib, _lib_error
+    if _lib is not None or _lib_error is not None:
+        return _lib
+    try:
+        import scipy_openblas32 as sob
+        name = f"lib{sob.get_library()}.so"
+        path = os.path.join(sob.get_lib_dir(), name)
+        if os.path.exists(path):
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        from .. import _C
+        if not getattr(_C, "has_cpu_kernels", False):
+            raise ImportError("flashcka._C was built without the CPU kernels")
+        _lib = _C
+    except Exception as e:  # a missing or stale build is a reason, not a crash
+        _lib_error = f"{type(e).__name__}: {e}"
+    return _lib
+
+
+def _layout(x: torch.Tensor, ct: torch.dtype):
+    """x (n, ...) as (tensor kept alive, dtype code, n, a, b, s0, s1, s2): element (i, j, k)
+    of the (n, a, b) view at offset i·s0 + j·s1 + k·s2, feature index j·b + k. Trailing
+    dims are merged where their strides allow (so (n, T, C) token layouts and sliced
+    2-D inputs need no copy); anything else is copied to contiguous."""
+    if x.dtype not in _CODES:
+        x = x.to(ct)
+    n = x.shape[0]
+    dims = [(s, st) for s, st in zip(x.shape[1:], x.stride()[1:]) if s != 1]
+    merged: list[list[int]] = []
+    for s, st in dims:
+        if merged and merged[-1][1] == st * s:
+            merged[-1] = [merged[-1][0] * s, st]
+        else:
+            merged.append([s, st])
+    if not merged:
+        merged = [[1, 1]]
+    if len(merged) > 2:
+        x = x.contiguous()
+        merged = [[x[0].numel(), 1]]
+    if len(merged) == 1:
+        merged.insert(0, [1, 0])
+    (a, s1), (b, s2) = merged
+    return x, _CODES[x.dtype], n, a, b, x.stride(0), s1, s2
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+class NativeBackend(Backend):
+    name = "native"
+
+    def usable(self):
+        lib = _load()
+        return (True, "") if lib is not None else (False, _lib_error)
+
+    def accepts(self, x):
+        return (x.device.type == "cpu" and x.is_floating_point() and not x.is_complex()
+                and x.shape[0] < 2**20)
+
+    def row_length(self, n, unbiased):
+        return n * (n - 1) // 2 + (0 if unbiased else n)
+
+    # ------------------------------------------------------------------ Gram rows
+    def centered_gram_row(self, x, mu, out, *, kernel, sigma, threshold, unbiased):
+        ct = out.dtype
+        xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
+        mu_c = self._mu(mu, ct, a * b, "mu")
+        length = self.row_length(n, unbiased)
+        if out.dim() != 1 or out.numel() != length or out.device.type != "cpu" \
+                or ct not in _CODES:
+            raise ValueError(f"out must be a CPU float32/float64 vector of length {length}, "
+                             f"got shape {tuple(out.shape)} {out.dtype} on {out.device}")
+        dst = out if out.is_contiguous() else torch.empty_like(out)
+        sq, status = _load().centered_gram_row(
+            xk.data_ptr(), code, n, a, b, s0, s1, s2, mu_c.data_ptr(), dst.data_ptr(),
+            _CODES[ct], 1 if kernel == "rbf" else 0, self._sigma(sigma), float(threshold),
+            bool(unbiased), _threads())
+        if status == 1:
+            raise ZeroBandwidthError(_ZERO_BW)
+        if dst is not out:
+            out.copy_(dst)
+        return torch.tensor(sq, dtype=torch.float64)
+
+    def kernel_matrix(self, x, *, kernel, sigma, threshold, ct):
+        xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
+        mu_ptr = 0
+        if kernel == "rbf":
+            mu_c = self._mu(x.mean(0, dtype=ct), ct, a * b, "mu")
+            mu_ptr = mu_c.data_ptr()
+        out = torch.empty(n, n, dtype=ct)
+        _, status = _load().kernel_matrix(
+            xk.data_ptr(), code, n, a, b, s0, s1, s2, mu_ptr, out.data_ptr(), _CODES[ct],
+            1 if kernel == "rbf" else 0, self._sigma(sigma), float(threshold), _threads())
+        if status == 1:
+            raise ZeroBandwidthError(_ZERO_BW)
+        return out
+
+    def center(self, k, *, unbiased):
+        if k.dim() != 2 or k.shape[0] != k.shape[1] or k.dtype not in _CODES \
+                or k.device.type != "cpu":
+            raise ValueError(f"k must be a square CPU float32/float64 matrix, got shape "
+                             f"{tuple(k.shape)} {k.dtype} on {k.device}")
+        n = k.shape[0]
+        if n < (4 if unbiased else 1):
+            raise ValueError(f"k has n = {n}; U-centering needs n >= 4")
+        kc = k.contiguous()
+        out = torch.empty_like(kc)
+        _load().center_full(kc.data_ptr(), out.data_ptr(), n, _CODES[k.dtype], bool(unbiased))
+        return out
+
+    # ------------------------------------------------------------------ pair stage
+    def pair(self, ga, gb):
+        for arg, g in (("ga", ga), ("gb", gb)):
+            if g.dim() != 2 or g.dtype not in _CODES or g.device.type != "cpu":
+                raise ValueError(f"{arg} must be a 2-D CPU float32/float64 tensor of rows, got "
+                                 f"shape {tuple(g.shape)} {g.dtype} on {g.device}")
+        if ga.dtype != gb.dtype or ga.shape[1] != gb.shape[1]:
+            raise ValueError(f"ga {tuple(ga.shape)} {ga.dtype} and gb {tuple(gb.shape)} "
+                             f"{gb.dtype} must have the same row length and dtype")
+        (la, m), lb = ga.shape, gb.shape[0]
+        if la == 0 or lb == 0 or m == 0:
+            return torch.zeros(la, lb, dtype=torch.float64)
+        ga = self._rows(ga)
+        gb = ga if gb.data_ptr() == ga.data_ptr() and gb.shape == ga.shape \
+            and gb.stride() == ga.stride() else self._rows(gb)
+        if max(m, ga.stride(0), gb.stride(0), la, lb) > _INT_MAX:
+            return (ga @ gb.T).to(torch.float64)
+        out = torch.empty(la, lb, dtype=ga.dtype)
+        _load().pair(ga.data_ptr(), la, ga.stride(0), gb.data_ptr(), lb, gb.stride(0), m,
+                     out.data_ptr(), _CODES[ga.dtype], _threads())
+        return out.to(torch.float64)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _rows(g):
+        """Rows with unit inner stride and a row stride BLAS accepts."""
+        if g.stride(1) != 1 or g.stride(0) < g.shape[1]:
+            g = g.contiguous()
+        return g
+
+    @staticmethod
+    def _mu(mu, ct, d, arg):
+        if mu.numel() != d:
+            raise ValueError(f"{arg} has {mu.numel()} values for {d} features")
+        return mu.to(device="cpu", dtype=ct).contiguous().reshape(-1)
+
+    @staticmethod
+    def _sigma(sigma):
+        if sigma is None:
+            return 0.0
+        s = float(sigma)
+        if not s > 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        return s

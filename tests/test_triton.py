@@ -1,0 +1,286 @@
+"""Triton backend (kernels/triton, flashcka.backends.triton_launch / triton_backend)
+against float64 references on fresh random inputs.
+
+Without CUDA the kernels run on the CPU through the Triton interpreter (TRITON_INTERPRET=1,
+set below before triton is imported; sizes kept small because the interpreter is slow).
+Tests marked ``gpu`` need a CUDA device and are skipped without one. Scratch buffers are
+NaN-poisoned (triton_launch.POISON) so an unwritten element shows up as NaN.
+
+Tolerances: a kernel's error against float64 must be within 4× plain torch's error in the
+same dtype plus ``8·eps·scale`` (flash-attention's rule); fp16/bf16 inputs (centered, then
+rounded to their dtype for the products): ``4·eps(dtype)·max K``.
+"""
+import os
+import sys
+
+import torch
+
+_TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import flashcka  # noqa: E402
+import reference as ref  # noqa: E402
+from conftest import realistic  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+pytest.importorskip("triton")
+pytestmark = [
+    pytest.mark.triton,
+    pytest.mark.skipif(not CUDA and _TRITON_PREIMPORTED,
+                       reason="triton was imported before TRITON_INTERPRET=1 could be set; "
+                              "run with TRITON_INTERPRET=1 in the environment"),
+]
+DEV = "cuda" if CUDA else "cpu"
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    from flashcka.backends import triton_launch
+    monkeypatch.setattr(triton_launch, "POISON", True)
+    return triton_launch
+
+
+def _eps(dt):
+    return torch.finfo(dt).eps
+
+
+def _nan(shape, dtype):
+    return torch.full(shape, float("nan"), dtype=dtype, device=DEV)
+
+
+def _check(got, want64, torch_err, dt, scale):
+    """|got − want| ≤ 4·(torch's own error in dt) + 8·eps(dt)·scale; no NaN anywhere."""
+    got = got.double().cpu()
+    assert not torch.isnan(got).any(), "unwritten (NaN) elements"
+    err = (got - want64).abs().max().item()
+    bound = 4 * torch_err + 8 * _eps(dt) * scale
+    assert err <= bound, f"error {err:.3g} > bound {bound:.3g} (torch's {torch_err:.3g})"
+
+
+def test_flashcka_does_not_import_triton():
+    import subprocess
+    code = "import sys, flashcka; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_backend_selection():
+    be = flashcka.backends.get("triton")
+    assert be.usable() == (True, "")
+    x = torch.randn(5, 3, device=DEV)
+    assert be.accepts(x)
+    assert flashcka.backends.select("triton", x) is be
+    assert not be.accepts(torch.zeros(5, 3, dtype=torch.int32, device=DEV))
+
+
+# ------------------------------------------------------------------ Gram + statistics
+
+def _gram_case(poison, x, dt):
+    mu = x.mean(0, dtype=dt)
+    k, diag, rowsum = poison.gram_stats_triton(x, mu)
+    xc64 = (x.double() - mu.double()).reshape(x.shape[0], -1).cpu()
+    want = xc64 @ xc64.T
+    xc = (x.to(dt) - mu).reshape(x.shape[0], -1)
+    torch_err = ((xc @ xc.T).double().cpu() - want).abs().max().item()
+    scale = want.diagonal().max().item()
+    _check(torch.triu(k), torch.triu(want), torch_err, dt, scale)
+    _check(diag, want.diagonal(), torch_err, dt, scale)
+    _check(rowsum, want.sum(1), want.shape[0] * torch_err, dt, want.shape[0] * scale)
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,shape", [(4, (1,)), (5, (3,)), (37, (200,)), (97, (3,)),
+                                     (37, (6, 9))])
+def test_gram_stats(poison, rng, n, shape, dt):
+    x = realistic(rng, n, int(np.prod(shape)), dtype=dt).reshape(n, *shape).to(DEV)
+    _gram_case(poison, x, dt)
+
+
+@pytest.mark.parametrize("layout", ["strided", "tokens_transposed", "tokens_sliced"])
+def test_gram_stats_layouts(poison, rng, layout):
+    n = 37
+    if layout == "strided":
+        x = realistic(rng, n, 400).to(DEV)[:, ::2]                    # stride_c = 2
+    elif layout == "tokens_transposed":                               # (n, T, C), C strided
+        x = realistic(rng, n, 7 * 24).to(DEV).reshape(n, 24, 7).transpose(1, 2)
+    else:                                                             # token slice: 2 strides
+        x = realistic(rng, n, 9 * 16).to(DEV).reshape(n, 9, 16)[:, 1:, ::2]
+    assert not x.is_contiguous()
+    xv = poison.token_view(x)[0]
+    assert xv.data_ptr() == x.data_ptr(), "token layout was copied"
+    _gram_case(poison, x, torch.float32)
+
+
+@pytest.mark.parametrize("xdt", [torch.bfloat16, torch.float16])
+def test_gram_stats_low_precision(poison, rng, xdt):
+    n = 37
+    x = realistic(rng, n, 200).to(xdt).to(DEV)
+    mu = x.mean(0, dtype=torch.float32)
+    k, diag, _ = poison.gram_stats_triton(x, mu)
+    xc64 = (x.double() - mu.double()).cpu()
+    want = xc64 @ xc64.T
+    err = (torch.triu(k).double().cpu() - torch.triu(want)).abs().max().item()
+    assert not torch.isnan(torch.triu(k)).any()
+    assert err <= 4 * _eps(xdt) * want.diagonal().max().item()
+
+
+# ------------------------------------------------------------------ centered rows
+
+def _unpack(row, n, unbiased):
+    """Packed row -> full symmetric (n, n) float64 (test helper, float64 throughout)."""
+    row = row.double().cpu()
+    iu = torch.triu_indices(n, n, 1)
+    c = torch.zeros(n, n, dtype=torch.float64)
+    c[iu[0], iu[1]] = row[: n * (n - 1) // 2] / np.sqrt(2)
+    c = c + c.T
+    if not unbiased:
+        c += torch.diag(row[n * (n - 1) // 2:])
+    return c
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("kernel,sigma", [("linear", None), ("rbf", None), ("rbf", 3.0)])
+@pytest.mark.parametrize("n", [4, 5, 37])
+def test_centered_gram_row(rng, n, kernel, sigma, unbiased, dt):
+    x = realistic(rng, n, 30, dtype=dt).to(DEV)
+    be = flashcka.backends.get("triton")
+    mu = x.mean(0, dtype=dt)
+    m = be.row_length(n, unbiased)
+    out = _nan((m,), dt)
+    sq = be.centered_gram_row(x, mu, out, kernel=kernel, sigma=sigma, threshold=1.0,
+                              unbiased=unbiased)
+    k = ref.gram(x.cpu().numpy(), kernel, sigma)
+    want = ref.center_unbiased(k) if unbiased else ref.center_biased(k)
+    want = torch.tensor(want)
+    tb = flashcka.backends.get("torch")
+    t_out = torch.empty(n * n, dtype=dt, device=DEV)
+    tb.centered_gram_row(x, mu, t_out, kernel=kernel, sigma=sigma, threshold=1.0,
+                         unbiased=unbiased)
+    torch_err = (t_out.double().cpu().reshape(n, n) - want).abs().max().item()
+    assert not torch.isnan(out).any(), "unwritten row entries"
+    _check(_unpack(out, n, unbiased), want, torch_err, dt, np.abs(k).max())
+    xc = x.double() - mu.double()
+    assert abs(sq.item() - xc.square().sum().item()) <= 1e-5 * xc.square().sum().item()
+
+
+def test_rbf_zero_bandwidth():
+    x = torch.ones(6, 4, device=DEV)
+    x[0] += 1
+    with pytest.raises(ValueError, match="median heuristic"):
+        flashcka.cka(x, x + 0, kernel="rbf", backend="triton")
+
+
+# ------------------------------------------------------------------ pair stage
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+@pytest.mark.parametrize("la,lb,m", [(3, 5, 1), (1, 1, 37), (17, 2, 1000), (4, 3, 20000)])
+def test_pair(poison, rng, la, lb, m, dt):
+    ga = torch.tensor(rng.standard_normal((la, m)), dtype=dt, device=DEV)
+    gb = torch.tensor(rng.standard_normal((lb, m)), dtype=dt, device=DEV)
+    got = poison.pair_triton(ga, gb)
+    assert got.dtype == torch.float64 and got.shape == (la, lb)
+    want = ga.double().cpu() @ gb.double().cpu().T
+    torch_err = ((ga @ gb.T).double().cpu() - want).abs().max().item()
+    scale = (ga.double().abs() @ gb.double().abs().T).max().item()
+    _check(got, want, torch_err, dt, scale)
+
+
+def test_pair_strided_rows(poison, rng):
+    g = torch.tensor(rng.standard_normal((6, 2 * 301)), dtype=torch.float32, device=DEV)
+    ga, gb = g[::2, ::2], g[1:4]                     # row stride ≠ m; unit stride
+    gb = gb[:, :301]
+    got = poison.pair_triton(ga, gb)
+    want = ga.double().cpu() @ gb.double().cpu().T
+    torch_err = ((ga @ gb.T).double().cpu() - want).abs().max().item()
+    _check(got, want, torch_err, torch.float32, (ga.abs() @ gb.abs().T).max().item())
+
+
+# ------------------------------------------------------------------ public API
+
+def _layers(rng, n, latent):
+    shapes = [(3,), (200,), (4, 5)]
+    return [realistic(rng, n, int(np.prod(s)), latent).reshape(n, *s).to(DEV) for s in shapes]
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_cka_matrix(rng, kernel, unbiased):
+    n = 37
+    z = rng.standard_normal((n, 16))
+    xs, ys = _layers(rng, n, z), _layers(rng, n, z)[:2]
+    want = np.array([[ref.cka(x.cpu().numpy(), y.cpu().numpy(), kernel, unbiased)
+                      for y in ys] for x in xs])
+    kw = dict(kernel=kernel, unbiased=unbiased, route="gram")
+    for dt in (torch.float32, torch.float64):
+        got = flashcka.cka_matrix(xs, ys, backend="triton", dtype=dt, **kw).cpu().numpy()
+        base = flashcka.cka_matrix(xs, ys, backend="torch", dtype=dt, **kw).cpu().numpy()
+        torch_err = np.abs(base - want).max()
+        assert np.abs(got - want).max() <= 4 * torch_err + 8 * _eps(dt)
+    same = flashcka.cka_matrix(xs, backend="triton", **kw).cpu().numpy()
+    assert np.allclose(np.diag(same), 1, atol=1e-5)
+
+
+def test_minibatch(rng):
+    la, lb = 2, 3
+    sizes = (37, 23)
+    batches_x, batches_y = [], []
+    for n in sizes:
+        z = rng.standard_normal((n, 16))
+        batches_x.append([realistic(rng, n, 50, z).to(DEV) for _ in range(la)])
+        batches_y.append([realistic(rng, n, 20, z).reshape(n, 4, 5).to(DEV)
+                          for _ in range(lb)])
+    want = ref.minibatch_cka([[x.cpu().numpy() for x in b] for b in batches_x],
+                             [[y.cpu().numpy() for y in b] for b in batches_y])
+    errs = {}
+    for be in ("triton", "torch"):
+        acc = flashcka.MinibatchCKA(la, lb, backend=be)
+        for bx, by in zip(batches_x, batches_y):
+            acc.update(bx, by)
+        errs[be] = np.abs(acc.compute().cpu().numpy() - want).max()
+    assert errs["triton"] <= 4 * errs["torch"] + 8 * _eps(torch.float32)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_public_gram(rng, kernel):
+    x = realistic(rng, 37, 30, dtype=torch.float64).to(DEV)
+    got = flashcka.gram(x, kernel, backend="triton").cpu().numpy()
+    want = ref.gram(x.cpu().numpy(), kernel)
+    assert np.allclose(got, got.T)
+    assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
+
+
+# ------------------------------------------------------------------ GPU only, larger
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("xdt,tf32", [(torch.float32, False), (torch.float32, True),
+                                      (torch.bfloat16, False)])
+def test_gpu_large_gram(poison, xdt, tf32):
+    n, d = 1025, 40000
+    g = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(4), "little"))
+    x = (torch.randn(n, d, device="cuda", generator=g) + 3).to(xdt)
+    mu = x.mean(0, dtype=torch.float32)
+    k, _, _ = poison.gram_stats_triton(x, mu, allow_tf32=tf32)
+    xc = x.double() - mu.double()
+    want = xc @ xc.T
+    err = (torch.triu(k).double() - torch.triu(want)).abs().max().item()
+    eps = 2.0 ** -10 if tf32 else _eps(xdt)       # tf32 keeps 10 mantissa bits
+    assert err <= 4 * eps * want.diagonal().max().item()
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_cka_matrix_matches_torch(rng):
+    n = 1025
+    z = rng.standard_normal((n, 16))
+    xs = [realistic(rng, n, d, z).cuda() for d in (3, 768, 4000)]
+    got = flashcka.cka_matrix(xs, backend="triton", route="gram").cpu().numpy()
+    want = flashcka.cka_matrix(xs, backend="torch", route="gram",
+                               dtype=torch.float64).cpu().numpy()
+    base = flashcka.cka_matrix(xs, backend="torch", route="gram").cpu().numpy()
+    assert np.abs(got - want).max() <= 4 * np.abs(base - want).max() + 8 * _eps(torch.float32)
