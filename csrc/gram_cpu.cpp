@@ -139,9 +139,21 @@ int rbf_upper(T* K, T* dg, int64_t n, T* scr, const GramArgs& args) {
   } else {
     int64_t p = 0;
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = i + 1; j < n; ++j) scr[p++] = K[i * n + j];
+      for (int64_t j = i + 1; j < n; ++j) {
+        const T v = K[i * n + j];
+        scr[p++] = v == v ? v : T(INFINITY);  // NaN-safe selection
+      }
     const T med = median_sq_distance(scr, n);
-    if (!(med > T(0))) return 1;
+    if (!(med > T(0))) {
+      // Constant representation (every distance 0): K = 11ᵀ, as the torch backend.
+      for (int64_t q = 0; q < p; ++q)
+        if (scr[q] > T(0) || scr[q] != scr[q]) return 1;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = i + 1; j < n; ++j) K[i * n + j] = T(1);
+        dg[i] = T(1);
+      }
+      return 0;
+    }
     two_s2 = T(2.0 * args.threshold * args.threshold) * med;
   }
   const T neg = -two_s2;

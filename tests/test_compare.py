@@ -303,7 +303,7 @@ def test_training_mode_restored_and_hooks_removed_on_error():
     seen = []
     a[0].register_forward_pre_hook(lambda mod, inp: seen.append(mod.training))
     compare(a, None, batches([10]), progress=False)
-    assert seen == [False]
+    assert seen and not any(seen)            # eval mode during every pass
     assert a.training and a[0].training and not a[1].training and a[2].training
 
     class Boom(nn.Module):

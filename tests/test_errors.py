@@ -79,7 +79,7 @@ def test_zero_variance_gives_nan_and_names_layer(kernel, offset, dtype):
 
 def test_rbf_median_zero_is_explained():
     x = torch.zeros(10, 2)
-    x[0] = 1.0  # most pairwise distances are zero, but the data is not constant
+    x[0], x[1] = 1.0, -2.0  # most pairwise distances are zero, but the data is not constant
     with pytest.raises(ValueError, match=r"x: the median heuristic gives sigma = 0"):
         flashcka.cka(x, x_(), kernel="rbf")
     assert torch.isfinite(flashcka.cka(x, x_(), kernel="rbf", sigma=1.0))

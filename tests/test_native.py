@@ -293,3 +293,11 @@ def test_public_gram_center_and_minibatch():
 def test_auto_picks_native_on_cpu():
     from flashcka import backends
     assert backends.select("auto", torch.randn(5, 3)).name == "native"
+
+
+def test_rbf_constant_representation_is_all_ones():
+    x = torch.full((9, 3), 2.5, dtype=torch.float64)
+    k = native.kernel_matrix(x, kernel="rbf", sigma=None, threshold=1.0, ct=torch.float64)
+    assert torch.equal(k, torch.ones(9, 9, dtype=torch.float64))
+    row, _ = native_row(x, True, "rbf", None)
+    assert row.abs().max() < 1e-14  # Û(11ᵀ) = 0 up to rounding

@@ -45,6 +45,17 @@ RESULTS = HERE.parent / "results"
 
 IMPORTS = {"flashcka": "flashcka", "torch-cka": "torch_cka", "ckatorch": "ckatorch",
            "cka-pytorch": "cka_pytorch", "pytorch-cka": "cka"}
+# What reading each package's source shows (their installed code; none is copied here).
+NOTES = {
+    "flashcka MinibatchCKA": "features centered before the Gram; float64 accumulators",
+    "flashcka compare": "hooks turn each output into its centered Gram at once",
+    "torch-cka": "raw float32 Grams (no centering); HSIC₁ per pair with n×n×n products",
+    "ckatorch (cka_batch)": "casts to float64",
+    "ckatorch (CKA hooks)": "needs 3-D (batch, samples, features) outputs; each batch "
+                            "overwrites the previous one: result = last batch",
+    "cka-pytorch": "raw float32 Grams; adds 1e-4 under the denominator's sqrt",
+    "pytorch-cka": "raw float32 Grams; clamps results to [0, 1]",
+}
 RUNNERS = {}   # name -> (package for the version, API description, function)
 
 
@@ -225,8 +236,8 @@ def run_ckatorch_hooks(A, B, n, batches):
         CKA(Stored(A), Stored(B), layers=names, first_name="A", second_name="B")(
             loader(n * batches, n, with_target=False), epochs=1)
     except Exception as e:  # noqa: BLE001
-        note = (f"(n, d) outputs fail ({type(e).__name__}: {str(e)[:60]}); "
-                "run with outputs viewed as (1, n, d)")
+        note = (f"(n, d) outputs fail with "
+                f"{type(e).__name__}; run with outputs viewed as (1, n, d)")
     cka = CKA(Stored(A, "1nd"), Stored(B, "1nd"), layers=names, first_name="A",
               second_name="B")
     return cka(loader(n * batches, n, with_target=False), epochs=1).numpy(), note
@@ -404,7 +415,7 @@ def render(rows, a, cpu, spread):
                          f"{r.get('error', '?')[:160]} |")
             continue
         c = r["closest"]
-        notes = "; ".join(x for x in (r.get("note", ""),
+        notes = "; ".join(x for x in (NOTES.get(r["name"], ""), r.get("note", ""),
                                       f"{r['nan']} NaN" if r.get("nan") else "") if x)
         lines.append(f"| {name} | `{r['api']}` | {r['seconds']:.2f} | {r['peak_mb']:.0f} | "
                      f"{r['dev']['mb_debiased']:.1e} | {c} ({r['dev'][c]:.1e})"

@@ -75,7 +75,10 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
         module called k > 1 times per forward pass gives layers ``name#0 … name#(k-1)``.
 
     Hooks run under ``torch.no_grad()`` with the models in eval mode; each hooked output is
-    turned into its centered Gram at once and released (activations are never collected).
+    turned into its centered Gram at once, written into a preallocated (L, m) row buffer,
+    and released: activations are never collected. The first batch goes through each model
+    twice: a discovery pass (which modules fire, how often; no Grams) sizes the buffer,
+    then the real pass.
     Every module's training flag is restored and every hook removed, even on error.
     """
     settings = Settings(kernel, unbiased, sigma, threshold)
@@ -143,11 +146,10 @@ def _run(models, recorders, ctx, loader, max_batches, progress, same):
                 continue
             rows = []
             for model, rec in zip(models, recorders):
-                rec.start(n)
-                try:
-                    _forward(model, batch)
-                finally:
-                    rec.active = False
+                if rec.labels is None:             # first batch: discover the layers
+                    _pass(model, rec, batch, n, discover=True)
+                    rec.finish_discovery()
+                _pass(model, rec, batch, n)
                 rows.append(rec.finish())
             if acc is None:
                 la = recorders[0].labels
@@ -163,6 +165,14 @@ def _run(models, recorders, ctx, loader, max_batches, progress, same):
     return acc, skipped
 
 
+def _pass(model, rec, batch, n, discover=False):
+    rec.start(n, discover)
+    try:
+        _forward(model, batch)
+    finally:
+        rec.active = False
+
+
 def _forward(model, batch):
     if isinstance(batch, Mapping):
         return model(**batch)
@@ -176,9 +186,10 @@ def _to_device(batch, device):
         return batch.to(device)
     if isinstance(batch, Mapping):
         return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(v, device) for v in batch) if isinstance(batch, list) \
-            else tuple(_to_device(v, device) for v in batch)
+    if isinstance(batch, list):
+        return [_to_device(v, device) for v in batch]
+    if isinstance(batch, tuple):
+        return tuple(_to_device(v, device) for v in batch)
     return batch
 
 

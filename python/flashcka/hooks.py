@@ -132,8 +132,9 @@ def apply_tokens(x: torch.Tensor, tokens) -> torch.Tensor:
 
 class GramRecorder:
     """Hooks ``names`` of ``model``; while ``active``, each call's output becomes one centered
-    Gram row. The first batch discovers the layers (module, call index) in the order they
-    first produce output; later batches must call each module as often."""
+    Gram row, written into a preallocated (L, m) buffer. A discovery pass on the first batch
+    fixes the layers (module, call index) in the order they first produce output; every
+    batch must then call each module as often."""
 
     def __init__(self, model: nn.Module, names: list[str], ctx, side: str):
         self.model, self.names, self.ctx, self.side = model, names, ctx, side
@@ -141,7 +142,6 @@ class GramRecorder:
         self.labels: list[str] | None = None      # fixed after the first batch
         self._index: dict[tuple[str, int], int] = {}
         self._calls: dict[str, int] = {}
-        self._first: list[tuple[tuple[str, int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.g = self.sq_c = self.sq = None
         self.handles = []
         modules = dict(model.named_modules())
@@ -154,15 +154,18 @@ class GramRecorder:
         self.handles = []
 
     # -- per batch
-    def start(self, n: int) -> None:
+    def start(self, n: int, discover: bool = False) -> None:
+        """Begin a forward pass on a batch of n. ``discover`` (first batch only) counts the
+        calls and checks the outputs without building Grams, so the (L, m) row buffer can be
+        allocated once, at its exact size."""
         self._calls = {name: 0 for name in self.names}
-        self._first = []
-        self.n = n
-        if self.labels is not None:
+        self._order: list[tuple[str, int]] = []
+        self.n, self.discovering = n, discover
+        if not discover:
             m = self.ctx.row_length(n)
             if self.g is None or self.g.shape[1] != m:
-                L = len(self.labels)
-                dev = self.ctx.device
+                L, dev = len(self.labels), self.ctx.device
+                self.g = None                                  # free the old rows first
                 self.g = torch.empty(L, m, dtype=self.ctx.ct, device=dev)
                 self.sq_c = torch.empty(L, dtype=torch.float64, device=dev)
                 self.sq = torch.empty(L, dtype=torch.float64, device=dev)
@@ -177,7 +180,7 @@ class GramRecorder:
     def _record(self, name: str, output) -> None:
         k = self._calls[name]
         self._calls[name] = k + 1
-        label = f"{name}#{k}" if k else name   # renamed after discovery when called again
+        label = f"{name}#{k}" if k else name
         x = apply_tokens(output_tensor(output, label), self.ctx.tokens)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"tokens callable returned {type(x).__name__} for layer {label}; "
@@ -191,48 +194,43 @@ class GramRecorder:
                              f"{tuple(x.shape)}) but the batch has {self.n}; hook layers whose "
                              f"output keeps the batch in dimension 0")
         self.ctx.prepare(x)
-        if self.labels is None:
-            row = torch.empty(self.ctx.row_length(self.n), dtype=self.ctx.ct, device=x.device)
-        else:
-            i = self._index.get((name, k))
-            if i is None:
-                raise ValueError(f"{self.side}: module {name} was called more than "
-                                 f"{sum(1 for key in self._index if key[0] == name)} time(s) "
-                                 f"in this forward pass, unlike the first batch's")
-            row = self.g[i]
-        sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {label}", row, self.n,
+        if self.discovering:
+            self._order.append((name, k))
+            return
+        i = self._index.get((name, k))
+        if i is None:
+            raise ValueError(f"{self.side}: module {name} was called more than "
+                             f"{self.ctx.first_counts[self.side][name]} time(s) in this "
+                             f"forward pass, unlike in the first batch's")
+        label = self.labels[i]
+        sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {label}", self.g[i], self.n,
                                     self.ctx.ct, self.ctx.settings)
         if x.device.type == "cpu" and not bool(torch.isfinite(sq_c)):
             _validate.raise_non_finite(x, f"layer {label}", self.ctx.ct)
-        if self.labels is None:
-            self._first.append(((name, k), row, sq_c, sq))
-        else:
-            self.sq_c[i], self.sq[i] = sq_c, sq
+        self.sq_c[i], self.sq[i] = sq_c, sq
+
+    def finish_discovery(self) -> None:
+        """After the first batch's discovery pass: fix the layers (in the order they first
+        produced output) and their names."""
+        self.active = False
+        silent = [n for n, c in self._calls.items() if c == 0]
+        if silent:
+            raise ValueError(f"{self.side}: hook(s) on {silent} never fired in the first "
+                             f"batch's forward pass; those modules are not used by "
+                             f"{type(self.model).__name__}.forward — choose other layers")
+        self.labels = [f"{n}#{k}" if self._calls[n] > 1 else n for n, k in self._order]
+        self._index = {key: i for i, key in enumerate(self._order)}
+        self.ctx.first_counts[self.side] = dict(self._calls)
 
     def finish(self) -> _engine.Rows:
-        """End the batch's forward pass: check the calls and return its Rows."""
+        """End a batch's forward pass: check the calls and return its Rows."""
         self.active = False
-        if self.labels is None:
-            silent = [n for n, c in self._calls.items() if c == 0]
-            if silent:
-                raise ValueError(f"{self.side}: hook(s) on {silent} never fired in the first "
-                                 f"batch's forward pass; those modules are not used by "
-                                 f"{type(self.model).__name__}.forward — choose other layers")
-            order = [key for key, *_ in self._first]
-            self.labels = [f"{n}#{k}" if self._calls[n] > 1 else n for n, k in order]
-            self._index = {key: i for i, key in enumerate(order)}
-            self.g = torch.stack([r for _, r, _, _ in self._first])
-            self.sq_c = torch.stack([s for _, _, s, _ in self._first])
-            self.sq = torch.stack([s for _, _, _, s in self._first])
-            self._first = []
-            self.ctx.first_counts[self.side] = dict(self._calls)
-        else:
-            want = self.ctx.first_counts[self.side]
-            for n, c in self._calls.items():
-                if c != want[n]:
-                    raise ValueError(f"{self.side}: module {n} was called {c} time(s) in this "
-                                     f"batch's forward pass but {want[n]} in the first batch's; "
-                                     f"compare needs the same calls on every batch")
+        want = self.ctx.first_counts[self.side]
+        for n, c in self._calls.items():
+            if c != want[n]:
+                raise ValueError(f"{self.side}: module {n} was called {c} time(s) in this "
+                                 f"batch's forward pass but {want[n]} in the first batch's; "
+                                 f"compare needs the same calls on every batch")
         bad = ~torch.isfinite(self.sq_c)
         if bool(bad.any()):
             label = self.labels[int(bad.nonzero()[0])]

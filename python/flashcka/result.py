@@ -146,7 +146,8 @@ class CKAResult:
         if title is None:
             kind = "debiased" if s.get("unbiased", True) else "biased"
             title = (f"{kind} {s.get('kernel', 'linear')} CKA: {s.get('model_a', 'A')} vs "
-                     f"{s.get('model_b', 'B')} ({self.num_samples} samples)")
+                     f"{s.get('model_b', 'B')}"
+                     + (f" ({self.num_samples} samples)" if self.num_samples else ""))
         ax.set_title(title, fontsize=9)
         if annotate is None:
             annotate = la <= 12 and lb <= 12
