@@ -296,6 +296,41 @@ GramResult dispatch2(int x_dtype, int ct, F f) {
   return f(double(), float());
 }
 
+// mu (d) = column mean of x viewed as (n, a, b), accumulated in double. Features are
+// split over `threads` workers of our own (no OpenMP: see gram_upper).
+template <class I, class T>
+void column_mean_t(const I* x, const Layout& L, T* mu, int threads) {
+  const int64_t n = L.n, d = L.a * L.b;
+  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, d / 1024));
+  if (n * d < (int64_t(1) << 20)) nt = 1;
+  auto worker = [&](int64_t t) {
+    const int64_t c0 = d * t / nt, c1 = d * (t + 1) / nt;
+    std::vector<double> acc(static_cast<size_t>(c1 - c0), 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+      const I* xi = x + i * L.s0;
+      int64_t j = c0 / L.b, k = c0 % L.b, c = c0;
+      while (c < c1) {
+        const int64_t seg = std::min(L.b - k, c1 - c);
+        const I* xp = xi + j * L.s1 + k * L.s2;
+        double* ap = acc.data() + (c - c0);
+        if (L.s2 == 1) {
+          for (int64_t u = 0; u < seg; ++u) ap[u] += double(xp[u]);
+        } else {
+          for (int64_t u = 0; u < seg; ++u) ap[u] += double(xp[u * L.s2]);
+        }
+        c += seg;
+        k = 0;
+        ++j;
+      }
+    }
+    for (int64_t c = c0; c < c1; ++c) mu[c] = T(acc[c - c0] / double(n));
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, t);
+  worker(0);
+  for (auto& th : pool) th.join();
+}
+
 }  // namespace
 
 GramResult centered_gram_row(const void* x, int x_dtype, const Layout& lay, const void* mu,
@@ -315,6 +350,16 @@ GramResult kernel_matrix(const void* x, int x_dtype, const Layout& lay, const vo
     using T = decltype(t_tag);
     return kernel_matrix_t<I, T>(static_cast<const I*>(x), lay, static_cast<const T*>(mu),
                                  static_cast<T*>(out), args);
+  });
+}
+
+void column_mean(const void* x, int x_dtype, const Layout& lay, void* mu, int ct,
+                 int threads) {
+  dispatch2(x_dtype, ct, [&](auto i_tag, auto t_tag) {
+    using I = decltype(i_tag);
+    using T = decltype(t_tag);
+    column_mean_t<I, T>(static_cast<const I*>(x), lay, static_cast<T*>(mu), threads);
+    return GramResult{0.0, 0};
   });
 }
 

@@ -37,6 +37,9 @@ GramResult centered_gram_row(const void* x, int x_dtype, const Layout& lay, cons
 GramResult kernel_matrix(const void* x, int x_dtype, const Layout& lay, const void* mu,
                          void* out, int ct, const GramArgs& args);
 
+// mu (a*b, dtype ct) = column mean of x viewed as (n, a, b), accumulated in double.
+void column_mean(const void* x, int x_dtype, const Layout& lay, void* mu, int ct, int threads);
+
 // U-centering or HKH of a contiguous (n, n) matrix k (any, not necessarily symmetric).
 void center_full(const void* k, void* out, int64_t n, int dtype, bool unbiased);
 

@@ -66,6 +66,14 @@ PYBIND11_MODULE(_C, m) {
       py::call_guard<py::gil_scoped_release>(),
       "Full (n, n) kernel matrix of x - mu (mu = 0: no centering) into out.");
   m.def(
+      "column_mean",
+      [](std::uintptr_t x, int x_dtype, int64_t n, int64_t a, int64_t b, int64_t s0,
+         int64_t s1, int64_t s2, std::uintptr_t mu, int ct, int threads) {
+        flashcka::column_mean(cptr(x), x_dtype, Layout{n, a, b, s0, s1, s2}, mptr(mu), ct,
+                              threads);
+      },
+      py::call_guard<py::gil_scoped_release>(), "mu (a*b, dtype ct) = column mean of x.");
+  m.def(
       "center_full",
       [](std::uintptr_t k, std::uintptr_t out, int64_t n, int dtype, bool unbiased) {
         flashcka::center_full(cptr(k), mptr(out), n, dtype, unbiased);

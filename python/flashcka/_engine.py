@@ -64,7 +64,7 @@ def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None =
 
 def gram_row(be, x, name, out, n, ct, s: Settings):
     """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) tensors."""
-    mu = x.mean(0, dtype=ct)
+    mu = be.column_mean(x, ct)
     try:
         sq_c = be.centered_gram_row(x, mu, out, kernel=s.kernel, sigma=s.sigma,
                                     threshold=s.threshold, unbiased=s.unbiased)

@@ -41,6 +41,10 @@ class Backend:
     def row_length(self, n: int, unbiased: bool) -> int:
         raise NotImplementedError
 
+    def column_mean(self, x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
+        """Column mean μ of x (n, ...) -> x.shape[1:] in ct (the μ of centered_gram_row)."""
+        return x.mean(0, dtype=ct)
+
     def centered_gram_row(self, x: torch.Tensor, mu: torch.Tensor, out: torch.Tensor, *,
                           kernel: str, sigma, threshold: float, unbiased: bool) -> torch.Tensor:
         """Write the centered Gram of ``x`` (n, ...) into ``out`` (row_length,) of dtype ct.
