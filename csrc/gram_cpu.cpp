@@ -65,7 +65,7 @@ void gram_upper(const I* x, const Layout& L, const T* mu, T* K, int threads) {
                       L.s0 <= 0x7fffffff;
   int64_t w = std::max<int64_t>(256, (int64_t(2) << 20) / (int64_t(sizeof(T)) * n));
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, (d + 255) / 256));
-  if (n * n * d < (int64_t(1) << 22)) nt = 1;  // too small to be worth a thread
+  if (n * n * d < (int64_t(1) << 28)) nt = 1;  // under ~3 ms of work: a second thread costs more
   w = std::min(w, (d + nt - 1) / nt);
   const int64_t chunks = (d + w - 1) / w;
   nt = std::min(nt, chunks);

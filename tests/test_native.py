@@ -147,7 +147,7 @@ def test_float32_within_torch_error(threads, unbiased, kernel):
     torch.set_num_threads(threads)
     try:
         gen = torch.Generator().manual_seed(11)
-        n, d = 257, 3000
+        n, d = 257, 4100  # n²d ≥ 2²⁸: with 2 threads the Gram is split over workers
         x64 = make((n, d), "every_other_column", gen) + 3.0  # an offset: tests centering
         x32 = x64.float()
         ref = ref_center(ref_kernel(x32, kernel, None), unbiased)
@@ -176,7 +176,7 @@ def test_large_gram_threads_split():
     torch.set_num_threads(2)
     try:
         gen = torch.Generator().manual_seed(5)
-        x = make((130, 5000), "tokens", gen)
+        x = make((130, 16000), "tokens", gen)  # n²d ≥ 2²⁸, the single-thread cutoff
         row, sq = native_row(x, True)
         assert rel(unpack(row, 130, True), ref_center(ref_kernel(x, "linear", None), True)) < 1e-12
     finally:
