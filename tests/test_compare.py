@@ -9,47 +9,19 @@ import torch
 from torch import nn
 
 import flashcka
+import reference
 from flashcka import CKAResult, FlashCKAWarning, compare
 from flashcka.hooks import default_layers, select_layers
 
 
 # ------------------------------------------------------------------ float64 reference
 
-def hsic1(K, L):
-    """Song et al. 2012 unbiased HSIC, written out (no U-centering)."""
-    n = K.shape[0]
-    K = K.clone(); L = L.clone()
-    K.fill_diagonal_(0); L.fill_diagonal_(0)
-    one = torch.ones(n, dtype=torch.float64)
-    return (torch.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * (one @ K @ L @ one)) / (n * (n - 3))
-
-
-def hsic0(K, L):
-    n = K.shape[0]
-    H = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    return torch.trace(K @ H @ L @ H) / (n - 1) ** 2
-
-
 def ref_minibatch_cka(batches_a, batches_b, unbiased=True):
-    """batches_x: list over batches of lists over layers of (n, ...) tensors."""
-    h = hsic1 if unbiased else hsic0
-    la, lb = len(batches_a[0]), len(batches_b[0])
-    cross = torch.zeros(la, lb, dtype=torch.float64)
-    sa = torch.zeros(la, dtype=torch.float64)
-    sb = torch.zeros(lb, dtype=torch.float64)
-    for xs, ys in zip(batches_a, batches_b):
-        Ks = [x.reshape(x.shape[0], -1).double() @ x.reshape(x.shape[0], -1).double().T
-              for x in xs]
-        Ls = [y.reshape(y.shape[0], -1).double() @ y.reshape(y.shape[0], -1).double().T
-              for y in ys]
-        for i, K in enumerate(Ks):
-            sa[i] += h(K, K)
-            for j, L in enumerate(Ls):
-                cross[i, j] += h(K, L)
-        for j, L in enumerate(Ls):
-            sb[j] += h(L, L)
-    return cross / torch.sqrt(sa[:, None] * sb[None, :])
+    """tests/reference.py's minibatch CKA on lists (batches) of lists (layers) of tensors."""
+    def as_np(batches):
+        return [[t.detach().double().numpy() for t in layers] for layers in batches]
+    return torch.from_numpy(reference.minibatch_cka(as_np(batches_a), as_np(batches_b),
+                                                    unbiased=unbiased))
 
 
 def mlp(seed, widths=(5, 7, 3), act=nn.Tanh):
