@@ -15,7 +15,6 @@ Run: ``pytest bench/bench_triton.py --benchmark-json=...`` (bench/gpu.sh does it
 from __future__ import annotations
 
 import importlib
-import os
 
 import pytest
 import torch

@@ -55,11 +55,35 @@ def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None =
     sq = torch.empty(L, dtype=torch.float64, device=device)
     for i, (x, name) in enumerate(zip(tensors, names)):
         sq_c[i], sq[i] = gram_row(be, x, name, g[i], n, ct, s)
+    check_finite(sq_c, names, ct, tensors)
+    return Rows(g, sq_c, sq)
+
+
+def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
+    """Raise naming the first layer whose ‖X_c‖² is non-finite (NaN/Inf in its input, or
+    a Gram that overflows ct); with its tensor at hand, say exactly where."""
     bad = ~torch.isfinite(sq_c)
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        _validate.raise_non_finite(tensors[i], names[i], ct)
-    return Rows(g, sq_c, sq)
+        if tensors is not None:
+            _validate.raise_non_finite(tensors[i], names[i], ct)
+        raise ValueError(f"{names[i]} holds non-finite values (NaN/Inf) or overflows {ct} in "
+                         f"its Gram matrix; pass dtype=torch.float64 or check the model")
+
+
+def hsic_from_rows(be, ra: Rows, rb: Rows, same: bool, n: int, unbiased: bool):
+    """(cross (L_A, L_B), self_a (L_A,), self_b (L_B,)) float64 HSICs of one batch's rows:
+    cross from one product G_A G_Bᵀ, self terms its diagonal (same) or the row norms."""
+    norm = normaliser(n, unbiased)
+    cross = be.pair(ra.g, rb.g) / norm
+    if same:
+        diag = cross.diagonal().clone()
+        return cross, diag, diag
+    return cross, _sq_row_norms(ra.g) / norm, _sq_row_norms(rb.g) / norm
+
+
+def _sq_row_norms(g: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("lm,lm->l", g, g).to(torch.float64)
 
 
 def gram_row(be, x, name, out, n, ct, s: Settings):

@@ -82,11 +82,16 @@ def device_of(groups: Sequence[tuple[list[torch.Tensor], list[str]]]) -> torch.d
     return device
 
 
+def dtype_arg(dtype) -> None:
+    """The ``dtype=`` keyword: None (choose from the inputs), float32 or float64."""
+    if dtype is not None and dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+
+
 def compute_dtype(groups, dtype) -> torch.dtype:
     """float64 if asked or if any input is float64; float32 otherwise (bf16/fp16 upcast)."""
+    dtype_arg(dtype)
     if dtype is not None:
-        if dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         return dtype
     for tensors, _ in groups:
         if any(t.dtype == torch.float64 for t in tensors):

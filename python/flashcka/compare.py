@@ -232,7 +232,5 @@ def _check_args(model_a, model_b, tokens, max_batches, dtype, backend):
         raise ValueError(f"tokens must be one of {TOKEN_MODES} or a callable, got {tokens!r}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
-    if dtype is not None and dtype not in _validate.COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    if backend not in backends.NAMES:
-        raise ValueError(f"backend must be one of {backends.NAMES}, got {backend!r}")
+    _validate.dtype_arg(dtype)
+    backends.check_name(backend)

@@ -136,12 +136,7 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
         be = backends.select(backend, xa[0])
         ra = _engine.gram_rows(be, xa, na, n, ct, s)
         rb = ra if same else _engine.gram_rows(be, xb, nb, n, ct, s)
-        cross = be.pair(ra.g, rb.g) / norm
-        if same:
-            self_a = self_b = cross.diagonal().clone()
-        else:
-            self_a = _self_inner(ra.g) / norm
-            self_b = _self_inner(rb.g) / norm
+        cross, self_a, self_b = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased)
         sqc_a, sq_a, sqc_b, sq_b = ra.sq_c, ra.sq, rb.sq_c, rb.sq
     if want == "hsic":
         return cross
@@ -149,7 +144,3 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
                                  _engine.zero_variance(sqc_a, sq_a, ct),
                                  _engine.zero_variance(sqc_b, sq_b, ct), na, nb)
 
-
-def _self_inner(g: torch.Tensor) -> torch.Tensor:
-    """‖row‖² of each row of g (L, m) -> (L,) float64: the self HSICs, unnormalised."""
-    return torch.einsum("lm,lm->l", g, g).to(torch.float64)

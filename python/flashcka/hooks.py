@@ -205,8 +205,8 @@ class GramRecorder:
         label = self.labels[i]
         sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {label}", self.g[i], self.n,
                                     self.ctx.ct, self.ctx.settings)
-        if x.device.type == "cpu" and not bool(torch.isfinite(sq_c)):
-            _validate.raise_non_finite(x, f"layer {label}", self.ctx.ct)
+        if x.device.type == "cpu":  # precise message now; CUDA: one check per batch
+            _engine.check_finite(sq_c.view(1), [f"layer {label}"], self.ctx.ct, [x])
         self.sq_c[i], self.sq[i] = sq_c, sq
 
     def finish_discovery(self) -> None:
@@ -231,10 +231,5 @@ class GramRecorder:
                 raise ValueError(f"{self.side}: module {n} was called {c} time(s) in this "
                                  f"batch's forward pass but {want[n]} in the first batch's; "
                                  f"compare needs the same calls on every batch")
-        bad = ~torch.isfinite(self.sq_c)
-        if bool(bad.any()):
-            label = self.labels[int(bad.nonzero()[0])]
-            raise ValueError(f"layer {label} holds non-finite values (NaN/Inf) or overflows "
-                             f"{self.ctx.ct} in its Gram matrix; pass dtype=torch.float64 or "
-                             f"check the model")
+        _engine.check_finite(self.sq_c, [f"layer {lb}" for lb in self.labels], self.ctx.ct)
         return _engine.Rows(self.g, self.sq_c, self.sq)

@@ -33,8 +33,7 @@ class MinibatchCKA:
                 raise ValueError(f"{arg} must be a positive int, got {v!r}")
         self.settings = Settings(kernel, unbiased, sigma, threshold)
         self.settings.check()
-        if dtype is not None and dtype not in _validate.COMPUTE_DTYPES:
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        _validate.dtype_arg(dtype)
         backends.check_name(backend)
         self.same = num_layers_b is None
         self.num_layers_a = num_layers_a
@@ -94,13 +93,7 @@ class MinibatchCKA:
     def add_rows(self, be, ra: _engine.Rows, rb: _engine.Rows, n: int, ct) -> None:
         """Add one batch given its centered Gram rows (used by ``update`` and by the hooks
         of ``compare``, which build rows as each layer's output appears)."""
-        norm = _engine.normaliser(n, self.settings.unbiased)
-        cross = be.pair(ra.g, rb.g) / norm
-        if self.same:
-            ha = hb = cross.diagonal()
-        else:
-            ha = torch.einsum("lm,lm->l", ra.g, ra.g).to(torch.float64) / norm
-            hb = torch.einsum("lm,lm->l", rb.g, rb.g).to(torch.float64) / norm
+        cross, ha, hb = _engine.hsic_from_rows(be, ra, rb, self.same, n, self.settings.unbiased)
         if self.cross is None:
             dev = cross.device
             z = lambda k: torch.zeros(k, dtype=torch.float64, device=dev)  # noqa: E731
