@@ -110,3 +110,131 @@ def test_all_reduce_single_rank(rng, tmp_path):
         assert torch.equal(m.compute(), before) and m.num_batches == 1
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- dict batches (issue 9, item 2)
+def test_dict_batches_are_matched_by_key_not_order(rng):
+    """The same layers given in another key order in a later batch must not be mixed."""
+    bx = batches(rng, [30, 30, 17], [3, 12, 5])
+    by = batches(rng, [30, 30, 17], [4, 2])
+    keys = ["conv", "fc", "head"]
+    m = flashcka.MinibatchCKA(3, 2)
+    for b, (x, y) in enumerate(zip(bx, by)):
+        order = keys if b % 2 == 0 else keys[::-1]
+        m.update({k: torch.tensor(x[keys.index(k)]) for k in order},
+                 {"p": torch.tensor(y[0]), "q": torch.tensor(y[1])} if b % 2 == 0 else
+                 {"q": torch.tensor(y[1]), "p": torch.tensor(y[0])})
+    assert m.names_a == keys and m.names_b == ["p", "q"]
+    np.testing.assert_allclose(m.compute().numpy(), ref.minibatch_cka(bx, by), rtol=1e-9)
+
+
+def test_dict_batches_matched_to_given_names(rng):
+    bx = batches(rng, [20, 21], [3, 6, 40])
+    m = flashcka.MinibatchCKA(3, names_a=["b", "c", "a"])
+    for x in bx:
+        m.update({"a": torch.tensor(x[2]), "b": torch.tensor(x[0]), "c": torch.tensor(x[1])})
+    np.testing.assert_allclose(m.compute().numpy(), ref.minibatch_cka(bx, bx), rtol=1e-9)
+
+
+def test_dict_batch_with_missing_or_unknown_keys_raises_and_keeps_state(rng):
+    bx = batches(rng, [20, 20], [3, 6])
+    m = flashcka.MinibatchCKA(2)
+    m.update({"a": torch.tensor(bx[0][0]), "b": torch.tensor(bx[0][1])})
+    before = m.compute().clone()
+    with pytest.raises(ValueError, match=r"missing \['b'\]; unknown \['c'\]"):
+        m.update({"a": torch.tensor(bx[1][0]), "c": torch.tensor(bx[1][1])})
+    with pytest.raises(ValueError, match=r"missing \['a'\]"):
+        m.update({"b": torch.tensor(bx[1][0])})
+    with pytest.raises(ValueError, match=r"unknown \['z'\]"):
+        flashcka.MinibatchCKA(1, names_a=["a"]).update({"a": torch.tensor(bx[0][0]),
+                                                        "z": torch.tensor(bx[0][1])})
+    assert m.num_batches == 1 and torch.equal(m.compute(), before)
+    # positional batches stay allowed once the names are known
+    m.update([torch.tensor(a) for a in bx[1]])
+    assert m.num_batches == 2
+
+
+def test_dict_after_sequence_batches_without_names_raises(rng):
+    bx = batches(rng, [20, 20], [3, 6])
+    m = flashcka.MinibatchCKA(2)
+    m.update(t(bx[0]))
+    with pytest.raises(ValueError, match="names_a"):
+        m.update({"x": torch.tensor(bx[1][0]), "y": torch.tensor(bx[1][1])})
+
+
+def test_bad_names_arguments():
+    with pytest.raises(TypeError, match="names_a must be a sequence"):
+        flashcka.MinibatchCKA(2, names_a="ab")
+    with pytest.raises(ValueError, match=r"names_a repeats \['x'\]"):
+        flashcka.MinibatchCKA(2, names_a=["x", "x"])
+    with pytest.raises(ValueError, match="names_b is given"):
+        flashcka.MinibatchCKA(2, names_b=["x", "y"])
+
+
+def test_keys_survive_state_dict(rng):
+    bx = batches(rng, [20, 20], [3, 6])
+    m = flashcka.MinibatchCKA(2)
+    m.update({"a": torch.tensor(bx[0][0]), "b": torch.tensor(bx[0][1])})
+    r = flashcka.MinibatchCKA(2)
+    r.load_state_dict(m.state_dict())
+    r.update({"b": torch.tensor(bx[1][1]), "a": torch.tensor(bx[1][0])})
+    np.testing.assert_allclose(r.compute().numpy(), ref.minibatch_cka(bx, bx), rtol=1e-9)
+
+
+# ---------------------------------------------------------------- load_state_dict (item 8)
+def _bad_states(good):
+    def edit(**kw):
+        s = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in good.items()}
+        s.update(kw)
+        return s
+    drop = dict(good)
+    del drop["sq_a"]
+    return [
+        (edit(cross=good["cross"].T.contiguous()), ValueError, r"cross has shape \(1, 2\)"),
+        (edit(cross=good["cross"].reshape(-1)), ValueError, "cross has shape"),
+        (edit(hsic_a=good["hsic_a"][:1]), ValueError, "hsic_a has shape"),
+        (edit(sq_b=good["sq_b"].float()), TypeError, "sq_b has dtype torch.float32"),
+        (edit(hsic_b=[1.0]), TypeError, "hsic_b must be a tensor"),
+        (edit(cross=good["cross"] * float("nan")), ValueError, "cross holds non-finite"),
+        (edit(sq_c_a=-good["sq_c_a"]), ValueError, "negative"),
+        (edit(compute_dtype="torch.float16"), ValueError, "compute_dtype"),
+        (edit(compute_dtype="banana"), ValueError, "compute_dtype"),
+        (edit(compute_dtype=None), ValueError, "compute_dtype"),
+        (edit(num_batches=-1), ValueError, "num_batches"),
+        (edit(num_batches=2.5), ValueError, "num_batches"),
+        (edit(num_samples=3), ValueError, "num_samples"),
+        (edit(num_batches=0), ValueError, "num_batches = 0"),
+        (edit(names_a=["p"]), ValueError, "names_a has 1 names"),
+        (edit(names_a="pq"), TypeError, "names_a must be a sequence"),
+        (edit(version=2), ValueError, "version"),
+        (edit(keyed="yes"), ValueError, "keyed"),
+        (drop, ValueError, r"missing \['sq_a'\]"),
+        ([1, 2], TypeError, "state must be a dict"),
+    ]
+
+
+def test_load_state_dict_validates_everything_and_applies_nothing_on_error(rng):
+    bx, by = batches(rng, [25, 25], [4, 7]), batches(rng, [25, 25], [3])
+    m = flashcka.MinibatchCKA(2, 1)
+    m.update(t(bx[0]), t(by[0]))
+    good = m.state_dict()
+    target = flashcka.MinibatchCKA(2, 1)
+    target.update(t(bx[1]), t(by[1]))
+    before = target.state_dict()
+    for state, exc, msg in _bad_states(good):
+        with pytest.raises(exc, match=msg):
+            target.load_state_dict(state)
+        after = target.state_dict()
+        for k, v in before.items():
+            assert (torch.equal(v, after[k]) if isinstance(v, torch.Tensor) else v == after[k]), k
+    target.load_state_dict(good)
+    assert torch.equal(target.compute(), m.compute())
+
+
+def test_load_state_dict_of_an_empty_accumulator():
+    m = flashcka.MinibatchCKA(2, 1)
+    r = flashcka.MinibatchCKA(2, 1)
+    r.load_state_dict(m.state_dict())
+    assert r.num_batches == 0 and r.cross is None
+    with pytest.raises(RuntimeError, match="before any update"):
+        r.compute()

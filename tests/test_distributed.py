@@ -1,0 +1,88 @@
+"""MinibatchCKA.all_reduce over two real ranks (gloo, file:// rendezvous, CPU processes):
+each rank accumulates half of the batches; after all_reduce every rank's compute() equals
+one process over all of them, and the float64 reference."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import flashcka
+import reference as ref
+
+WORKER = textwrap.dedent("""
+    import sys
+    import numpy as np, torch, torch.distributed as dist
+    import flashcka
+    rank, world, init, data, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], \\
+        sys.argv[4], sys.argv[5]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=__import__("datetime").timedelta(seconds=60))
+    try:
+        z = np.load(data, allow_pickle=True)
+        bx, by = z["bx"], z["by"]
+        m = flashcka.MinibatchCKA(len(bx[0]), len(by[0]), kernel=str(z["kernel"]),
+                                  unbiased=bool(z["unbiased"]))
+        for b in range(rank, len(bx), world):    # this rank's share of the batches
+            m.update([torch.tensor(a) for a in bx[b]], [torch.tensor(a) for a in by[b]])
+        m.all_reduce()
+        np.savez(out, cka=m.compute().numpy(), num_batches=m.num_batches,
+                 num_samples=m.num_samples)
+    finally:
+        dist.destroy_process_group()
+""")
+
+
+def _batches(rng, sizes, dims):
+    ws = [rng.standard_normal((5, d)) for d in dims]
+    out = []
+    for n in sizes:
+        z = rng.standard_normal((n, 5))
+        out.append([np.tanh(z @ w) + 0.5 * rng.standard_normal((n, w.shape[1])) + 2
+                    for w in ws])
+    return out
+
+
+@pytest.mark.parametrize("kernel,unbiased", [("linear", True), ("rbf", False)])
+def test_two_ranks_equal_one_process(rng, tmp_path, kernel, unbiased):
+    sizes = [16, 23, 9, 40, 31]                     # odd count: unequal shares per rank
+    bx, by = _batches(rng, sizes, [3, 50, 7]), _batches(rng, sizes, [6, 2])
+    data = tmp_path / "data.npz"
+
+    def obj(bs):  # ragged (batches x layers) of arrays, as an object array
+        a = np.empty((len(bs), len(bs[0])), dtype=object)
+        for i, b in enumerate(bs):
+            for j, layer in enumerate(b):
+                a[i, j] = layer
+        return a
+    np.savez(data, bx=obj(bx), by=obj(by), kernel=kernel, unbiased=unbiased)
+    init = f"file://{tmp_path}/rendezvous"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), "2", init, str(data),
+                               str(tmp_path / f"out{r}.npz")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("a rank hung in all_reduce")
+        assert p.returncode == 0, err
+    one = flashcka.MinibatchCKA(3, 2, kernel=kernel, unbiased=unbiased)
+    for x, y in zip(bx, by):
+        one.update([torch.tensor(a) for a in x], [torch.tensor(a) for a in y])
+    want = one.compute().numpy()
+    for r in range(2):
+        got = np.load(tmp_path / f"out{r}.npz")
+        assert int(got["num_batches"]) == len(sizes)
+        assert int(got["num_samples"]) == sum(sizes)
+        np.testing.assert_allclose(got["cka"], want, rtol=0, atol=1e-12)
+    # and the one-process number is the estimator's (not merely self-consistent)
+    np.testing.assert_allclose(want, ref.minibatch_cka(bx, by, kernel, unbiased), rtol=1e-9,
+                               atol=0)
