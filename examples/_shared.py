@@ -1,0 +1,85 @@
+"""What the example scripts share: model specs, the digits data, small training runs.
+
+A model spec is ``demo:vit`` / ``demo:resnet`` (flashcka's tiny demo models, trained here
+for a few seeded epochs on scikit-learn's 8×8 digits unless ``--epochs 0``), any spec
+``flashcka.specs`` understands when that module is present (``timm:NAME``,
+``torchvision:NAME``, ``hf:DIR``), or ``package.module:factory`` (a callable returning an
+``nn.Module``; called with no arguments).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+DEMO = {"demo:vit": "TinyViT", "demo:resnet": "TinyResNet"}
+DEMO_LAYERS = {"demo:vit": "VIT_LAYERS", "demo:resnet": "RESNET_LAYERS"}
+
+
+def digits(test_size: int = 500):
+    """(x_train, y_train, x_test, y_test) of the 8×8 digits, as flashcka demo uses them."""
+    from flashcka.demo import load_digits_split
+    return load_digits_split(test_size=test_size)
+
+
+def load_model(spec: str, *, epochs: int | None, data=None, seed: int = 0,
+               log=print) -> torch.nn.Module:
+    """Build (and for demo models, briefly train) the model named by ``spec``."""
+    if spec in DEMO:
+        from flashcka import demo, models
+        torch.manual_seed(seed)
+        model = getattr(models, DEMO[spec])()
+        ep = epochs if epochs is not None else (12 if spec == "demo:vit" else 6)
+        if ep > 0:
+            x, y = data[0], data[1]
+            lr = 1e-3 if spec == "demo:vit" else 3e-3
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)         # tiny models train faster on one thread
+            try:
+                demo.train(model, x, y, epochs=ep, lr=lr, seed=seed)
+            finally:
+                torch.set_num_threads(threads)
+            acc = demo.accuracy(model, data[2], data[3])
+            log(f"{spec}: trained {ep} epochs on digits, test accuracy {acc:.3f}")
+        else:
+            log(f"{spec}: untrained (random init, seed {seed})")
+        return model.eval()
+    try:
+        from flashcka import specs  # added by the command-line work; optional here
+    except ImportError:
+        specs = None
+    if specs is not None and ":" in spec and not _is_module_factory(spec):
+        for fn in ("load_model", "build_model", "model_from_spec", "resolve_model"):
+            if hasattr(specs, fn):
+                return getattr(specs, fn)(spec).eval()
+    if _is_module_factory(spec):
+        mod, _, factory = spec.partition(":")
+        model = getattr(importlib.import_module(mod), factory)()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+        return model.eval()
+    raise ValueError(f"unknown model spec {spec!r}: use demo:vit, demo:resnet or "
+                     f"package.module:factory" + ("" if specs is None else
+                                                  ", or a spec flashcka.specs accepts"))
+
+
+def _is_module_factory(spec: str) -> bool:
+    head = spec.split(":", 1)[0]
+    return ":" in spec and head not in ("timm", "torchvision", "hf", "demo") and \
+        all(p.isidentifier() for p in head.split("."))
+
+
+def default_layers(spec: str):
+    """The demo's layer selection for demo models; None (the model's blocks) otherwise."""
+    if spec in DEMO_LAYERS:
+        from flashcka import demo
+        return getattr(demo, DEMO_LAYERS[spec])
+    return None
+
+
+def batches(x, batch_size: int):
+    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
