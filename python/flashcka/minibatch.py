@@ -5,6 +5,7 @@ import torch
 
 from . import _engine, _validate, backends
 from ._engine import Settings
+from .jackknife import BatchJackknife, auto_groups
 
 
 class MinibatchCKA:
@@ -30,7 +31,7 @@ class MinibatchCKA:
     def __init__(self, num_layers_a: int, num_layers_b: int | None = None, *,
                  kernel: str = "linear", unbiased: bool = True, sigma: float | None = None,
                  threshold: float = 1.0, dtype: torch.dtype | None = None,
-                 backend: str = "auto", names_a=None, names_b=None):
+                 backend: str = "auto", names_a=None, names_b=None, jackknife=0):
         for arg, v in (("num_layers_a", num_layers_a), ("num_layers_b", num_layers_b)):
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{arg} must be a positive int, got {v!r}")
@@ -51,6 +52,7 @@ class MinibatchCKA:
         # dict batches are then matched to them by key.
         self.keyed_a = names_a is not None
         self.keyed_b = self.keyed_a if self.same else names_b is not None
+        self.jackknife_groups = auto_groups(self.num_layers_a, self.num_layers_b, jackknife)
         self.reset()
 
     @staticmethod
@@ -75,6 +77,8 @@ class MinibatchCKA:
         self.num_batches = 0
         self.num_samples = 0
         self.compute_dtype = None
+        self.jackknife = BatchJackknife(self.num_layers_a, self.num_layers_b,  # see stderr()
+                                        self.jackknife_groups) if self.jackknife_groups else None
 
     # ------------------------------------------------------------------ accumulation
     @torch.no_grad()
@@ -139,10 +143,14 @@ class MinibatchCKA:
                                  f"unknown {unknown}" if unknown else "") if p))
         return [by_key[k] for k in names], list(names), False
 
-    def add_rows(self, be, ra: _engine.Rows, rb: _engine.Rows, n: int, ct) -> None:
+    def add_rows(self, be, ra: _engine.Rows, rb: _engine.Rows, n: int, ct,
+                 index: int | None = None) -> None:
         """Add one batch given its centered Gram rows (used by ``update`` and by the hooks
-        of ``compare``, which build rows as each layer's output appears)."""
+        of ``compare``, which build rows as each layer's output appears). ``index`` picks
+        the batch's jackknife slot (default: the number of batches added so far)."""
         cross, ha, hb = _engine.hsic_from_rows(be, ra, rb, self.same, n, self.settings.unbiased)
+        if self.jackknife is not None:
+            self.jackknife.add(self.num_batches if index is None else index, cross, ha, hb)
         if self.cross is None:
             dev = cross.device
             z = lambda k: torch.zeros(k, dtype=torch.float64, device=dev)  # noqa: E731
@@ -173,6 +181,18 @@ class MinibatchCKA:
                                      _engine.zero_variance(self.sq_c_b, self.sq_b, ct),
                                      self.names_a, self.names_b)
 
+    def stderr(self, matrix: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Jackknife standard error of every entry of ``compute()`` -> (L_A, L_B) float64,
+        or None when made with ``jackknife=0`` (the default). ``jackknife=True`` keeps up to
+        64 slots within 64 MiB, an int that many slots; see ``flashcka.jackknife`` for the
+        formula, its references and the memory (``groups · (L_A·L_B + L_A + L_B + 1)``
+        float64). NaN with fewer than 2 batches and where the CKA is NaN."""
+        if self.jackknife is None:
+            return None
+        if matrix is None:
+            matrix = self.compute()
+        return self.jackknife.stderr(self.cross, self.hsic_a, self.hsic_b, matrix)
+
     # ------------------------------------------------------------------ state
     _TENSORS = ("cross", "hsic_a", "hsic_b", "sq_c_a", "sq_a", "sq_c_b", "sq_b")
     _STATE_KEYS = ("version", "settings", "names_a", "names_b", "num_batches", "num_samples",
@@ -190,6 +210,7 @@ class MinibatchCKA:
             "keyed": [self.keyed_a, self.keyed_b],
             "num_batches": self.num_batches, "num_samples": self.num_samples,
             "compute_dtype": None if self.compute_dtype is None else str(self.compute_dtype),
+            "jackknife": None if self.jackknife is None else self.jackknife.state_dict(),
             **{k: None if getattr(self, k) is None else getattr(self, k).detach().cpu().clone()
                for k in self._TENSORS},
         }
@@ -267,7 +288,17 @@ class MinibatchCKA:
         devices = {t.device for t in tensors.values() if t is not None}
         if len(devices) > 1:
             raise ValueError(f"state_dict accumulators are on several devices {devices}")
+        jk = state.get("jackknife")
+        if (jk is None) != (self.jackknife is None):
+            raise ValueError(f"state_dict jackknife is {'absent' if jk is None else 'present'} "
+                             f"but this MinibatchCKA has jackknife_groups = "
+                             f"{self.jackknife_groups}")
+        if jk is not None:
+            BatchJackknife(self.num_layers_a, self.num_layers_b,
+                           self.jackknife_groups).load_state_dict(jk)   # check only
         # Everything checked: apply.
+        if jk is not None:
+            self.jackknife.load_state_dict(jk)
         self.names_a, self.names_b = names_a, names_b
         self.keyed_a, self.keyed_b = keyed[0], (keyed[0] if self.same else keyed[1])
         self.num_batches, self.num_samples = nb, ns
@@ -291,6 +322,8 @@ class MinibatchCKA:
             t.copy_(flat[offset:offset + t.numel()].view_as(t))
             offset += t.numel()
         self.num_batches, self.num_samples = int(flat[-2]), int(flat[-1])
+        if self.jackknife is not None:
+            self.jackknife.all_reduce(group, self.cross.device)
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
