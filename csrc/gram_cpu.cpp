@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -22,10 +23,11 @@ namespace {
 
 constexpr double kSqrt2 = 1.4142135623730951;
 
-// dst (n, c1 − c0) row-major = columns [c0, c1) of x − 1μᵀ (μ may be null), rows [i0, i1).
+// dst (n, c1 − c0) row-major = columns [c0, c1) of s·(x − 1μᵀ) (μ may be null: s·x),
+// rows [i0, i1). s is a power of two, so the product is exact.
 template <class I, class T>
-void load_centered(const I* x, const Layout& L, const T* mu, int64_t c0, int64_t c1, T* dst,
-                   int64_t i0, int64_t i1) {
+void load_centered(const I* x, const Layout& L, const T* mu, T s, int64_t c0, int64_t c1,
+                   T* dst, int64_t i0, int64_t i1) {
   const int64_t w = c1 - c0;
   for (int64_t i = i0; i < i1; ++i) {
     const I* xi = x + i * L.s0;
@@ -38,12 +40,12 @@ void load_centered(const I* x, const Layout& L, const T* mu, int64_t c0, int64_t
       if (mu != nullptr) {
         const T* mp = mu + c;
         if (L.s2 == 1) {
-          for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t]) - mp[t];
+          for (int64_t t = 0; t < seg; ++t) dp[t] = (T(xp[t]) - mp[t]) * s;
         } else {
-          for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t * L.s2]) - mp[t];
+          for (int64_t t = 0; t < seg; ++t) dp[t] = (T(xp[t * L.s2]) - mp[t]) * s;
         }
       } else {
-        for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t * L.s2]);
+        for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t * L.s2]) * s;
       }
       c += seg;
       k = 0;
@@ -58,11 +60,13 @@ void load_centered(const I* x, const Layout& L, const T* mu, int64_t c0, int64_t
 // end. OpenBLAS stays at one thread: its own thread pool degrades badly when the cores
 // are shared (measured here: 2-thread SSYRK 3-8× slower than 1 thread under load).
 template <class I, class T>
-void gram_upper(const I* x, const Layout& L, const T* mu, T* K, int threads) {
+void gram_upper(const I* x, const Layout& L, const T* mu, T s, T* K, int threads) {
   const int64_t n = L.n, d = L.a * L.b;
   set_blas_threads(1);
-  const bool direct = std::is_same<I, T>::value && mu == nullptr && L.a == 1 && L.s2 == 1 &&
-                      L.s0 <= 0x7fffffff;
+  // Straight from x only when BLAS can read it as (n, d) with ld = s0: rows that overlap
+  // in memory (s0 < d: unfold, expand, as_strided) are loaded into the buffer instead.
+  const bool direct = std::is_same<I, T>::value && mu == nullptr && s == T(1) && L.a == 1 &&
+                      L.s2 == 1 && L.s0 >= d && L.s0 <= 0x7fffffff;
   int64_t w = std::max<int64_t>(256, (int64_t(2) << 20) / (int64_t(sizeof(T)) * n));
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, (d + 255) / 256));
   if (n * n * d < (int64_t(1) << 28)) nt = 1;  // under ~3 ms of work: a second thread costs more
@@ -80,7 +84,7 @@ void gram_upper(const I* x, const Layout& L, const T* mu, T* K, int threads) {
         syrk_upper(int(n), int(c1 - c0), reinterpret_cast<const T*>(x) + c0 * L.s2, int(L.s0),
                    first ? T(0) : T(1), Kt);
       } else {
-        load_centered<I, T>(x, L, mu, c0, c1, buf.data(), 0, n);
+        load_centered<I, T>(x, L, mu, s, c0, c1, buf.data(), 0, n);
         syrk_upper(int(n), int(c1 - c0), buf.data(), int(c1 - c0), first ? T(0) : T(1), Kt);
       }
       first = false;
@@ -134,8 +138,8 @@ int rbf_upper(T* K, T* dg, int64_t n, T* scr, const GramArgs& args) {
     }
   }
   T two_s2;
-  if (args.sigma > 0) {
-    two_s2 = T(2.0 * args.sigma * args.sigma);
+  if (args.sigma > 0) {  // sigma of the unscaled x: the kernel is that of x itself
+    two_s2 = T(2.0 * args.sigma * args.sigma * args.scale * args.scale);
   } else {
     int64_t p = 0;
     for (int64_t i = 0; i < n; ++i)
@@ -201,7 +205,7 @@ GramResult centered_gram_row_t(const I* x, const Layout& L, const T* mu, T* out,
                                const GramArgs& args) {
   const int64_t n = L.n;
   std::vector<T> K(static_cast<size_t>(n * n));
-  gram_upper<I, T>(x, L, mu, K.data(), args.threads);
+  gram_upper<I, T>(x, L, mu, T(args.scale), K.data(), args.threads);
   std::vector<T> dg(static_cast<size_t>(n));
   double sq = 0.0;
   for (int64_t i = 0; i < n; ++i) {
@@ -217,7 +221,7 @@ template <class I, class T>
 GramResult kernel_matrix_t(const I* x, const Layout& L, const T* mu, T* out,
                            const GramArgs& args) {
   const int64_t n = L.n;
-  gram_upper<I, T>(x, L, mu, out, args.threads);
+  gram_upper<I, T>(x, L, mu, T(args.scale), out, args.threads);
   std::vector<T> dg(static_cast<size_t>(n));
   double sq = 0.0;
   for (int64_t i = 0; i < n; ++i) {
@@ -296,16 +300,20 @@ GramResult dispatch2(int x_dtype, int ct, F f) {
   return f(double(), float());
 }
 
-// mu (d) = column mean of x viewed as (n, a, b), accumulated in double. Features are
-// split over `threads` workers of our own (no OpenMP: see gram_upper).
+// mu (d) = column mean of x viewed as (n, a, b), accumulated in double, and the largest
+// |x_ic − μ_c| (from each column's min and max, in the same pass). Features are split over
+// `threads` workers of our own (no OpenMP: see gram_upper).
 template <class I, class T>
-void column_mean_t(const I* x, const Layout& L, T* mu, int threads) {
+double column_stats_t(const I* x, const Layout& L, T* mu, int threads) {
   const int64_t n = L.n, d = L.a * L.b;
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, d / 1024));
   if (n * d < (int64_t(1) << 20)) nt = 1;
+  std::vector<double> dev(static_cast<size_t>(nt), 0.0);
   auto worker = [&](int64_t t) {
-    const int64_t c0 = d * t / nt, c1 = d * (t + 1) / nt;
-    std::vector<double> acc(static_cast<size_t>(c1 - c0), 0.0);
+    const int64_t c0 = d * t / nt, c1 = d * (t + 1) / nt, w = c1 - c0;
+    std::vector<double> acc(static_cast<size_t>(w), 0.0);
+    std::vector<I> lo(static_cast<size_t>(w), std::numeric_limits<I>::infinity());
+    std::vector<I> hi(static_cast<size_t>(w), -std::numeric_limits<I>::infinity());
     for (int64_t i = 0; i < n; ++i) {
       const I* xi = x + i * L.s0;
       int64_t j = c0 / L.b, k = c0 % L.b, c = c0;
@@ -313,22 +321,36 @@ void column_mean_t(const I* x, const Layout& L, T* mu, int threads) {
         const int64_t seg = std::min(L.b - k, c1 - c);
         const I* xp = xi + j * L.s1 + k * L.s2;
         double* ap = acc.data() + (c - c0);
-        if (L.s2 == 1) {
-          for (int64_t u = 0; u < seg; ++u) ap[u] += double(xp[u]);
-        } else {
-          for (int64_t u = 0; u < seg; ++u) ap[u] += double(xp[u * L.s2]);
+        I* lp = lo.data() + (c - c0);
+        I* hp = hi.data() + (c - c0);
+        for (int64_t u = 0; u < seg; ++u) {
+          const I v = xp[u * L.s2];
+          ap[u] += double(v);
+          lp[u] = v < lp[u] ? v : lp[u];
+          hp[u] = v > hp[u] ? v : hp[u];
         }
         c += seg;
         k = 0;
         ++j;
       }
     }
-    for (int64_t c = c0; c < c1; ++c) mu[c] = T(acc[c - c0] / double(n));
+    double m = 0.0;
+    for (int64_t c = c0; c < c1; ++c) {
+      const double mc = acc[c - c0] / double(n);
+      mu[c] = T(mc);
+      const double e = std::max(double(hi[c - c0]) - mc, mc - double(lo[c - c0]));
+      m = e > m || e != e ? e : m;  // NaN propagates
+    }
+    // A NaN leaves min/max finite but makes the sum (so mc, so e) NaN: it propagates.
+    dev[t] = m;
   };
   std::vector<std::thread> pool;
   for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, t);
   worker(0);
   for (auto& th : pool) th.join();
+  double m = 0.0;
+  for (double v : dev) m = v > m || v != v ? v : m;
+  return m;
 }
 
 }  // namespace
@@ -353,14 +375,16 @@ GramResult kernel_matrix(const void* x, int x_dtype, const Layout& lay, const vo
   });
 }
 
-void column_mean(const void* x, int x_dtype, const Layout& lay, void* mu, int ct,
-                 int threads) {
-  dispatch2(x_dtype, ct, [&](auto i_tag, auto t_tag) {
-    using I = decltype(i_tag);
-    using T = decltype(t_tag);
-    column_mean_t<I, T>(static_cast<const I*>(x), lay, static_cast<T*>(mu), threads);
-    return GramResult{0.0, 0};
-  });
+double column_stats(const void* x, int x_dtype, const Layout& lay, void* mu, int ct,
+                    int threads) {
+  return dispatch2(x_dtype, ct, [&](auto i_tag, auto t_tag) {
+           using I = decltype(i_tag);
+           using T = decltype(t_tag);
+           return GramResult{column_stats_t<I, T>(static_cast<const I*>(x), lay,
+                                                  static_cast<T*>(mu), threads),
+                             0};
+         })
+      .sq_norm;
 }
 
 void center_full(const void* k, void* out, int64_t n, int dtype, bool unbiased) {

@@ -20,9 +20,10 @@ struct GramArgs {
   double threshold = 1.0;  // rbf median: sigma^2 = threshold^2 * median(D)
   bool unbiased = true;
   int threads = 1;
+  double scale = 1.0;      // the Gram is built from scale·(x − μ) (a power of two: exact)
 };
 
-// Result: ||x - mu||_F^2 (trace of the linear Gram) and status (1 = zero bandwidth).
+// Result: ||scale·(x - mu)||_F^2 (trace of the linear Gram) and status (1 = zero bandwidth).
 struct GramResult {
   double sq_norm;
   int status;
@@ -38,7 +39,10 @@ GramResult kernel_matrix(const void* x, int x_dtype, const Layout& lay, const vo
                          void* out, int ct, const GramArgs& args);
 
 // mu (a*b, dtype ct) = column mean of x viewed as (n, a, b), accumulated in double.
-void column_mean(const void* x, int x_dtype, const Layout& lay, void* mu, int ct, int threads);
+// Returns max |x_ic − μ_c| over all elements (from per-column min and max; NaN/Inf when x
+// holds them), which the caller turns into a power-of-two scale.
+double column_stats(const void* x, int x_dtype, const Layout& lay, void* mu, int ct,
+                    int threads);
 
 // U-centering or HKH of a contiguous (n, n) matrix k (any, not necessarily symmetric).
 void center_full(const void* k, void* out, int64_t n, int dtype, bool unbiased);

@@ -42,16 +42,17 @@ PYBIND11_MODULE(_C, m) {
       "centered_gram_row",
       [](std::uintptr_t x, int x_dtype, int64_t n, int64_t a, int64_t b, int64_t s0,
          int64_t s1, int64_t s2, std::uintptr_t mu, std::uintptr_t out, int ct, int kernel,
-         double sigma, double threshold, bool unbiased, int threads) {
+         double sigma, double threshold, bool unbiased, int threads, double scale) {
+        GramArgs args = make_args(kernel, sigma, threshold, unbiased, threads);
+        args.scale = scale;
         GramResult r = flashcka::centered_gram_row(cptr(x), x_dtype, Layout{n, a, b, s0, s1, s2},
-                                                   cptr(mu), mptr(out), ct,
-                                                   make_args(kernel, sigma, threshold, unbiased,
-                                                             threads));
+                                                   cptr(mu), mptr(out), ct, args);
         return std::make_pair(r.sq_norm, r.status);  // converted after the GIL is back
       },
       py::call_guard<py::gil_scoped_release>(),
       "x viewed as (n, a, b) with element strides (s0, s1, s2); mu (a*b) of dtype ct; out "
-      "the packed row of dtype ct. Returns (||x - mu||_F^2, status: 1 = zero bandwidth).");
+      "the packed row of dtype ct, built from scale*(x - mu). Returns "
+      "(||scale*(x - mu)||_F^2, status: 1 = zero bandwidth).");
   m.def(
       "kernel_matrix",
       [](std::uintptr_t x, int x_dtype, int64_t n, int64_t a, int64_t b, int64_t s0,
@@ -66,13 +67,14 @@ PYBIND11_MODULE(_C, m) {
       py::call_guard<py::gil_scoped_release>(),
       "Full (n, n) kernel matrix of x - mu (mu = 0: no centering) into out.");
   m.def(
-      "column_mean",
+      "column_stats",
       [](std::uintptr_t x, int x_dtype, int64_t n, int64_t a, int64_t b, int64_t s0,
          int64_t s1, int64_t s2, std::uintptr_t mu, int ct, int threads) {
-        flashcka::column_mean(cptr(x), x_dtype, Layout{n, a, b, s0, s1, s2}, mptr(mu), ct,
-                              threads);
+        return flashcka::column_stats(cptr(x), x_dtype, Layout{n, a, b, s0, s1, s2}, mptr(mu),
+                                      ct, threads);
       },
-      py::call_guard<py::gil_scoped_release>(), "mu (a*b, dtype ct) = column mean of x.");
+      py::call_guard<py::gil_scoped_release>(),
+      "mu (a*b, dtype ct) = column mean of x; returns max |x - mu| (NaN/Inf if x has them).");
   m.def(
       "center_full",
       [](std::uintptr_t k, std::uintptr_t out, int64_t n, int dtype, bool unbiased) {

@@ -7,6 +7,7 @@ al. 2019), all pairs from one product of the concatenated centered features.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -39,10 +40,31 @@ def normaliser(n: int, unbiased: bool) -> float:
 
 @dataclass
 class Rows:
-    """Centered Gram rows of L representations plus what the zero-variance test needs."""
+    """Centered Gram rows of L representations plus what the zero-variance test needs.
+
+    Row i is the centered Gram of ``scale_i · X_c`` (``scale`` float64 powers of two, see
+    ``pow2_scale``), so the true centered Gram is ``row_i / scale_i²``; ``sq_c`` and ``sq``
+    are in the inputs' own units. ``scale=None`` means all ones."""
     g: torch.Tensor        # (L, m) compute dtype, the backend's row layout
     sq_c: torch.Tensor     # (L,) float64, ‖X − 1μᵀ‖²_F
     sq: torch.Tensor       # (L,) float64, ‖X‖²_F
+    scale: torch.Tensor | None = None  # (L,) float64
+
+
+# max |X − 1μᵀ| outside this range (per compute dtype) gets a power-of-two scale that
+# brings it into [0.5, 1): then n²·d²·max⁴-sized pair-stage sums neither overflow nor
+# underflow. Inside it, scale = 1 and the values are used as they are.
+_SAFE_RANGE = {torch.float64: (2.0 ** -128, 2.0 ** 128)}
+_SAFE_RANGE_F32 = (2.0 ** -16, 2.0 ** 16)
+
+
+def pow2_scale(amax: float, ct: torch.dtype) -> float:
+    """The power of two by which X_c is multiplied before its Gram (1.0 for normal inputs,
+    zero, NaN or Inf); exact in binary floating point, so CKA does not change."""
+    lo, hi = _SAFE_RANGE.get(ct, _SAFE_RANGE_F32)
+    if not math.isfinite(amax) or amax == 0.0 or lo <= amax <= hi:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(amax)[1])
 
 
 def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None = None) -> Rows:
@@ -53,10 +75,11 @@ def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None =
         L, be.row_length(n, s.unbiased), dtype=ct, device=device)
     sq_c = torch.empty(L, dtype=torch.float64, device=device)
     sq = torch.empty(L, dtype=torch.float64, device=device)
+    scale = torch.ones(L, dtype=torch.float64, device=device)
     for i, (x, name) in enumerate(zip(tensors, names)):
-        sq_c[i], sq[i] = gram_row(be, x, name, g[i], n, ct, s)
+        sq_c[i], sq[i] = gram_row(be, x, name, g[i], n, ct, s, scale_out=scale[i])
     check_finite(sq_c, names, ct, tensors)
-    return Rows(g, sq_c, sq)
+    return Rows(g, sq_c, sq, scale)
 
 
 def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
@@ -86,16 +109,41 @@ def _sq_row_norms(g: torch.Tensor) -> torch.Tensor:
     return torch.einsum("lm,lm->l", g, g).to(torch.float64)
 
 
-def gram_row(be, x, name, out, n, ct, s: Settings):
-    """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) tensors."""
-    mu = be.column_mean(x, ct)
+def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor | None = None):
+    """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) float64
+    tensors in the input's units. With ``scale_out`` (a one-element float64 tensor, e.g.
+    ``Rows.scale[i]``) the row is the Gram of ``scale · X_c`` (``pow2_scale``) and scale is
+    written there; without it, scale = 1. The native backend scales as it loads x; the
+    others get ``scale · x`` (a copy, only when scale != 1). RBF rows are kernel values
+    (σ scaled with x), so their scale is 1."""
+    if scale_out is not None and hasattr(be, "column_stats"):
+        mu, amax = be.column_stats(x, ct)
+    else:
+        mu = be.column_mean(x, ct)
+        amax = _max_abs_dev(x, mu, ct) if scale_out is not None else 0.0
+    scale = pow2_scale(amax, ct)
+    xs, mus, sigma, extra = x, mu, s.sigma, {}
+    if scale != 1.0 and getattr(be, "scales_at_load", False):
+        extra = {"scale": scale}                      # σ is scaled in the backend
+    elif scale != 1.0:
+        xs, mus = x.to(ct) * scale, mu * scale
+        sigma = None if s.sigma is None else s.sigma * scale
     try:
-        sq_c = be.centered_gram_row(x, mu, out, kernel=s.kernel, sigma=s.sigma,
-                                    threshold=s.threshold, unbiased=s.unbiased)
+        sq_c = be.centered_gram_row(xs, mus, out, kernel=s.kernel, sigma=sigma,
+                                    threshold=s.threshold, unbiased=s.unbiased, **extra)
     except ZeroBandwidthError as e:
         raise ValueError(f"{name}: {e}") from None
-    sq_c = sq_c.to(torch.float64)
+    sq_c = sq_c.to(torch.float64) / (scale * scale)
+    if scale_out is not None:
+        scale_out.fill_(scale if s.kernel == "linear" else 1.0)
     return sq_c, sq_c + n * mu.to(torch.float64).square().sum()
+
+
+def _max_abs_dev(x, mu, ct) -> float:
+    """max |x − μ| over all elements, from each column's min and max (one pass)."""
+    lo, hi = torch.aminmax(x.reshape(x.shape[0], -1), dim=0)
+    m = mu.reshape(-1)
+    return float(torch.maximum(hi.to(ct) - m, m - lo.to(ct)).max())
 
 
 def zero_variance(sq_c: torch.Tensor, sq: torch.Tensor, ct: torch.dtype) -> torch.Tensor:

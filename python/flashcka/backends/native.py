@@ -93,7 +93,10 @@ class NativeBackend(Backend):
         return n * (n - 1) // 2 + (0 if unbiased else n)
 
     # ------------------------------------------------------------------ Gram rows
-    def centered_gram_row(self, x, mu, out, *, kernel, sigma, threshold, unbiased):
+    # The Gram is built from scale·(x − μ) as x is loaded (scale a power of two: exact).
+    scales_at_load = True
+
+    def centered_gram_row(self, x, mu, out, *, kernel, sigma, threshold, unbiased, scale=1.0):
         ct = out.dtype
         xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
         mu_c = self._mu(mu, ct, a * b, "mu")
@@ -106,7 +109,7 @@ class NativeBackend(Backend):
         sq, status = _load().centered_gram_row(
             xk.data_ptr(), code, n, a, b, s0, s1, s2, mu_c.data_ptr(), dst.data_ptr(),
             _CODES[ct], 1 if kernel == "rbf" else 0, self._sigma(sigma), float(threshold),
-            bool(unbiased), _threads())
+            bool(unbiased), _threads(), float(scale))
         if status == 1:
             raise ZeroBandwidthError(_ZERO_BW)
         if dst is not out:
@@ -114,15 +117,19 @@ class NativeBackend(Backend):
         return torch.tensor(sq, dtype=torch.float64)
 
     def column_mean(self, x, ct):
-        """μ in one pass of our own threads: a torch reduction here would leave torch's
-        OpenMP workers spinning while the SYRK threads start (measured: +5 ms a layer)."""
+        return self.column_stats(x, ct)[0]
+
+    def column_stats(self, x, ct):
+        """(μ (x.shape[1:], ct), max |x − μ| as a float) in one pass of our own threads: a
+        torch reduction here would leave torch's OpenMP workers spinning while the SYRK
+        threads start (measured: +5 ms a layer)."""
         if ct not in _CODES:
             raise ValueError(f"ct must be float32 or float64, got {ct}")
         xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
         mu = torch.empty(a * b, dtype=ct)
-        _load().column_mean(xk.data_ptr(), code, n, a, b, s0, s1, s2, mu.data_ptr(),
-                            _CODES[ct], _threads())
-        return mu.view(x.shape[1:])
+        amax = _load().column_stats(xk.data_ptr(), code, n, a, b, s0, s1, s2, mu.data_ptr(),
+                                    _CODES[ct], _threads())
+        return mu.view(x.shape[1:]), amax
 
     def kernel_matrix(self, x, *, kernel, sigma, threshold, ct):
         xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
