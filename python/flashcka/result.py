@@ -1,14 +1,18 @@
-"""``CKAResult``: a layer-by-layer CKA matrix with its names and settings; plots and saves."""
+"""``CKAResult``: a layer-by-layer CKA matrix with its names, settings and error bars;
+saves (JSON/NPZ), loads (checking every field) and plots (PNG/SVG/PDF heatmaps)."""
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 _FORMAT = "flashcka.CKAResult"
+_REQUIRED = ("names_a", "names_b", "matrix")
+_MAX_PANEL_IN = 16.0       # heatmap side in inches (1,920 px at 120 dpi); ticks thin past it
 
 
 class CKAResult:
@@ -18,29 +22,37 @@ class CKAResult:
         matrix: (L_A, L_B) float64 tensor (CPU); ``matrix[i, j]`` is the CKA of layer
             ``names_a[i]`` with ``names_b[j]``. NaN where CKA is undefined.
         names_a, names_b: layer names (``name#k`` for the k-th call of a module).
+        stderr: (L_A, L_B) float64 jackknife standard errors over batches (see
+            ``flashcka.jackknife``), or None when not computed.
         settings: kernel, unbiased, sigma, threshold, tokens (a mode or "callable"),
             backend, dtype, model_a, model_b (class names), same_model.
         num_samples, num_batches: how much data went in.
+
+    Every argument is checked: names must be sequences of names (a ``str`` is refused,
+    not split into characters), the matrix must already have the shape
+    ``(len(names_a), len(names_b))`` (never reshaped), and a bad field raises a
+    ValueError/TypeError naming it.
     """
 
     def __init__(self, matrix, names_a, names_b, settings=None, *, num_samples: int = 0,
-                 num_batches: int = 0):
-        m = torch.as_tensor(np.asarray(matrix) if not isinstance(matrix, torch.Tensor) else matrix)
-        self.matrix = m.detach().to(device="cpu", dtype=torch.float64)
-        if self.matrix.dim() != 2:
-            raise ValueError(f"matrix must be 2-D (L_A, L_B), got shape {tuple(self.matrix.shape)}")
-        self.names_a, self.names_b = [str(n) for n in names_a], [str(n) for n in names_b]
-        if self.matrix.shape != (len(self.names_a), len(self.names_b)):
-            raise ValueError(f"matrix has shape {tuple(self.matrix.shape)} but there are "
-                             f"{len(self.names_a)} names_a and {len(self.names_b)} names_b")
+                 num_batches: int = 0, stderr=None):
+        self.names_a = _names(names_a, "names_a")
+        self.names_b = _names(names_b, "names_b")
+        self.matrix = _matrix(matrix, "matrix", len(self.names_a), len(self.names_b))
+        self.stderr = None if stderr is None else _matrix(stderr, "stderr", len(self.names_a),
+                                                          len(self.names_b))
+        if settings is not None and not isinstance(settings, Mapping):
+            raise TypeError(f"settings must be a dict, got {type(settings).__name__}")
         self.settings = dict(settings or {})
-        self.num_samples, self.num_batches = int(num_samples), int(num_batches)
+        self.num_samples = _count(num_samples, "num_samples")
+        self.num_batches = _count(num_batches, "num_batches")
 
     def __repr__(self) -> str:
         a, b = self.settings.get("model_a", "model_a"), self.settings.get("model_b", "model_b")
         return (f"CKAResult({a} {len(self.names_a)} layers x {b} {len(self.names_b)} layers, "
                 f"kernel={self.settings.get('kernel')!r}, unbiased={self.settings.get('unbiased')}, "
-                f"{self.num_samples} samples in {self.num_batches} batches)")
+                f"{self.num_samples} samples in {self.num_batches} batches"
+                + (", with jackknife stderr" if self.stderr is not None else "") + ")")
 
     def numpy(self) -> np.ndarray:
         return self.matrix.numpy()
@@ -51,27 +63,41 @@ class CKAResult:
         return (self.names_a == other.names_a and self.names_b == other.names_b
                 and self.settings == other.settings and self.num_samples == other.num_samples
                 and self.num_batches == other.num_batches
-                and torch.equal(self.matrix.isnan(), other.matrix.isnan())
-                and torch.equal(self.matrix.nan_to_num(0.0), other.matrix.nan_to_num(0.0)))
+                and _same(self.matrix, other.matrix) and _same(self.stderr, other.stderr))
 
     # ------------------------------------------------------------------ save / load
     def to_dict(self) -> dict:
-        """JSON-ready: floats keep repr precision (exact round trip); NaN -> null."""
-        return {"format": _FORMAT, "version": 1, "names_a": self.names_a,
-                "names_b": self.names_b, "settings": self.settings,
-                "num_samples": self.num_samples, "num_batches": self.num_batches,
-                "matrix": [[_enc(v) for v in row] for row in self.matrix.tolist()]}
+        """JSON-ready: floats keep repr precision (exact round trip); NaN -> null,
+        ±Inf -> "inf"/"-inf"."""
+        d = {"format": _FORMAT, "version": 1, "names_a": self.names_a,
+             "names_b": self.names_b, "settings": self.settings,
+             "num_samples": self.num_samples, "num_batches": self.num_batches,
+             "matrix": _encode(self.matrix)}
+        if self.stderr is not None:
+            d["stderr"] = _encode(self.stderr)
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CKAResult":
+    def from_dict(cls, d) -> "CKAResult":
+        """Inverse of ``to_dict``; a malformed dict raises a ValueError/TypeError naming the
+        field (never a KeyError or AttributeError)."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a saved CKAResult is a dict (JSON object), got {type(d).__name__}")
         if d.get("format") != _FORMAT:
             raise ValueError(f"not a saved CKAResult (format {d.get('format')!r}, expected "
                              f"{_FORMAT!r})")
-        m = [[_dec(v) for v in row] for row in d["matrix"]]
-        matrix = torch.tensor(m, dtype=torch.float64).reshape(len(d["names_a"]),
-                                                              len(d["names_b"]))
-        return cls(matrix, d["names_a"], d["names_b"], d["settings"],
-                   num_samples=d["num_samples"], num_batches=d["num_batches"])
+        if d.get("version", 1) != 1:
+            raise ValueError(f"CKAResult version {d.get('version')!r} is not supported (1)")
+        missing = [k for k in _REQUIRED if k not in d]
+        if missing:
+            raise ValueError(f"saved CKAResult is missing field(s) {missing}")
+        names_a, names_b = _names(d["names_a"], "names_a"), _names(d["names_b"], "names_b")
+        stderr = d.get("stderr")
+        return cls(_decode(d["matrix"], "matrix", len(names_a), len(names_b)), names_a,
+                   names_b, d.get("settings", {}), num_samples=d.get("num_samples", 0),
+                   num_batches=d.get("num_batches", 0),
+                   stderr=None if stderr is None else _decode(stderr, "stderr", len(names_a),
+                                                              len(names_b)))
 
     def save(self, path) -> Path:
         """Write to ``path``: ``.json`` (text, exact) or ``.npz`` (numpy arrays plus the
@@ -80,94 +106,251 @@ class CKAResult:
         if path.suffix == ".json":
             path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
         elif path.suffix == ".npz":
+            extra = {} if self.stderr is None else {"stderr": self.stderr.numpy()}
             with open(path, "wb") as f:
                 np.savez(f, format=np.array(_FORMAT), matrix=self.matrix.numpy(),
-                         names_a=np.array(self.names_a, dtype=str),
-                         names_b=np.array(self.names_b, dtype=str),
+                         names_a=np.array(self.names_a, dtype=str).reshape(-1),
+                         names_b=np.array(self.names_b, dtype=str).reshape(-1),
                          settings=np.array(json.dumps(self.settings)),
                          num_samples=np.array(self.num_samples),
-                         num_batches=np.array(self.num_batches))
+                         num_batches=np.array(self.num_batches), **extra)
         else:
             raise ValueError(f"path must end in .json or .npz, got {str(path)!r}")
         return path
 
     @classmethod
     def load(cls, path) -> "CKAResult":
-        """Read a result written by ``save`` (.json or .npz)."""
+        """Read a result written by ``save`` (.json or .npz); a file that is not one raises
+        a ValueError naming the file and the field."""
         path = Path(path)
         if path.suffix == ".json":
-            return cls.from_dict(json.loads(path.read_text()))
+            try:
+                d = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path} is not valid JSON: {e}") from None
+            try:
+                return cls.from_dict(d)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"{path}: {e}") from None
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "format" not in z or str(z["format"]) != _FORMAT:
-                    raise ValueError(f"{path} is not a saved CKAResult")
+            return cls._load_npz(path)
+        raise ValueError(f"path must end in .json or .npz, got {str(path)!r}")
+
+    @classmethod
+    def _load_npz(cls, path: Path) -> "CKAResult":
+        try:
+            z = np.load(path, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - zip/format errors of all kinds
+            raise ValueError(f"{path} is not a readable .npz file: {e}") from None
+        with z:
+            if "format" not in z or str(z["format"]) != _FORMAT:
+                raise ValueError(f"{path} is not a saved CKAResult (no format={_FORMAT!r})")
+            missing = [k for k in _REQUIRED + ("settings",) if k not in z]
+            if missing:
+                raise ValueError(f"{path}: saved CKAResult is missing field(s) {missing}")
+            try:
                 names_a = [str(s) for s in z["names_a"].reshape(-1)]
                 names_b = [str(s) for s in z["names_b"].reshape(-1)]
-                return cls(torch.from_numpy(z["matrix"].copy()).reshape(len(names_a),
-                                                                         len(names_b)),
-                           names_a, names_b, json.loads(str(z["settings"])),
-                           num_samples=int(z["num_samples"]), num_batches=int(z["num_batches"]))
-        raise ValueError(f"path must end in .json or .npz, got {str(path)!r}")
+                try:
+                    settings = json.loads(str(z["settings"]))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"settings is not JSON: {e}") from None
+                count = lambda k: int(z[k]) if k in z and z[k].shape == () else \
+                    _bad_count(k, z[k] if k in z else None)  # noqa: E731
+                return cls(z["matrix"], names_a, names_b, settings,
+                           num_samples=count("num_samples"), num_batches=count("num_batches"),
+                           stderr=z["stderr"] if "stderr" in z else None)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"{path}: {e}") from None
 
     # ------------------------------------------------------------------ plot
     def plot(self, path, title: str | None = None, *, annotate: bool | None = None,
-             cmap: str = "magma", dpi: int = 120) -> Path:
-        """Write a heatmap PNG: rows = model_a layers (bottom to top), columns = model_b
-        layers, tick labels = layer names, with a colorbar. The figure grows with the layer
-        counts (readable up to ~50-100 layers per side). ``annotate`` prints the values in
-        the cells (default: when both sides have at most 12 layers)."""
+             stderr: bool = False, blocks: bool | None = None, cmap: str = "magma",
+             dpi: int = 120) -> Path:
+        """Write a heatmap: rows = model_a layers (bottom to top), columns = model_b layers,
+        with a colorbar. The format follows the extension: ``.png``, ``.svg`` or ``.pdf``.
+
+        Readable at any size: the figure grows with the layer counts up to 16 inches a
+        side; past the room for one label per layer, tick labels are thinned (the first
+        layer of each block is preferred, and the label step is said in the axis label).
+        ``blocks`` draws thin lines between blocks, a block being the layers that share the
+        name up to their first numeric part (``blocks.3``, ``layer2.1``,
+        ``encoder.layer.5``); default: when there are 2 or more blocks of several layers.
+        ``annotate`` prints the values in the cells (default: both sides ≤ 12 layers).
+        ``stderr=True`` adds a second panel with the jackknife standard errors (and ``±``
+        in annotated cells); it needs a result that has them."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
+        path = Path(path)
+        if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise ValueError(f"path must end in .png, .svg or .pdf, got {str(path)!r}")
         la, lb = len(self.names_a), len(self.names_b)
-        longest = max(len(n) for n in self.names_a + self.names_b)
-        font = 8 if max(la, lb) <= 40 else 6
-        label_in = longest * font * 0.6 / 72 + 0.6       # inches taken by tick labels
-        cell = 0.22 if max(la, lb) <= 40 else 0.16
-        w = min(max(lb * cell, 3.0), 40.0) + label_in + 1.6
-        h = min(max(la * cell, 3.0), 40.0) + label_in + 0.8
+        if la == 0 or lb == 0:
+            raise ValueError(f"nothing to plot: this result has {la} layer(s) in names_a and "
+                             f"{lb} in names_b")
+        if stderr and self.stderr is None:
+            raise ValueError("stderr=True but this result has no stderr (compare(..., "
+                             "jackknife=True) computes it)")
+        big = max(la, lb)
+        font = 8 if big <= 40 else 6
+        shown_a, shown_b = _shown_labels(self.names_a), _shown_labels(self.names_b)
+        longest = max(len(n) for n in shown_a + shown_b)
+        label_in = min(longest, 40) * font * 0.6 / 72 + 0.6      # inches taken by tick labels
+        cell = 0.22 if big <= 40 else 0.16
+        pw = min(max(lb * cell, 3.0), _MAX_PANEL_IN)
+        ph = min(max(la * cell, 3.0), _MAX_PANEL_IN)
+        panels = 2 if stderr else 1
+        w = panels * (pw + label_in + 1.6)
+        h = ph + label_in + 0.8
         fig = Figure(figsize=(w, h))
         FigureCanvasAgg(fig)
-        ax = fig.add_axes([label_in / w, label_in / h, 1 - (label_in + 1.4) / w,
-                           1 - (label_in + 0.6) / h])
-        data = self.matrix.numpy()
-        finite = data[np.isfinite(data)]
-        vmin = min(0.0, float(finite.min())) if finite.size else 0.0
-        vmax = max(1.0, float(finite.max())) if finite.size else 1.0
-        im = ax.imshow(data, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
-                       interpolation="nearest")
-        ax.set_xticks(range(lb))
-        ax.set_xticklabels(self.names_b, rotation=90, fontsize=font)
-        ax.set_yticks(range(la))
-        ax.set_yticklabels(self.names_a, fontsize=font)
         s = self.settings
-        ax.set_xlabel(f"{s.get('model_b', 'model_b')} layers")
-        ax.set_ylabel(f"{s.get('model_a', 'model_a')} layers")
         if title is None:
             kind = "debiased" if s.get("unbiased", True) else "biased"
             title = (f"{kind} {s.get('kernel', 'linear')} CKA: {s.get('model_a', 'A')} vs "
                      f"{s.get('model_b', 'B')}"
                      + (f" ({self.num_samples} samples)" if self.num_samples else ""))
-        ax.set_title(title, fontsize=9)
         if annotate is None:
             annotate = la <= 12 and lb <= 12
-        if annotate:
-            for i in range(la):
-                for j in range(lb):
-                    v = data[i, j]
-                    ax.text(j, i, "nan" if math.isnan(v) else f"{v:.2f}", ha="center",
-                            va="center", fontsize=6,
-                            color="black" if np.isfinite(v) and v > 0.6 * vmax else "white")
-        cax = fig.add_axes([1 - 1.1 / w, label_in / h, 0.18 / w, 1 - (label_in + 0.6) / h])
-        fig.colorbar(im, cax=cax, label="CKA")
-        path = Path(path)
-        fig.savefig(path, dpi=dpi)
+        if blocks is None:
+            blocks = _wants_blocks(self.names_a) or _wants_blocks(self.names_b)
+        data = self.matrix.numpy()
+        finite = data[np.isfinite(data)]
+        vmin = min(0.0, float(finite.min())) if finite.size else 0.0
+        vmax = max(1.0, float(finite.max())) if finite.size else 1.0
+        se = self.stderr.numpy() if stderr else None
+        frames = [(data, title, "CKA", cmap, vmin, vmax)]
+        if stderr:
+            fse = se[np.isfinite(se)]
+            frames.append((se, "jackknife standard error", "stderr", "viridis", 0.0,
+                           float(fse.max()) if fse.size and fse.max() > 0 else 1.0))
+        for p, (values, ttl, clabel, cm, lo, hi) in enumerate(frames):
+            x0 = p * (pw + label_in + 1.6)
+            ax = fig.add_axes([(x0 + label_in) / w, label_in / h, pw / w, ph / h])
+            im = ax.imshow(values, origin="lower", aspect="auto", cmap=cm, vmin=lo, vmax=hi,
+                           interpolation="nearest")
+            self._ticks(ax, font, pw, ph, blocks)
+            ax.set_title(ttl, fontsize=9)
+            if annotate:
+                for i in range(la):
+                    for j in range(lb):
+                        v = values[i, j]
+                        txt = "nan" if math.isnan(v) else f"{v:.2f}"
+                        if p == 0 and se is not None and not math.isnan(se[i, j]):
+                            txt += f"\n±{se[i, j]:.2f}"
+                        ax.text(j, i, txt, ha="center", va="center", fontsize=6,
+                                color="white" if np.isfinite(v) and v <= lo + 0.6 * (hi - lo)
+                                else "black")
+            cax = fig.add_axes([(x0 + label_in + pw + 0.3) / w, label_in / h, 0.18 / w, ph / h])
+            fig.colorbar(im, cax=cax, label=clabel)
+        fig.savefig(path, dpi=dpi, format=path.suffix.lower()[1:])
         return path
+
+    def _ticks(self, ax, font, pw, ph, blocks):
+        s = self.settings
+        for axis, names, inches, side in ((ax.xaxis, self.names_b, pw, "b"),
+                                          (ax.yaxis, self.names_a, ph, "a")):
+            room = max(1, int(inches * 72 / (font * 1.3)))
+            idx = _tick_positions(names, room)
+            labels = _shown_labels(names)
+            axis.set_ticks(idx)
+            axis.set_ticklabels([labels[i] for i in idx], fontsize=font,
+                                rotation=90 if side == "b" else 0)
+            every = "" if len(idx) == len(names) else f" ({len(idx)} of {len(names)} labelled)"
+            axis.set_label_text(f"{s.get('model_' + side, 'model_' + side)} layers{every}")
+            if blocks:
+                for edge in _block_edges(names):
+                    (ax.axvline if side == "b" else ax.axhline)(edge - 0.5, color="white",
+                                                                lw=0.5, alpha=0.8)
 
 
 def load_result(path) -> CKAResult:
     """``CKAResult.load(path)``."""
     return CKAResult.load(path)
+
+
+# ---------------------------------------------------------------------- field checks
+
+def _names(names, field: str) -> list[str]:
+    if isinstance(names, (str, bytes)):
+        raise TypeError(f"{field} must be a list of layer names, got a single string "
+                        f"{names!r} (it would be split into characters)")
+    if isinstance(names, np.ndarray):
+        if names.ndim != 1:
+            raise ValueError(f"{field} must be 1-D, got an array of shape {names.shape}")
+        names = names.tolist()
+    if not isinstance(names, Sequence):
+        raise TypeError(f"{field} must be a list of layer names, got {type(names).__name__}")
+    out = []
+    for i, n in enumerate(names):
+        if isinstance(n, bool) or not isinstance(n, (str, int, np.str_, np.integer)):
+            raise TypeError(f"{field}[{i}] must be a layer name (str), got "
+                            f"{type(n).__name__} {n!r}")
+        out.append(str(n))
+    return out
+
+
+def _matrix(m, field: str, la: int, lb: int) -> torch.Tensor:
+    if isinstance(m, torch.Tensor):
+        t = m.detach()
+    else:
+        try:
+            arr = np.asarray(m)
+        except Exception as e:  # noqa: BLE001 - ragged lists and the like
+            raise ValueError(f"{field} is not a rectangular array of numbers: {e}") from None
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise TypeError(f"{field} must hold real numbers, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex() or t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in (
+            torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise TypeError(f"{field} must hold real numbers, got dtype {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{field} must be 2-D (L_A, L_B), got shape {tuple(t.shape)}")
+    if tuple(t.shape) != (la, lb):
+        hint = " (transposed?)" if tuple(t.shape) == (lb, la) else ""
+        raise ValueError(f"{field} has shape {tuple(t.shape)} but there are {la} names_a and "
+                         f"{lb} names_b: it must be ({la}, {lb}){hint}")
+    return t.to(device="cpu", dtype=torch.float64).clone()
+
+
+def _count(v, field: str) -> int:
+    if isinstance(v, (np.integer,)):
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{field} must be a non-negative int, got {v!r}")
+    return v
+
+
+def _bad_count(field, v):
+    raise ValueError(f"{field} must be a non-negative int, got {v!r}")
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return (a.shape == b.shape and torch.equal(a.isnan(), b.isnan())
+            and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))
+
+
+def _encode(m: torch.Tensor) -> list:
+    return [[_enc(v) for v in row] for row in m.tolist()]
+
+
+def _decode(rows, field: str, la: int, lb: int) -> torch.Tensor:
+    """The JSON rows of a matrix, checked row by row: exactly la rows of lb entries."""
+    if not isinstance(rows, list):
+        raise TypeError(f"{field} must be a list of rows, got {type(rows).__name__}")
+    if len(rows) != la:
+        raise ValueError(f"{field} has {len(rows)} rows but there are {la} names_a")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise TypeError(f"{field}[{i}] must be a list of numbers, got {type(row).__name__}")
+        if len(row) != lb:
+            raise ValueError(f"{field}[{i}] has {len(row)} entries but there are {lb} names_b")
+        out.append([_dec(v, f"{field}[{i}][{j}]") for j, v in enumerate(row)])
+    return torch.tensor(out, dtype=torch.float64).reshape(la, lb)
 
 
 def _enc(v: float):
@@ -178,7 +361,54 @@ def _enc(v: float):
     return v
 
 
-def _dec(v) -> float:
+def _dec(v, where: str) -> float:
     if v is None:
         return float("nan")
+    if v in ("inf", "-inf"):
+        return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{where} must be a number, null, \"inf\" or \"-inf\", got {v!r}")
     return float(v)
+
+
+# ---------------------------------------------------------------------- plot helpers
+
+def _block_key(name: str) -> str:
+    """``blocks.3.attn`` -> ``blocks.3``; ``layer2.1.conv1`` -> ``layer2.1``; a name
+    without a numeric part is its own block."""
+    parts = name.split(":")[0].split("#")[0].split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[:i + 1])
+    return name
+
+
+def _block_edges(names) -> list[int]:
+    keys = [_block_key(n) for n in names]
+    return [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
+
+
+def _wants_blocks(names) -> bool:
+    """Lines between blocks help when there are at least 2 blocks of several layers."""
+    keys = [_block_key(n) for n in names]
+    runs = len(_block_edges(names)) + 1
+    return len(names) >= 8 and runs >= 2 and runs <= len(keys) / 1.5
+
+
+def _tick_positions(names, room: int) -> list[int]:
+    """All positions when they fit, else an even step (block starts preferred)."""
+    L = len(names)
+    if L <= room:
+        return list(range(L))
+    starts = [0] + _block_edges(names)
+    if 2 <= len(starts) <= room and len(starts) < L:
+        step = -(-len(starts) // room)
+        return starts[::step]
+    step = -(-L // room)
+    return list(range(0, L, step))
+
+
+def _shown_labels(names) -> list[str]:
+    """Labels cut to 40 characters (the middle elided) so one long name cannot take the
+    whole figure."""
+    return [n if len(n) <= 40 else n[:18] + "…" + n[-21:] for n in names]
