@@ -11,7 +11,15 @@ from torch import nn
 import flashcka
 import reference
 from flashcka import CKAResult, FlashCKAWarning, compare
-from flashcka.hooks import default_layers, select_layers
+from flashcka.selection import select_points
+
+
+def default_layers(model):
+    return [p.label for p in select_points(model, None, "layers_a")]
+
+
+def select_layers(model, spec, arg):
+    return [p.label for p in select_points(model, spec, arg)]
 
 
 # ------------------------------------------------------------------ float64 reference
@@ -106,9 +114,10 @@ class Net(nn.Module):
 
 
 def test_default_layers_rule():
-    # containers nested in containers are descended into; their non-container children count
-    assert default_layers(Net()) == ["blocks.0.0", "blocks.0.1", "blocks.1.0", "blocks.1.1",
-                                     "stage.0.0", "stage.1"]
+    # the "blocks" preset: blocks.* hold composite modules (and no block list themselves);
+    # the first block's input comes first; `stage` mixes a leaf with a list: not blocks
+    assert default_layers(Net()) == ["blocks.0:input", "blocks.0", "blocks.1"]
+    # no block lists: every non-container child of a container, descending the tree
     assert default_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU())) == ["0", "1"]
 
     class Flat(nn.Module):
@@ -227,8 +236,8 @@ class Outputs(nn.Module):
 
 @pytest.mark.parametrize("tokens", ["flatten", "cls", "mean", "callable"])
 def test_output_kinds_and_tokens(tokens):
-    data = batches([21, 18], d=12)
-    data = [x.reshape(-1, 4, 3) for x in data]
+    data = batches([21, 18], d=15)
+    data = [x.reshape(-1, 5, 3) for x in data]     # 5 tokens: room for a class token
     fn = {"flatten": lambda t: t.reshape(t.shape[0], -1), "cls": lambda t: t[:, 0],
           "mean": lambda t: t.mean(1), "callable": lambda t: t[:, 1:].amax(1)}[tokens]
     tok = (lambda t: t[:, 1:].amax(1)) if tokens == "callable" else tokens

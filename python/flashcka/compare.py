@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from . import _validate, backends
 from ._engine import Settings
-from .hooks import TOKEN_MODES, GramRecorder, select_layers
+from .hooks import TOKEN_MODES, GramRecorder, Tokens
+from .selection import select_points
 from .minibatch import MinibatchCKA
 from .result import CKAResult
 
@@ -17,102 +19,149 @@ from .result import CKAResult
 class _Context:
     """What every hook of one compare() call shares: settings, backend, compute dtype."""
 
-    def __init__(self, settings, tokens, dtype, backend, device):
-        self.settings, self.tokens, self.dtype = settings, tokens, dtype
-        self.backend_name, self.device = backend, device
-        self.be = self.ct = None
-        self.first_counts: dict[str, dict[str, int]] = {}
+    def __init__(self, settings, dtype, backend, device, models):
+        self.settings, self.backend_name, self.device = settings, backend, device
+        self.be = None
+        self.fixed = dtype is not None           # dtype= given: never widened
+        wide = any(t.dtype == torch.float64 for m in models
+                   for t in (*m.parameters(), *m.buffers()))
+        self.ct = dtype or (torch.float64 if wide else None)
 
     def prepare(self, x: torch.Tensor) -> None:
-        """Fix the backend and compute dtype on the first hooked output of the run."""
+        """On the first batch: fix the backend from the first hooked tensor and widen the
+        compute dtype to float64 when a float64 tensor appears (unless dtype= was given)."""
         if self.be is None:
             self.be = backends.select(self.backend_name, x)
-            self.ct = self.dtype or (torch.float64 if x.dtype == torch.float64 else torch.float32)
             self.device = x.device
+        if self.ct is None:
+            self.ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        elif x.dtype == torch.float64 and not self.fixed:
+            self.ct = torch.float64
 
     def row_length(self, n: int) -> int:
         return self.be.row_length(n, self.settings.unbiased)
 
 
 def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=None,
-            layers_b=None, tokens="flatten", max_batches: int | None = None, device=None,
-            progress: bool = True, kernel: str = "linear", unbiased: bool = True,
-            sigma: float | None = None, threshold: float = 1.0, dtype: torch.dtype | None = None,
+            layers_b=None, tokens="flatten", mask=None, inputs_a=None, inputs_b=None,
+            max_batches: int | None = None, device=None, progress: bool = True,
+            kernel: str = "linear", unbiased: bool = True, sigma: float | None = None,
+            threshold: float = 1.0, dtype: torch.dtype | None = None,
             backend: str = "auto") -> CKAResult:
     """Minibatch CKA (Nguyen, Raghu & Kornblith 2021) between every chosen layer of
     ``model_a`` and every chosen layer of ``model_b`` over the batches of ``loader``.
 
     Args:
-        model_a, model_b: ``nn.Module``s. ``model_b=None`` compares ``model_a`` with itself
-            from one forward pass per batch (``layers_b`` is then ignored).
+        model_a, model_b: ``nn.Module``s (``torch.compile``'d ones too, see below).
+            ``model_b=None`` compares ``model_a`` with itself from one forward pass per
+            batch (``layers_b`` is then ignored).
         loader: an iterable of batches: a tensor (the input), a tuple/list whose first
             element is the input (``(input, target)``), or a dict passed as ``**kwargs``.
             Tensors are moved to ``device`` (default: the device of model_a's first
-            parameter). The batch size ``n`` is dimension 0 of the first input tensor;
+            parameter). The batch size ``n`` is dimension 0 of the batch's first tensor;
             batches with ``n < 4`` (``n < 2`` when biased) are skipped with a warning.
-        layers_a, layers_b: which modules to hook: a qualified module name (exact, as in
-            ``model.named_modules()``), a glob pattern (``fnmatch`` on qualified names, e.g.
-            ``"blocks.*.attn"``; ``*`` also matches dots), an ``nn.Module`` subclass (every
-            module of that type), or a list mixing these. A name or pattern that matches
-            nothing raises ``ValueError`` listing close names. ``None`` picks the model's
-            blocks: descending the module tree, every child of an ``nn.Sequential``,
-            ``nn.ModuleList`` or ``nn.ModuleDict`` that is not itself such a container
-            (blocks are not descended into); without any such container, the leaf modules
-            that own parameters.
-        tokens: how outputs become (n, d) features. The hooked output is a tensor; of a
-            tuple/list its first tensor; of a dict or HF ``ModelOutput`` its
-            ``last_hidden_state`` if present, else its first tensor value. For 3-D outputs
-            (n, T, C): ``"flatten"`` -> (n, T·C), ``"cls"`` -> ``x[:, 0]``, ``"mean"`` ->
-            mean over T. A callable ``f(tensor) -> tensor`` is applied to every output.
-            Other ranks (e.g. 4-D conv maps) are flattened to (n, d).
+        layers_a, layers_b: what to hook, one item or a list of:
+            a qualified module name (exact, as in ``model.named_modules()``); a glob
+            pattern over those names, where ``*`` matches within one dotted level and
+            ``**`` across levels (``"blocks.*"``: the direct children of ``blocks``;
+            ``"**.attn"``: every ``attn`` at any depth; ``?`` is one character, ``[0-3]``
+            a set); an ``nn.Module`` subclass (every module of that type); a preset:
+            ``"blocks"`` (the input of the first block — the embedding/stem output — then
+            every repeated block of ViTs, ResNets, ConvNeXt, Swin, HF encoders: the
+            children of each ``nn.Sequential``/``nn.ModuleList``/``nn.ModuleDict`` whose
+            children are composite modules holding no such list themselves) or
+            ``"sublayers"`` (per transformer block, Raghu et al. 2021: its input, the
+            attention branch output, the residual stream after attention, the MLP branch
+            output, its output). A name or pattern may end in ``":input"`` to hook the
+            module's input (a forward pre-hook: ``"blocks.3.norm2:input"`` is the
+            residual stream after attention) or ``":output"`` (the default; write
+            ``"blocks:output"`` for a module named like a preset). ``None``: the
+            ``"blocks"`` preset, or for models without repeated blocks every
+            non-container child of a container, else the leaf modules with parameters.
+            A name or pattern matching nothing raises ``ValueError`` listing close names.
+            A module named exactly that never fires (or whose tensor is unusable) raises;
+            points from patterns, presets or types are skipped with one warning.
+        tokens: how a hooked tensor becomes (n, d) features; one mode for both models or
+            a pair ``(tokens_a, tokens_b)``. The tensor of an output is the output, or of a
+            tuple/list its first tensor, of a dict or HF ``ModelOutput`` its
+            ``last_hidden_state`` if present, else its first tensor value; of an input, the
+            first positional tensor (else the ``hidden_states`` keyword). 3-D (n, T, C):
+            ``"flatten"`` -> (n, T·C) with pad positions zeroed when ``mask`` applies;
+            ``"cls"`` -> ``x[:, 0]`` (a warning when T is a square grid and T − 1 is not:
+            no room for a class token); ``"mean"`` -> mean over T, over the unmasked
+            tokens when ``mask`` applies. 4-D maps: ``"flatten"``; ``"mean"`` -> mean over
+            the spatial positions of (n, C, H, W) or (n, H, W, C), the layout told by which
+            two dimensions are equal (H = W; other shapes raise); ``"cls"`` raises. 2-D
+            outputs pass through. A callable ``f(x)`` or ``f(x, mask)`` is applied as is.
+        mask: padding mask for token layouts: ``None``, the key of a dict batch (e.g.
+            ``"attention_mask"``), or a callable ``batch -> (n, T)`` tensor; nonzero =
+            a real token. It applies to 3-D layers with T tokens (a warning names the
+            others) and is passed to a two-argument ``tokens`` callable.
+        inputs_a, inputs_b: callables ``batch -> arguments`` of each model: a tensor (one
+            positional argument), a tuple/list (positional arguments) or a dict (keyword
+            arguments), so that two models taking different inputs (a timm ViT: a tensor,
+            an HF ViT: ``pixel_values=``) run on one loader. Default: as for ``loader``.
         max_batches: use at most this many batches of ``loader``.
         progress: show a tqdm progress bar.
-        kernel, unbiased, sigma, threshold, dtype, backend: as for ``MinibatchCKA``.
+        kernel, unbiased, sigma, threshold, backend: as for ``MinibatchCKA``.
+        dtype: compute dtype; default float64 when a parameter/buffer of either model,
+            or any hooked tensor of the first batch, is float64, else float32. On the first
+            batch the rows built before the first float64 tensor appears are computed in
+            float32 and widened; pass ``dtype=torch.float64`` for float64 throughout.
 
     Returns:
         ``CKAResult`` with the (L_A, L_B) float64 matrix and the layer names. Layers are
-        ordered by when they first produce output in the first batch's forward pass; a
-        module called k > 1 times per forward pass gives layers ``name#0 … name#(k-1)``.
+        ordered by when they first appear in the first batch's forward pass; a module
+        called k > 1 times per forward pass gives layers ``name#0 … name#(k-1)``; inputs
+        are named ``name:input``.
 
-    Hooks run under ``torch.no_grad()`` with the models in eval mode; each hooked output is
-    turned into its centered Gram at once, written into a preallocated (L, m) row buffer,
-    and released: activations are never collected. The first batch goes through each model
-    twice: a discovery pass (which modules fire, how often; no Grams) sizes the buffer,
-    then the real pass.
-    Every module's training flag is restored and every hook removed, even on error.
+    One forward pass per batch per model, under ``torch.no_grad()`` with the models in
+    eval mode. Each hooked tensor is turned into its centered Gram at once, written into
+    the (L, m) row buffer, and released: activations are never collected. A
+    ``torch.compile``'d model (``OptimizedModule`` or ``module.compile()``) is run through
+    its original module: compiled graphs do not see hooks added after compilation, and
+    tracing the hooks would break the graph; the uncompiled forward gives the same numbers.
+    Every module's training flag (and compiled state) is restored and every hook removed,
+    even on error.
     """
     settings = Settings(kernel, unbiased, sigma, threshold)
     settings.check()
-    _check_args(model_a, model_b, tokens, max_batches, dtype, backend)
+    tok_a, tok_b = _check_args(model_a, model_b, tokens, mask, inputs_a, inputs_b,
+                               max_batches, dtype, backend)
     same = model_b is None
-    names_a = select_layers(model_a, layers_a, "layers_a")
-    names_b = names_a if same else select_layers(model_b, layers_b, "layers_b")
-    if device is None:
-        device = _model_device(model_a)
-    device = torch.device(device)
-    ctx = _Context(settings, tokens, dtype, backend, device)
-    models = [model_a] if same else [model_a, model_b]
-    modes = [{m: m.training for m in model.modules()} for model in models]
-    recorders: list[GramRecorder] = []
-    try:
-        recorders.append(GramRecorder(model_a, names_a, ctx, "model_a"))
-        if not same:
-            recorders.append(GramRecorder(model_b, names_b, ctx, "model_b"))
-        for model in models:
-            model.eval()
-        acc, skipped = _run(models, recorders, ctx, loader, max_batches, progress, same)
-    finally:
-        for r in recorders:
-            r.remove()
-        for saved in modes:
-            for m, flag in saved.items():
-                m.training = flag
+    with _uncompiled(model_a) as model_a, _uncompiled(model_b) as model_b:
+        points_a = select_points(model_a, layers_a, "layers_a")
+        points_b = points_a if same else select_points(model_b, layers_b, "layers_b")
+        if device is None:
+            device = _model_device(model_a)
+        device = torch.device(device)
+        models = [model_a] if same else [model_a, model_b]
+        ctx = _Context(settings, dtype, backend, device, models)
+        modes = [{m: m.training for m in model.modules()} for model in models]
+        recorders: list[GramRecorder] = []
+        try:
+            recorders.append(GramRecorder(model_a, points_a, ctx, "model_a", tok_a))
+            if not same:
+                recorders.append(GramRecorder(model_b, points_b, ctx, "model_b", tok_b))
+            for model in models:
+                model.eval()
+            adapters = [inputs_a] if same else [inputs_a, inputs_b]
+            acc, skipped = _run(models, recorders, adapters, ctx, loader, mask, max_batches,
+                                progress, same)
+        finally:
+            for r in recorders:
+                r.remove()
+            for saved in modes:
+                for m, flag in saved.items():
+                    m.training = flag
     if acc is None:
         raise ValueError(f"loader gave no usable batches (skipped {skipped} with fewer than "
                          f"{4 if unbiased else 2} samples)")
     matrix = acc.compute().cpu()
     info = {"kernel": kernel, "unbiased": unbiased, "sigma": sigma, "threshold": threshold,
-            "tokens": tokens if isinstance(tokens, str) else "callable",
+            "tokens": _token_name(tok_a.mode) if same or tok_a.mode is tok_b.mode
+            else [_token_name(tok_a.mode), _token_name(tok_b.mode)],
+            "mask": mask if mask is None or isinstance(mask, str) else "callable",
             "backend": ctx.be.name, "dtype": str(ctx.ct).replace("torch.", ""),
             "model_a": type(model_a).__name__,
             "model_b": type(model_a if same else model_b).__name__, "same_model": same}
@@ -121,7 +170,7 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
 
 
 @torch.no_grad()
-def _run(models, recorders, ctx, loader, max_batches, progress, same):
+def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, same):
     from tqdm.auto import tqdm
     total = max_batches
     if total is None and hasattr(loader, "__len__"):
@@ -144,14 +193,19 @@ def _run(models, recorders, ctx, loader, max_batches, progress, same):
                               f"{'unbiased' if ctx.settings.unbiased else 'biased'} estimator "
                               f"needs n >= {need})", _validate.FlashCKAWarning, stacklevel=3)
                 continue
-            rows = []
-            for model, rec in zip(models, recorders):
-                if rec.labels is None:             # first batch: discover the layers
-                    _pass(model, rec, batch, n, discover=True)
-                    rec.finish_discovery()
-                _pass(model, rec, batch, n)
-                rows.append(rec.finish())
+            if acc is None and not ctx.fixed and _input_dtype(batch) == torch.float64:
+                ctx.ct = torch.float64
+            bmask = _batch_mask(batch, mask, n, b)
+            for model, rec, adapt in zip(models, recorders, adapters):
+                rec.start(n, bmask)
+                try:
+                    _forward(model, batch, adapt)
+                finally:
+                    rec.active = False
+                rec.finish()
+            rows = [rec.rows() for rec in recorders]
             if acc is None:
+                ctx.fixed = True                 # the compute dtype is fixed from here on
                 la = recorders[0].labels
                 lb = la if same else recorders[1].labels
                 acc = MinibatchCKA(len(la), None if same else len(lb), kernel=ctx.settings.kernel,
@@ -165,20 +219,67 @@ def _run(models, recorders, ctx, loader, max_batches, progress, same):
     return acc, skipped
 
 
-def _pass(model, rec, batch, n, discover=False):
-    rec.start(n, discover)
-    try:
-        _forward(model, batch)
-    finally:
-        rec.active = False
-
-
-def _forward(model, batch):
+def _forward(model, batch, adapt=None):
+    if adapt is not None:
+        args = adapt(batch)
+        if isinstance(args, Mapping):
+            return model(**args)
+        if isinstance(args, (tuple, list)):
+            return model(*args)
+        return model(args)
     if isinstance(batch, Mapping):
         return model(**batch)
     if isinstance(batch, (tuple, list)):
         return model(batch[0])
     return model(batch)
+
+
+def _batch_mask(batch, mask, n, b):
+    """The batch's (n, T) bool padding mask, or None."""
+    if mask is None:
+        return None
+    if isinstance(mask, str):
+        if not isinstance(batch, Mapping) or mask not in batch:
+            keys = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
+            raise ValueError(f"mask={mask!r}: batch {b} has no such key (keys: {keys})")
+        m = batch[mask]
+    else:
+        m = mask(batch)
+    if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[0] != n:
+        shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+        raise ValueError(f"mask of batch {b} must be an (n, T) = ({n}, T) tensor, got {shape}")
+    return m != 0
+
+
+@contextmanager
+def _uncompiled(model):
+    """The module to hook and run: ``model._orig_mod`` of a ``torch.compile`` wrapper;
+    a ``module.compile()``'d module with its compiled call switched off meanwhile."""
+    if model is None:
+        yield None
+        return
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
+        yield inner
+        return
+    compiled = getattr(model, "_compiled_call_impl", None)
+    if compiled is None:
+        yield model
+        return
+    model._compiled_call_impl = None
+    try:
+        yield model
+    finally:
+        model._compiled_call_impl = compiled
+
+
+def _token_name(mode):
+    return mode if isinstance(mode, str) else "callable"
+
+
+def _input_dtype(batch):
+    t = _first_tensor(batch)
+    return None if t is None else t.dtype
 
 
 def _to_device(batch, device):
@@ -222,15 +323,27 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_args(model_a, model_b, tokens, max_batches, dtype, backend):
+def _check_args(model_a, model_b, tokens, mask, inputs_a, inputs_b, max_batches, dtype,
+                backend):
     for arg, m in (("model_a", model_a), ("model_b", model_b)):
         if m is not None and not isinstance(m, nn.Module):
             raise TypeError(f"{arg} must be a torch.nn.Module, got {type(m).__name__}")
     if model_a is None:
         raise TypeError("model_a must be a torch.nn.Module, got None")
-    if not (callable(tokens) or tokens in TOKEN_MODES):
-        raise ValueError(f"tokens must be one of {TOKEN_MODES} or a callable, got {tokens!r}")
+    pair = tokens if isinstance(tokens, tuple) and len(tokens) == 2 else (tokens, tokens)
+    for t in pair:
+        if not (callable(t) or (isinstance(t, str) and t in TOKEN_MODES)):
+            raise ValueError(f"tokens must be one of {TOKEN_MODES}, a callable, or a pair "
+                             f"(tokens_a, tokens_b) of those; got {tokens!r}")
+    if mask is not None and not (isinstance(mask, str) or callable(mask)):
+        raise TypeError(f"mask must be None, a batch key (str) or a callable batch -> (n, T) "
+                        f"mask; got {type(mask).__name__}")
+    for arg, f in (("inputs_a", inputs_a), ("inputs_b", inputs_b)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{arg} must be a callable batch -> model arguments, got "
+                            f"{type(f).__name__}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     _validate.dtype_arg(dtype)
     backends.check_name(backend)
+    return Tokens(pair[0]), Tokens(pair[1])

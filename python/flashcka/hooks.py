@@ -1,95 +1,31 @@
-"""Layer selection and the forward-hook recorder behind ``flashcka.compare``.
+"""The hook recorder behind ``flashcka.compare``: hooked tensors -> centered Gram rows.
 
-Selection (``select_layers``) turns names, glob patterns and module types into module
-names. The recorder (``GramRecorder``) hooks those modules; each hooked output becomes its
-centered Gram row inside the hook (``_engine.gram_row``) and the activation is let go, so
-memory holds ``L`` Gram rows per model, never ``L`` activations (DESIGN.md §5).
+``GramRecorder`` hooks the chosen ``Point``s (module outputs, or inputs through forward
+pre-hooks). Each hooked tensor becomes its centered Gram row inside the hook
+(``_engine.gram_row``) and is let go, so memory holds ``L`` Gram rows per model, never
+``L`` activations (DESIGN.md §5). One forward pass per batch: on the first batch rows are
+written as the layers appear, into a buffer sized for every hooked point (grown if a
+module is called more often), and that order fixes the layers for the run.
 """
 from __future__ import annotations
 
-import difflib
-import fnmatch
+import inspect
+import math
+import warnings
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from . import _engine, _validate
+from .selection import Point, select_points  # noqa: F401  (re-exported)
 
-CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 TOKEN_MODES = ("flatten", "cls", "mean")
-_GLOB_CHARS = set("*?[")
+# gram_row writes each row's power-of-two scale (Rows.scale) when it takes scale_out
+_SCALED = "scale_out" in inspect.signature(_engine.gram_row).parameters
 
 
-# ------------------------------------------------------------------ layer selection
-
-def default_layers(model: nn.Module) -> list[str]:
-    """The "blocks" of a model: descend the module tree from the root; every child of an
-    ``nn.Sequential``/``nn.ModuleList``/``nn.ModuleDict`` that is not itself such a
-    container is a block (and is not descended into); other modules are descended into.
-    A model without any such container gets its leaf modules that own parameters."""
-    found: list[str] = []
-
-    def visit(module: nn.Module, prefix: str, in_container: bool) -> None:
-        for name, child in module.named_children():
-            qual = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, CONTAINERS):
-                visit(child, qual, True)
-            elif in_container:
-                found.append(qual)
-            else:
-                visit(child, qual, False)
-
-    visit(model, "", isinstance(model, CONTAINERS))
-    if not found:
-        found = [name for name, m in model.named_modules()
-                 if name and not any(True for _ in m.children())
-                 and any(True for _ in m.parameters(recurse=False))]
-    if not found:
-        raise ValueError(f"{type(model).__name__} has no nn.Sequential/nn.ModuleList blocks and "
-                         f"no leaf modules with parameters: pass the layers to hook explicitly")
-    return found
-
-
-def select_layers(model: nn.Module, spec, arg: str) -> list[str]:
-    """Qualified names of the modules of ``model`` chosen by ``spec`` (see ``compare``),
-    in ``model.named_modules()`` order, each once. ``arg`` names the argument in errors."""
-    if spec is None:
-        return default_layers(model)
-    items = list(spec) if isinstance(spec, (list, tuple, set)) else [spec]
-    if not items:
-        raise ValueError(f"{arg} is empty: give module names, glob patterns or module types "
-                         f"(or None for the default blocks)")
-    modules = dict(model.named_modules())
-    names = [n for n in modules if n]
-    chosen: set[str] = set()
-    for item in items:
-        if isinstance(item, type) and issubclass(item, nn.Module):
-            hits = [n for n, m in modules.items() if isinstance(m, item)]
-            if not hits:
-                present = sorted({type(m).__name__ for m in modules.values()})
-                raise ValueError(f"{arg}: no module of {type(model).__name__} is an instance of "
-                                 f"{item.__name__}; module types present: {present}")
-        elif isinstance(item, str):
-            if item in modules:
-                hits = [item]
-            elif _GLOB_CHARS & set(item):
-                hits = [n for n in names if fnmatch.fnmatchcase(n, item)]
-            else:
-                hits = []
-            if not hits:
-                close = difflib.get_close_matches(item, names, n=5, cutoff=0.5)
-                raise ValueError(f"{arg}: {item!r} matches no module of {type(model).__name__}; "
-                                 f"close names: {close or 'none'} "
-                                 f"({len(names)} modules, e.g. {names[:6]})")
-        else:
-            raise TypeError(f"{arg} items must be module names, glob patterns (str) or "
-                            f"nn.Module subclasses; got {item!r} ({type(item).__name__})")
-        chosen.update(hits)
-    return [n for n in modules if n in chosen]
-
-
-# ------------------------------------------------------------------ hooked outputs
+# ------------------------------------------------------------------ hooked tensors
 
 def output_tensor(out, name: str) -> torch.Tensor:
     """The tensor of a module's output: a tensor itself; the first tensor of a tuple or
@@ -114,122 +50,301 @@ def output_tensor(out, name: str) -> torch.Tensor:
                     f"hook a module that returns a tensor, a tuple/list or a dict of tensors")
 
 
-def apply_tokens(x: torch.Tensor, tokens) -> torch.Tensor:
-    """``tokens`` on one output: a callable is applied to every output; the strings act on
-    3-D (n, T, C) outputs only: "flatten" -> (n, T·C), "cls" -> x[:, 0], "mean" -> mean over
-    T. Other ranks pass through (the Gram flattens (n, ...) to (n, d))."""
-    if callable(tokens):
-        return tokens(x)
-    if x.dim() == 3:
-        if tokens == "cls":
-            return x[:, 0]
-        if tokens == "mean":
-            return x.mean(1)
-    return x
+def input_tensor(args, kwargs, name: str) -> torch.Tensor:
+    """The tensor of a module's input: its first positional tensor, else the keyword
+    ``hidden_states``, else the first tensor keyword."""
+    for v in args:
+        if isinstance(v, torch.Tensor):
+            return v
+    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+        return kwargs["hidden_states"]
+    for v in kwargs.values():
+        if isinstance(v, torch.Tensor):
+            return v
+    raise TypeError(f"layer {name} was called without a tensor argument; hook its output "
+                    f"or another module")
+
+
+class Tokens:
+    """How one side's hooked tensors become (n, d) features (``tokens`` of ``compare``).
+
+    3-D (n, T, C): "flatten" -> (n, T·C), pad positions zeroed when a mask of T tokens is
+    given; "cls" -> x[:, 0]; "mean" -> mean over T (over the unmasked tokens with a mask).
+    4-D maps: "flatten"; "mean" averages the spatial positions of (n, C, H, W) or
+    (n, H, W, C), told apart by which pair of dimensions is square (ambiguous shapes
+    raise); "cls" raises (a map has no class token). 2-D outputs pass through.
+    A callable ``f(x)`` or ``f(x, mask)`` (mask: (n, T) bool or None) is applied as is."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.pass_mask = callable(mode) and _takes_two(mode)
+        self.warned: set[str] = set()
+
+    def __call__(self, x: torch.Tensor, mask, label: str) -> torch.Tensor:
+        mode = self.mode
+        if callable(mode):
+            y = mode(x, mask) if self.pass_mask else mode(x)
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(f"tokens callable returned {type(y).__name__} for layer "
+                                f"{label}; it must return a tensor")
+            return y
+        if x.dim() == 3:
+            m = mask if mask is not None and mask.shape[1] == x.shape[1] else None
+            if mask is not None and m is None and mode != "cls":
+                self._warn(label, f"the mask has {mask.shape[1]} tokens but layer {label} "
+                                  f"has {x.shape[1]}: its tokens are not masked")
+            if mode == "cls":
+                t = x.shape[1]
+                if mask is None and _is_square(t) and not _is_square(t - 1):
+                    self._warn(label, f"tokens='cls' on layer {label}: its {t} tokens form a "
+                                      f"square grid, so it likely has no class token; 'cls' "
+                                      f"takes its first token")
+                return x[:, 0]
+            if mode == "mean":
+                if m is None:
+                    return x.mean(1)
+                w = m.to(x.dtype)[:, :, None]
+                count = w.sum(1)
+                if bool((count == 0).any()):
+                    raise ValueError(f"layer {label}: a sample's mask has no valid token")
+                return (x * w).sum(1) / count
+            if m is not None and not bool(m.all()):
+                return (x * m.to(x.dtype)[:, :, None]).reshape(x.shape[0], -1)
+            return x
+        if x.dim() == 4 and mode in ("cls", "mean"):
+            if mode == "cls":
+                raise ValueError(f"tokens='cls' on layer {label} of shape {tuple(x.shape)}: "
+                                 f"a spatial map has no class token; use 'mean' or 'flatten' "
+                                 f"(or per-model tokens=(a, b))")
+            s = x.shape
+            nchw, nhwc = s[2] == s[3] != s[1], s[1] == s[2] != s[3]
+            if nchw == nhwc:
+                raise ValueError(f"tokens='mean' on layer {label} of shape {tuple(s)}: cannot "
+                                 f"tell (n, C, H, W) from (n, H, W, C); pass a callable, "
+                                 f"e.g. tokens=lambda x: x.mean((2, 3))")
+            return x.mean((2, 3) if nchw else (1, 2))
+        return x
+
+    def _warn(self, label, msg):
+        if label not in self.warned:
+            self.warned.add(label)
+            warnings.warn(msg, _validate.FlashCKAWarning, stacklevel=4)
+
+
+def _is_square(t: int) -> bool:
+    return t > 0 and math.isqrt(t) ** 2 == t
+
+
+def _takes_two(fn) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.name == "mask" for p in params):
+        return True
+    pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(pos) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 # ------------------------------------------------------------------ recorder
 
 class GramRecorder:
-    """Hooks ``names`` of ``model``; while ``active``, each call's output becomes one centered
-    Gram row, written into a preallocated (L, m) buffer. A discovery pass on the first batch
-    fixes the layers (module, call index) in the order they first produce output; every
-    batch must then call each module as often."""
+    """Hooks ``points`` of ``model``; while ``active``, each hooked tensor becomes one
+    centered Gram row of the (L, m) buffer ``g``. The first batch fixes the layers:
+    (point, call index) in the order they first appear; points that never fire, or whose
+    tensor cannot be used, are dropped there (a warning; an error for exact names).
+    Every later batch must call each kept module as often."""
 
-    def __init__(self, model: nn.Module, names: list[str], ctx, side: str):
-        self.model, self.names, self.ctx, self.side = model, names, ctx, side
+    def __init__(self, model: nn.Module, points: list[Point], ctx, side: str, tokens: Tokens):
+        self.model, self.points, self.ctx, self.side, self.tokens = model, points, ctx, side, tokens
         self.active = False
-        self.labels: list[str] | None = None      # fixed after the first batch
+        self.labels: list[str] | None = None        # fixed after the first batch
         self._index: dict[tuple[str, int], int] = {}
+        self._want: dict[str, int] = {}
         self._calls: dict[str, int] = {}
-        self.g = self.sq_c = self.sq = None
-        self.handles = []
+        self._dropped: dict[str, str] = {}          # label -> why (first batch)
+        self.g = None
+        self.handles: dict[str, object] = {}
         modules = dict(model.named_modules())
-        for name in names:
-            self.handles.append(modules[name].register_forward_hook(self._hook(name)))
+        for p in points:
+            mod = modules[p.module]
+            if p.kind == "input":
+                h = mod.register_forward_pre_hook(self._in_hook(p), with_kwargs=True)
+            else:
+                h = mod.register_forward_hook(self._out_hook(p))
+            self.handles[p.label] = h
 
     def remove(self) -> None:
-        for h in self.handles:
+        for h in self.handles.values():
             h.remove()
-        self.handles = []
+        self.handles = {}
 
-    # -- per batch
-    def start(self, n: int, discover: bool = False) -> None:
-        """Begin a forward pass on a batch of n. ``discover`` (first batch only) counts the
-        calls and checks the outputs without building Grams, so the (L, m) row buffer can be
-        allocated once, at its exact size."""
-        self._calls = {name: 0 for name in self.names}
-        self._order: list[tuple[str, int]] = []
-        self.n, self.discovering = n, discover
-        if not discover:
-            m = self.ctx.row_length(n)
-            if self.g is None or self.g.shape[1] != m:
-                L, dev = len(self.labels), self.ctx.device
-                self.g = None                                  # free the old rows first
-                self.g = torch.empty(L, m, dtype=self.ctx.ct, device=dev)
-                self.sq_c = torch.empty(L, dtype=torch.float64, device=dev)
-                self.sq = torch.empty(L, dtype=torch.float64, device=dev)
-        self.active = True
+    def _out_hook(self, p: Point):
+        label = p.label
 
-    def _hook(self, name: str):
         def hook(module, inputs, output):
             if self.active:
-                self._record(name, output)
+                self._record(p, label, output, None)
         return hook
 
-    def _record(self, name: str, output) -> None:
-        k = self._calls[name]
-        self._calls[name] = k + 1
-        label = f"{name}#{k}" if k else name
-        x = apply_tokens(output_tensor(output, label), self.ctx.tokens)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"tokens callable returned {type(x).__name__} for layer {label}; "
-                            f"it must return a tensor")
-        _validate.representation(x, f"layer {label}")
-        x = x.detach()
-        if x.dim() == 1:
-            x = x[:, None]
-        if x.shape[0] != self.n:
-            raise ValueError(f"layer {label} output has {x.shape[0]} samples (shape "
-                             f"{tuple(x.shape)}) but the batch has {self.n}; hook layers whose "
-                             f"output keeps the batch in dimension 0")
-        self.ctx.prepare(x)
-        if self.discovering:
-            self._order.append((name, k))
-            return
-        i = self._index.get((name, k))
-        if i is None:
-            raise ValueError(f"{self.side}: module {name} was called more than "
-                             f"{self.ctx.first_counts[self.side][name]} time(s) in this "
-                             f"forward pass, unlike in the first batch's")
-        label = self.labels[i]
-        sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {label}", self.g[i], self.n,
-                                    self.ctx.ct, self.ctx.settings)
-        if x.device.type == "cpu":  # precise message now; CUDA: one check per batch
-            _engine.check_finite(sq_c.view(1), [f"layer {label}"], self.ctx.ct, [x])
-        self.sq_c[i], self.sq[i] = sq_c, sq
+    def _in_hook(self, p: Point):
+        label = p.label
 
-    def finish_discovery(self) -> None:
-        """After the first batch's discovery pass: fix the layers (in the order they first
-        produced output) and their names."""
+        def hook(module, args, kwargs):
+            if self.active:
+                self._record(p, label, None, (args, kwargs))
+        return hook
+
+    # -- per batch
+    def start(self, n: int, mask) -> None:
+        """Begin a forward pass on a batch of n samples (mask: (n, T) bool or None)."""
+        self.n, self.mask = n, mask
+        self._calls = dict.fromkeys(self.handles, 0)
+        first = self.labels is None
+        self._sq_c = [] if first else [None] * len(self.labels)
+        self._sq = [] if first else [None] * len(self.labels)
+        if first:
+            self._order: list[tuple[str, int]] = []
+        m = self.ctx.row_length(n) if self.ctx.be is not None else None
+        if not first and (self.g is None or self.g.shape[1] != m):
+            self.g = None                                     # free the old rows first
+            self.g = torch.empty(len(self.labels), m, dtype=self.ctx.ct, device=self.ctx.device)
+            self.scale = torch.ones(len(self.labels), dtype=torch.float64,
+                                    device=self.ctx.device)
+        self.active = True
+
+    def _record(self, p: Point, label: str, output, call) -> None:
+        k = self._calls[label]
+        self._calls[label] = k + 1
+        name = f"{label}#{k}" if k else label
+        first = self.labels is None
+        if first:
+            if label in self._dropped:
+                return
+            x = self._usable(p, name, output, call)
+            if x is None:
+                return
+            i = len(self._order)
+            self._order.append((label, k))
+            self._ensure_rows(i + 1, x)
+        else:
+            i = self._index.get((label, k))
+            if i is None:
+                if label in self._dropped:
+                    return
+                raise ValueError(f"{self.side}: module {p.module} was called more than "
+                                 f"{self._want[label]} time(s) in this forward pass, unlike "
+                                 f"in the first batch's")
+            x = self._tensor(p, name, output, call)
+            if x.shape[0] != self.n:
+                raise ValueError(f"layer {name} has {x.shape[0]} samples (shape "
+                                 f"{tuple(x.shape)}) but the batch has {self.n}")
+        if _SCALED:
+            sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {name}", self.g[i], self.n,
+                                        self.ctx.ct, self.ctx.settings,
+                                        scale_out=self.scale[i])
+        else:
+            sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {name}", self.g[i], self.n,
+                                        self.ctx.ct, self.ctx.settings)
+        if first:
+            self._sq_c.append(sq_c)
+            self._sq.append(sq)
+        else:
+            self._sq_c[i], self._sq[i] = sq_c, sq
+
+    def _tensor(self, p: Point, name: str, output, call) -> torch.Tensor:
+        x = output_tensor(output, name) if call is None else input_tensor(*call, name)
+        x = self.tokens(x, self.mask, name)
+        _validate.representation(x, f"layer {name}")
+        x = x.detach()
+        return x[:, None] if x.dim() == 1 else x
+
+    def _usable(self, p: Point, name: str, output, call):
+        """First batch: the layer's features, or None (dropped, once, with the reason) for
+        a point from a pattern/preset whose tensor cannot be used."""
+        try:
+            x = self._tensor(p, name, output, call)
+            if x.shape[0] != self.n:
+                raise ValueError(f"layer {name} has {x.shape[0]} samples (shape "
+                                 f"{tuple(x.shape)}) but the batch has {self.n}; hook layers "
+                                 f"that keep the batch in dimension 0")
+        except (TypeError, ValueError) as e:
+            if p.exact:
+                raise
+            self._dropped[p.label] = str(e)
+            return None
+        self.ctx.prepare(x)
+        return x
+
+    def _ensure_rows(self, need: int, x: torch.Tensor) -> None:
+        """First batch: a buffer with room for every hooked point (more if a module is
+        called again), in the compute dtype (widened if it changed)."""
+        ct, m = self.ctx.ct, self.ctx.row_length(self.n)
+        g = self.g
+        if g is not None and g.shape[0] >= need and g.dtype == ct:
+            return
+        cap = max(need, len(self.handles) if g is None else 2 * g.shape[0])
+        new = torch.empty(cap, m, dtype=ct, device=x.device)
+        scale = torch.ones(cap, dtype=torch.float64, device=x.device)
+        if g is not None:
+            done = len(self._order) - 1
+            new[:done].copy_(g[:done])
+            scale[:done].copy_(self.scale[:done])
+        self.g = None
+        self.g, self.scale = new, scale
+
+    def finish(self) -> None:
+        """End a batch's forward pass: check the calls (first batch: fix the layers)."""
         self.active = False
-        silent = [n for n, c in self._calls.items() if c == 0]
-        if silent:
-            raise ValueError(f"{self.side}: hook(s) on {silent} never fired in the first "
+        if self.labels is None:
+            self._fix_layers()
+        else:
+            for label, want in self._want.items():
+                if self._calls[label] != want:
+                    raise ValueError(f"{self.side}: {label} was called {self._calls[label]} "
+                                     f"time(s) in this batch's forward pass but {want} in the "
+                                     f"first batch's; compare needs the same calls on every "
+                                     f"batch")
+
+    def rows(self) -> _engine.Rows:
+        """The batch's Rows (after ``finish`` of every side: the other side may have
+        widened the compute dtype on the first batch)."""
+        sq_c, sq = torch.stack(self._sq_c), torch.stack(self._sq)
+        _engine.check_finite(sq_c, [f"layer {lb}" for lb in self.labels], self.ctx.ct)
+        if self.g.dtype != self.ctx.ct:
+            self.g = self.g.to(self.ctx.ct)
+        if _SCALED:
+            return _engine.Rows(self.g, sq_c, sq, self.scale)
+        return _engine.Rows(self.g, sq_c, sq)
+
+    def _fix_layers(self) -> None:
+        """After the first batch: drop the points that never fired (an error for exact
+        names, one warning for the rest), fix the layer names and order."""
+        silent = [p for p in self.points if self._calls[p.label] == 0]
+        exact = [p.label for p in silent if p.exact]
+        if exact:
+            raise ValueError(f"{self.side}: hook(s) on {exact} never fired in the first "
                              f"batch's forward pass; those modules are not used by "
                              f"{type(self.model).__name__}.forward — choose other layers")
-        self.labels = [f"{n}#{k}" if self._calls[n] > 1 else n for n, k in self._order]
+        for p in silent:
+            self._dropped[p.label] = "never fired"
+        if self._dropped:
+            why = "; ".join(f"{lb}: {r}" for lb, r in list(self._dropped.items())[:5])
+            warnings.warn(f"{self.side}: skipping {len(self._dropped)} of {len(self.points)} "
+                          f"hooked points chosen by pattern/preset/type ({why}"
+                          f"{' …' if len(self._dropped) > 5 else ''})",
+                          _validate.FlashCKAWarning, stacklevel=5)
+            for label in self._dropped:
+                self.handles.pop(label).remove()
+        if not self._order:
+            raise ValueError(f"{self.side}: none of the {len(self.points)} hooked points "
+                             f"gave a usable tensor ({'; '.join(self._dropped.values())})")
+        self._want = {label: self._calls[label] for label in self.handles}
+        self.labels = [f"{lb}#{k}" if self._want[lb] > 1 else lb for lb, k in self._order]
         self._index = {key: i for i, key in enumerate(self._order)}
-        self.ctx.first_counts[self.side] = dict(self._calls)
-
-    def finish(self) -> _engine.Rows:
-        """End a batch's forward pass: check the calls and return its Rows."""
-        self.active = False
-        want = self.ctx.first_counts[self.side]
-        for n, c in self._calls.items():
-            if c != want[n]:
-                raise ValueError(f"{self.side}: module {n} was called {c} time(s) in this "
-                                 f"batch's forward pass but {want[n]} in the first batch's; "
-                                 f"compare needs the same calls on every batch")
-        _engine.check_finite(self.sq_c, [f"layer {lb}" for lb in self.labels], self.ctx.ct)
-        return _engine.Rows(self.g, self.sq_c, self.sq)
+        L = len(self._order)
+        self.scale = self.scale[:L]
+        if self.g.dtype != self.ctx.ct:
+            self.g = self.g[:L].to(self.ctx.ct)
+        else:
+            self.g = self.g[:L]
