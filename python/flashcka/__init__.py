@@ -18,3 +18,7 @@ from .compare import compare  # noqa: E402
 from .result import CKAResult, load_result  # noqa: E402
 
 __all__ += ["compare", "CKAResult", "load_result"]
+
+from .similarity import similarity_matrix  # noqa: E402
+
+__all__ += ["similarity_matrix"]

@@ -1,0 +1,180 @@
+"""``similarity_matrix``: CKA, mutual kNN, CKNNA or RSA between every pair of layers."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import _knn, _validate
+from .functional import cka_matrix
+
+MEASURES = ("cka", "mutual_knn", "cknna", "rsa")
+RSA_METHODS = ("spearman", "pearson")
+DEFAULT_MAX_BYTES = 4 << 30
+
+
+def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
+                      unbiased: bool = True, rsa_method: str = "spearman",
+                      kernel: str = "linear", sigma: float | None = None, threshold: float = 1.0,
+                      dtype: torch.dtype | None = None, backend: str = "auto",
+                      max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+    """Similarity of every pair: ``xs`` (L_A representations (n, ...)), ``ys`` (L_B, or None
+    for xs against itself) -> (L_A, L_B) float64. Sequences or name -> tensor dicts, validated
+    as by ``cka_matrix`` (errors name the layer). Each layer's Gram (or RDM) is computed once;
+    all pairs come from batched products.
+
+    measure:
+      * ``"cka"``: ``cka_matrix`` (``kernel``, ``unbiased``, ``sigma``, ``threshold``,
+        ``dtype``, ``backend`` as there).
+      * ``"mutual_knn"`` (Huh et al. 2024): neighbours of sample i are the ``topk`` samples
+        with the largest inner product ``⟨x_i, x_j⟩``, i excluded; the score is the mean over
+        samples of |N_A(i) ∩ N_B(i)| / topk = ``⟨A, B⟩_F / (n · topk)`` for 0/1 neighbour
+        masks A, B. 1 ≤ topk ≤ n − 1.
+      * ``"cknna"`` (Huh et al. 2024): ``HSIC(M∘K, M∘L) / sqrt(HSIC(A∘K, A∘K) HSIC(B∘L, B∘L))``
+        with K, L the inner-product Grams of the raw features, A, B their kNN masks,
+        M = A∘B, HSIC unbiased (Song et al.; neighbours exclude i) or biased (i may be its
+        own neighbour), as platonic-rep's ``cknna`` with ``topk`` (2 ≤ topk ≤ n − 1). The
+        kernels are not centered (masking does not commute with centering), so CKNNA is
+        computed in float64. NaN with a warning where a self term is not positive.
+      * ``"rsa"``: each layer's RDM is ``1 − r`` with r the Pearson correlation between
+        samples (rows, across features); the score is the Spearman (``rsa_method=
+        "spearman"``, ranks with ties averaged) or Pearson (``"pearson"``) correlation of the
+        two RDMs' upper triangles (i < j, n(n−1)/2 entries). Needs n ≥ 3 and no sample with
+        constant features.
+
+    Memory: mutual kNN and CKNNA need the full n × n neighbourhoods, so they run on the
+    whole batch at once: mutual kNN about ``4·n²·(L_A + L_B + 2)`` bytes, CKNNA about
+    ``8·(n²·(3(L_A + L_B) + 4) + 4·n·L_A·L_B)`` bytes; beyond ``max_bytes`` (4 GiB by
+    default) they raise ``ValueError`` before allocating anything. RSA holds
+    ``8·n(n−1)/2·(L_A + L_B)`` bytes of RDM triangles.
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+    if measure == "cka":
+        return cka_matrix(xs, ys, kernel=kernel, unbiased=unbiased, sigma=sigma,
+                          threshold=threshold, dtype=dtype, backend=backend)
+    if not isinstance(unbiased, bool):
+        raise TypeError(f"unbiased must be True or False, got {unbiased!r}")
+    xa, na = _validate.representations(xs, "xs")
+    xb, nb = (None, na) if ys is None else _validate.representations(ys, "ys")
+    groups = [(xa, na)] + ([] if xb is None else [(xb, nb)])
+    n = _validate.sample_count(groups, unbiased=measure == "cknna" and unbiased)
+    _validate.device_of(groups)
+    ct = _validate.compute_dtype(groups, dtype)
+    la, lb = len(xa), len(xa if xb is None else xb)
+    if measure == "rsa":
+        if rsa_method not in RSA_METHODS:
+            raise ValueError(f"rsa_method must be one of {RSA_METHODS}, got {rsa_method!r}")
+        if n < 3:
+            raise ValueError(f"{na[0]} has n = {n} samples; RSA needs n >= 3")
+        za = _rsa_rows(xa, na, ct, rsa_method)
+        zb = za if xb is None else _rsa_rows(xb, nb, ct, rsa_method)
+        return _corr_from_rows(za, zb, na, nb if xb is not None else na)
+    low = 2 if measure == "cknna" else 1
+    high = n - 1 if (measure == "mutual_knn" or unbiased) else n
+    if isinstance(topk, bool) or not isinstance(topk, int) or not low <= topk <= high:
+        raise ValueError(f"topk must be an int in [{low}, {high}] for {measure} with n = {n} "
+                         f"samples, got {topk!r}")
+    need = (_knn.mutual_knn_bytes if measure == "mutual_knn" else _knn.cknna_bytes)(n, la, lb)
+    if need > max_bytes:
+        raise ValueError(f"{measure} over n = {n} samples and {la} x {lb} layers needs about "
+                         f"{need / 2**30:.2f} GiB (full n x n neighbourhoods, whole batch at "
+                         f"once), over max_bytes = {max_bytes / 2**30:.2f} GiB: use fewer "
+                         f"samples or layers, or raise max_bytes")
+    if measure == "mutual_knn":
+        ma = _masks(xa, na, ct, topk)
+        mb = ma if xb is None else _masks(xb, nb, ct, topk)
+        return _knn.mutual_knn_pairs(ma, mb, topk)
+    ca = _knn.CknnaLayers(_grams(xa, na, torch.float64), topk, unbiased)
+    cb = ca if xb is None else _knn.CknnaLayers(_grams(xb, nb, torch.float64), topk, unbiased)
+    return _ratio(_knn.cknna_hsic_pairs(ca, cb), _knn.cknna_self(ca), _knn.cknna_self(cb),
+                  na, na if xb is None else nb, "CKNNA")
+
+
+# ------------------------------------------------------------------ helpers
+
+def _flat(x, name, ct) -> torch.Tensor:
+    f = x.detach().reshape(x.shape[0], -1).to(ct)
+    if not bool(torch.isfinite(f).all()):
+        _validate.raise_non_finite(x, name, ct)
+    return f
+
+
+def _grams(tensors, names, ct) -> list[torch.Tensor]:
+    """Inner-product Grams of the raw (uncentered) features, one per layer."""
+    out = []
+    for x, name in zip(tensors, names):
+        f = _flat(x, name, ct)
+        k = f @ f.T
+        if not bool(torch.isfinite(k).all()):
+            _validate.raise_non_finite(x, name, ct)
+        out.append(k)
+    return out
+
+
+def _masks(tensors, names, ct, topk) -> torch.Tensor:
+    mdt = torch.float32 if tensors[0].shape[0] * topk < (1 << 24) else torch.float64
+    return torch.stack([_knn.knn_mask(k, topk, dtype=mdt)
+                        for k in _grams(tensors, names, ct)])
+
+
+def _rsa_rows(tensors, names, ct, method) -> torch.Tensor:
+    """Each layer's RDM upper triangle (ranked for Spearman), centered and scaled to unit
+    norm: (L, n(n−1)/2) float64, so that every pair's correlation is one row product."""
+    n = tensors[0].shape[0]
+    iu = torch.triu_indices(n, n, 1, device=tensors[0].device)
+    rows = []
+    for x, name in zip(tensors, names):
+        f = _flat(x, name, ct)
+        f = f - f.mean(1, keepdim=True)
+        norms = f.norm(dim=1, keepdim=True)
+        bad = ~(norms[:, 0] > 0)
+        if bool(bad.any()):
+            raise ValueError(f"{name}: sample {int(bad.nonzero()[0])} has constant features, so "
+                             f"its Pearson correlation with other samples (the RDM) is "
+                             f"undefined; RSA needs every sample to vary across features")
+        f = f / norms
+        v = (1.0 - f @ f.T)[iu[0], iu[1]].to(torch.float64)
+        if method == "spearman":
+            v = _rank(v)
+        rows.append(v)
+    z = torch.stack(rows)
+    z = z - z.mean(1, keepdim=True)
+    return z / z.norm(dim=1, keepdim=True)      # a constant RDM gives NaN, handled below
+
+
+def _rank(v: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..m of v with ties given their average rank (scipy.stats.rankdata)."""
+    s, order = torch.sort(v)
+    _, inverse, counts = torch.unique_consecutive(s, return_inverse=True, return_counts=True)
+    start = torch.cumsum(counts, 0) - counts
+    avg = start.to(torch.float64) + (counts.to(torch.float64) + 1) / 2
+    out = torch.empty_like(v)
+    out[order] = avg[inverse]
+    return out
+
+
+def _corr_from_rows(za, zb, names_a, names_b) -> torch.Tensor:
+    out = za @ zb.T
+    for z, names, axis in ((za, names_a, 0), (zb, names_b, 1)):
+        bad = ~torch.isfinite(z).all(1)
+        for i in bad.nonzero().flatten().tolist():
+            warnings.warn(f"RSA is undefined for {names[i]}: its RDM is constant; its entries "
+                          f"are NaN", _validate.FlashCKAWarning, stacklevel=3)
+        if axis == 0:
+            out[bad] = float("nan")
+        else:
+            out[:, bad] = float("nan")
+    return out
+
+
+def _ratio(cross, self_a, self_b, names_a, names_b, what) -> torch.Tensor:
+    for s, names in ((self_a, names_a), (self_b, names_b)):
+        for i in (~(s > 0)).nonzero().flatten().tolist():
+            warnings.warn(f"{what} is undefined for {names[i]}: its self term is not positive "
+                          f"({float(s[i]):.3g}); its entries are NaN",
+                          _validate.FlashCKAWarning, stacklevel=3)
+    out = cross / torch.sqrt(self_a.clamp(min=0)[:, None] * self_b.clamp(min=0)[None, :])
+    out[~(self_a > 0)] = float("nan")
+    out[:, ~(self_b > 0)] = float("nan")
+    return out
