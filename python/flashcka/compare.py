@@ -13,6 +13,7 @@ from ._engine import Settings
 from .hooks import TOKEN_MODES, GramRecorder, Tokens
 from .selection import select_points
 from .minibatch import MinibatchCKA
+from ._checkpoint import RunState, dist_info
 from .result import CKAResult
 
 
@@ -47,7 +48,9 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             max_batches: int | None = None, device=None, progress: bool = True,
             kernel: str = "linear", unbiased: bool = True, sigma: float | None = None,
             threshold: float = 1.0, dtype: torch.dtype | None = None,
-            backend: str = "auto") -> CKAResult:
+            backend: str = "auto", jackknife=True, checkpoint=None,
+            checkpoint_every: int = 10, distributed: bool | None = None,
+            shard: bool = False) -> CKAResult:
     """Minibatch CKA (Nguyen, Raghu & Kornblith 2021) between every chosen layer of
     ``model_a`` and every chosen layer of ``model_b`` over the batches of ``loader``.
 
@@ -108,6 +111,27 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             or any hooked tensor of the first batch, is float64, else float32. On the first
             batch the rows built before the first float64 tensor appears are computed in
             float32 and widened; pass ``dtype=torch.float64`` for float64 throughout.
+        jackknife: error bars: ``True`` (default) keeps per-batch HSICs in up to 64 slots
+            within 64 MiB (off, silently, when 2 slots of ``L_A·L_B`` float64 do not fit),
+            ``False`` none, an int that many slots; ``result.stderr`` is then the
+            leave-one-batch-out jackknife standard error of every entry (see
+            ``flashcka.jackknife``; memory ``slots · (L_A·L_B + L_A + L_B + 1)`` float64).
+        checkpoint, checkpoint_every: resume. With a path, the accumulator (with the loader
+            position and a fingerprint of these arguments) is written atomically every
+            ``checkpoint_every`` counted batches and at the end; a run started again with
+            the same arguments and an existing file skips the batches already counted
+            (without running the models on them; the loader must give the same batches in
+            the same order) and ends with exactly the numbers of an uninterrupted run. The
+            file is kept afterwards: delete it to start over. See ``flashcka._checkpoint``.
+        distributed, shard: scale-out through torch.distributed. ``distributed=None``
+            (default): when a process group is initialised with more than one rank (e.g.
+            under ``torchrun``), each rank compares the batches its ``loader`` yields and the
+            accumulators are summed over the ranks at the end, so every rank returns the
+            result of all batches. Give each rank its own shard, e.g. a ``DataLoader`` with a
+            ``DistributedSampler`` (or round-robin batches); ``compare`` does not shard a
+            plain iterable unless ``shard=True``, which runs the models on loader batches
+            ``b`` with ``b % world_size == rank`` only (every rank iterating the same loader).
+            ``distributed=False``: never reduce; ``True``: require a process group.
 
     Returns:
         ``CKAResult`` with the (L_A, L_B) float64 matrix and the layer names. Layers are
@@ -126,6 +150,9 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
     """
     settings = Settings(kernel, unbiased, sigma, threshold)
     settings.check()
+    run = RunState(checkpoint, checkpoint_every, _fingerprint(
+        model_a, model_b, layers_a, layers_b, tokens, mask, max_batches, kernel, unbiased,
+        sigma, threshold, dtype, jackknife), dist_info(distributed), shard)
     tok_a, tok_b = _check_args(model_a, model_b, tokens, mask, inputs_a, inputs_b,
                                max_batches, dtype, backend)
     same = model_b is None
@@ -147,13 +174,15 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
                 model.eval()
             adapters = [inputs_a] if same else [inputs_a, inputs_b]
             acc, skipped = _run(models, recorders, adapters, ctx, loader, mask, max_batches,
-                                progress, same)
+                                progress, same, run, jackknife)
         finally:
             for r in recorders:
                 r.remove()
             for saved in modes:
                 for m, flag in saved.items():
                     m.training = flag
+    run.save(acc)
+    run.reduce(acc)
     if acc is None:
         raise ValueError(f"loader gave no usable batches (skipped {skipped} with fewer than "
                          f"{4 if unbiased else 2} samples)")
@@ -166,11 +195,13 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             "model_a": type(model_a).__name__,
             "model_b": type(model_a if same else model_b).__name__, "same_model": same}
     return CKAResult(matrix, list(acc.names_a), list(acc.names_b), info,
-                     num_samples=acc.num_samples, num_batches=acc.num_batches)
+                     num_samples=acc.num_samples, num_batches=acc.num_batches,
+                     stderr=acc.stderr(matrix))
 
 
 @torch.no_grad()
-def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, same):
+def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, same, run,
+         jackknife):
     from tqdm.auto import tqdm
     total = max_batches
     if total is None and hasattr(loader, "__len__"):
@@ -178,17 +209,30 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
     elif total is not None and hasattr(loader, "__len__"):
         total = min(total, len(loader))
     need = 4 if ctx.settings.unbiased else 2
-    acc, skipped = None, 0
+
+    def make_acc(la, lb, ct):
+        return MinibatchCKA(len(la), None if lb is None else len(lb),
+                            kernel=ctx.settings.kernel, unbiased=ctx.settings.unbiased,
+                            sigma=ctx.settings.sigma, threshold=ctx.settings.threshold,
+                            dtype=ct, backend=ctx.backend_name, names_a=la, names_b=lb,
+                            jackknife=jackknife)
+    acc = run.restored(make_acc)                 # resume: the checkpoint's accumulator
+    if acc is not None:
+        ctx.ct, ctx.fixed = acc.compute_dtype, True
+    skipped, check_names = run.skipped, acc is not None
     bar = tqdm(loader, total=total, disable=not progress, desc="flashcka compare",
                unit="batch", leave=False)
     try:
         for b, batch in enumerate(bar):
             if max_batches is not None and b >= max_batches:
                 break
+            if not run.runs(b):                  # counted before a resume, or another rank's
+                continue
             batch = _to_device(batch, ctx.device)
             n = _batch_size(batch, b)
             if n < need:
                 skipped += 1
+                run.small_batch()
                 warnings.warn(f"compare: skipping batch {b} with n = {n} samples (the "
                               f"{'unbiased' if ctx.settings.unbiased else 'biased'} estimator "
                               f"needs n >= {need})", _validate.FlashCKAWarning, stacklevel=3)
@@ -207,16 +251,41 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
             if acc is None:
                 ctx.fixed = True                 # the compute dtype is fixed from here on
                 la = recorders[0].labels
-                lb = la if same else recorders[1].labels
-                acc = MinibatchCKA(len(la), None if same else len(lb), kernel=ctx.settings.kernel,
-                                   unbiased=ctx.settings.unbiased, sigma=ctx.settings.sigma,
-                                   threshold=ctx.settings.threshold, dtype=ctx.ct,
-                                   backend=ctx.backend_name, names_a=la,
-                                   names_b=None if same else lb)
-            acc.add_rows(ctx.be, rows[0], rows[0] if same else rows[1], n, ctx.ct)
+                acc = make_acc(la, None if same else recorders[1].labels, ctx.ct)
+            elif check_names:                    # resumed: the same layers as before
+                _check_resumed_layers(acc, recorders, same)
+                check_names = False
+            acc.add_rows(ctx.be, rows[0], rows[0] if same else rows[1], n, ctx.ct,
+                         index=run.index(b))
+            run.counted(b, acc)
     finally:
         bar.close()
     return acc, skipped
+
+
+def _fingerprint(model_a, model_b, layers_a, layers_b, tokens, mask, max_batches, kernel,
+                 unbiased, sigma, threshold, dtype, jackknife) -> dict:
+    """What a checkpoint must agree on to be resumed (plain values only)."""
+    def spec(x):
+        if isinstance(x, (list, tuple)):
+            return [spec(v) for v in x]
+        return x.__name__ if isinstance(x, type) else x if x is None or isinstance(
+            x, (str, int, float, bool)) else "callable" if callable(x) else repr(x)
+    return {"model_a": type(model_a).__name__,
+            "model_b": None if model_b is None else type(model_b).__name__,
+            "layers_a": spec(layers_a), "layers_b": spec(layers_b), "tokens": spec(tokens),
+            "mask": spec(mask), "max_batches": max_batches, "kernel": kernel,
+            "unbiased": unbiased, "sigma": sigma, "threshold": threshold,
+            "dtype": None if dtype is None else str(dtype), "jackknife": spec(jackknife)}
+
+
+def _check_resumed_layers(acc, recorders, same):
+    for side, rec, names in (("model_a", recorders[0], acc.names_a),
+                             ("model_b", recorders[-1], acc.names_b)):
+        if list(rec.labels) != list(names):
+            raise ValueError(f"checkpoint: {side}'s layers {list(rec.labels)} differ from the "
+                             f"checkpoint's {list(names)}; the model changed since it was "
+                             f"written")
 
 
 def _forward(model, batch, adapt=None):

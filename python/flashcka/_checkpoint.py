@@ -1,0 +1,167 @@
+"""Resume and scale-out for ``compare``: one owner for "which batches this run counts".
+
+``RunState`` decides, for each loader index b, whether this process runs the models on it
+(not when an earlier run already counted it, nor when it belongs to another rank's shard),
+which jackknife slot it feeds, when to write the checkpoint, and sums the accumulator over
+torch.distributed ranks at the end.
+
+Checkpoint file (``torch.save``, read back with ``weights_only=True``): the accumulator's
+``MinibatchCKA.state_dict()`` (with its jackknife slots), the loader index of the next
+batch, the number of small batches skipped, and a fingerprint of the compare arguments
+(settings, tokens, mask, dtype, layer specs, model classes, rank and world size); a
+checkpoint written with other arguments is refused with a ValueError naming the
+difference. Written atomically (temporary file, fsync, ``os.replace``): a run killed while
+writing leaves the previous checkpoint intact. Under torch.distributed each rank writes
+``PATH.rank<r>``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .minibatch import MinibatchCKA
+
+_FORMAT = "flashcka.compare-checkpoint"
+
+
+def dist_info(distributed):
+    """(rank, world_size) when this run reduces over torch.distributed, else None.
+    ``distributed=None``: when a process group is initialised with more than one rank."""
+    if distributed is not None and not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be None, True or False, got {distributed!r}")
+    if distributed is False:
+        return None
+    import torch.distributed as dist
+    ready = dist.is_available() and dist.is_initialized()
+    if not ready:
+        if distributed:
+            raise ValueError("distributed=True but no torch.distributed process group is "
+                             "initialised (call torch.distributed.init_process_group, or run "
+                             "under torchrun)")
+        return None
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world == 1 and distributed is None:
+        return None
+    return rank, world
+
+
+class RunState:
+    """Per-run bookkeeping of ``compare``'s batch loop (see the module docstring)."""
+
+    def __init__(self, checkpoint, every: int, fingerprint: dict, dist, shard: bool):
+        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a path or None, got {type(checkpoint).__name__}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"checkpoint_every must be a positive int, got {every!r}")
+        if not isinstance(shard, bool):
+            raise TypeError(f"shard must be a bool, got {shard!r}")
+        self.dist, self.shard, self.every = dist, shard, every
+        self.rank, self.world = dist if dist is not None else (0, 1)
+        self.path = None
+        if checkpoint is not None:
+            p = Path(checkpoint)
+            self.path = p.with_name(f"{p.name}.rank{self.rank}") if dist else p
+        self.fingerprint = {**fingerprint, "rank": self.rank, "world_size": self.world,
+                            "shard": shard}
+        self.next_batch, self.skipped, self.state = 0, 0, None
+        self.since_save = 0
+        if self.path is not None and self.path.exists():
+            self._load()
+
+    # -- before the loop
+    def _load(self):
+        try:
+            ck = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated or foreign files
+            raise ValueError(f"checkpoint {self.path} cannot be read ({e}); delete it to "
+                             f"start over") from None
+        if not isinstance(ck, dict) or ck.get("format") != _FORMAT:
+            raise ValueError(f"checkpoint {self.path} is not a flashcka compare checkpoint")
+        old = ck.get("fingerprint", {})
+        diff = sorted(k for k in set(old) | set(self.fingerprint)
+                      if old.get(k) != self.fingerprint.get(k))
+        if diff:
+            said = "; ".join(f"{k}: checkpoint {old.get(k)!r}, now {self.fingerprint.get(k)!r}"
+                             for k in diff)
+            raise ValueError(f"checkpoint {self.path} was written by a compare() with other "
+                             f"arguments ({said}); use another path or delete it")
+        self.next_batch, self.skipped = int(ck["next_batch"]), int(ck["skipped"])
+        self.state = ck["acc"]
+
+    def restored(self, make_acc) -> MinibatchCKA | None:
+        """The accumulator of the checkpoint (``make_acc(names_a, names_b, dtype)`` builds
+        an empty one), or None when starting fresh."""
+        if self.state is None:
+            return None
+        s = self.state
+        cd = s["compute_dtype"]
+        ct = getattr(torch, cd.replace("torch.", "")) if cd else None
+        acc = make_acc(s["names_a"], None if s["settings"]["num_layers_b"] is None
+                       else s["names_b"], ct)
+        acc.load_state_dict(s)
+        return acc
+
+    # -- per batch
+    def runs(self, b: int) -> bool:
+        """Whether this process runs the models on loader index b."""
+        if b < self.next_batch:
+            return False
+        return not (self.dist and self.shard and b % self.world != self.rank)
+
+    def index(self, b: int) -> int:
+        """The batch's global index (its jackknife slot key): the loader index when the
+        loader is shared (``shard=True``) or there is one process; otherwise a rank's b-th
+        batch is taken as global batch ``b·world_size + rank`` (round-robin sharding)."""
+        return b if not self.dist or self.shard else b * self.world + self.rank
+
+    def small_batch(self) -> None:
+        self.skipped += 1
+
+    def counted(self, b: int, acc: MinibatchCKA) -> None:
+        """After batch b is in ``acc``: write the checkpoint every ``every`` batches."""
+        self.next_batch = b + 1
+        self.since_save += 1
+        if self.path is not None and self.since_save >= self.every:
+            self.save(acc)
+
+    def save(self, acc: MinibatchCKA | None) -> None:
+        if self.path is None or acc is None:
+            return
+        obj = {"format": _FORMAT, "version": 1, "fingerprint": self.fingerprint,
+               "next_batch": self.next_batch, "skipped": self.skipped,
+               "acc": acc.state_dict()}
+        tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self.since_save = 0
+
+    # -- after the loop
+    def reduce(self, acc: MinibatchCKA | None) -> None:
+        """Sum ``acc`` over the ranks (every rank must call this). A rank without usable
+        batches makes every rank raise, rather than one of them hang."""
+        if not self.dist:
+            return
+        import torch.distributed as dist
+        have = torch.tensor([0 if acc is None else 1], dtype=torch.int64,
+                            device=acc.cross.device if acc is not None and acc.cross is not None
+                            else _collective_device())
+        dist.all_reduce(have, op=dist.ReduceOp.MIN)
+        if int(have) == 0:
+            raise ValueError(f"compare: under torch.distributed every rank needs at least "
+                             f"one usable batch; rank {self.rank} of {self.world} "
+                             f"{'has none' if acc is None else 'has some, another has none'} "
+                             f"(give each rank its shard: DistributedSampler, or shard=True)")
+        acc.all_reduce()
+
+
+def _collective_device():
+    import torch.distributed as dist
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
