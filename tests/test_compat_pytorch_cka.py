@@ -127,3 +127,24 @@ def test_errors(rng):
     with pytest.raises(ValueError, match="batch size > 3"):
         adapter.compute_cka(m1, m2, Loader(inputs(rng, [3])), progress=False, device="cpu")
     assert not any(mod._forward_hooks for mod in m1.modules())
+
+
+class Mul(nn.Module):
+    def __init__(self, s):
+        super().__init__()
+        self.s = s
+
+    def forward(self, x):
+        return x * self.s
+
+
+@pytest.mark.parametrize("s", [1e-18, 1e15])
+def test_scale_invariant_in_float32(rng, s):
+    """CKA is scale-invariant: float32 outputs scaled by 1e-18 or 1e15 give the same CKA
+    (the original's raw float32 Grams underflow or overflow there)."""
+    m1, m2 = mlp(1), nn.Sequential(mlp(2), Mul(s))
+    xs = inputs(rng, [20, 20])
+    got = adapter.compute_cka(m1, m2, Loader(xs), layers=["0", "4"], model2_layers=["1"],
+                              device="cpu", progress=False)[0]
+    want = ref_minibatch(m1, nn.Sequential(mlp(2), Mul(1.0)), xs, xs, ["0", "4"], ["1"])
+    np_close(got, want, 2e-5)

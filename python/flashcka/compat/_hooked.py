@@ -62,9 +62,11 @@ class LastCallRecorder:
             self.g = torch.empty(len(self.names), m, dtype=self.ct, device=x.device)
             self.sq_c = torch.empty(len(self.names), dtype=torch.float64, device=x.device)
             self.sq = torch.empty_like(self.sq_c)
+            self.scale = torch.ones_like(self.sq_c)
         i = self.index[name]
         self.sq_c[i], self.sq[i] = _engine.gram_row(self.be, x, label, self.g[i], self.n,
-                                                    self.ct, self.settings)
+                                                    self.ct, self.settings,
+                                                    scale_out=self.scale[i:i + 1])
         self.fired.add(name)
 
     def finish(self) -> _engine.Rows:
@@ -76,7 +78,7 @@ class LastCallRecorder:
                              f"layers")
         _engine.check_finite(self.sq_c, [f"{self.side} layer {n!r}" for n in self.names],
                              self.ct)
-        return _engine.Rows(self.g, self.sq_c, self.sq)
+        return _engine.Rows(self.g, self.sq_c, self.sq, self.scale)
 
 
 def forward_pass(model, rec: LastCallRecorder, x, n: int) -> _engine.Rows:
