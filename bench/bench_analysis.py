@@ -26,3 +26,35 @@ def test_vit_cnn_summary(benchmark, quick):
                   for a, b in ((lv, lv), (lc, lc), (lv, lc)))
     s = _run(benchmark, analysis.vit_cnn_summary, vv, cc, vc, layers_vit=lv, layers_cnn=lc)
     assert len(s["best_match"]["index"]) == lv
+
+
+def test_information_imbalance(benchmark, quick):
+    """Δ both ways for every pair of 12 + 12 layers of n = 2000 pooled features (d = 768)."""
+    la, lb, n, d = (3, 2, 64, 32) if quick else (12, 12, 2000, 768)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(n, 16, generator=g)
+    xs = [torch.tanh(z @ torch.randn(16, d, generator=g)) for _ in range(la)]
+    ys = [z @ torch.randn(16, d, generator=g) + torch.randn(n, d, generator=g)
+          for _ in range(lb)]
+    fwd, _ = _run(benchmark, analysis.information_imbalance, xs, ys, rounds=1 if not quick else 3,
+                  layers=la + lb, n=n, d=d, k=1,
+                  gram_flops=2.0 * (la + lb) * n * n * d)
+    assert fwd.shape == (la, lb)
+
+
+def test_image_statistics(benchmark, quick):
+    """Reference statistics of 256 ImageNet-sized images (3 × 224 × 224)."""
+    n, s = (8, 32) if quick else (256, 224)
+    x = torch.rand(n, 3, s, s, generator=torch.Generator().manual_seed(0))
+    st = _run(benchmark, analysis.image_statistics, x, n=n, image=s)
+    assert st["spectrum"].shape == (n, 8)
+
+
+def test_trajectory(benchmark, quick):
+    """Trajectories of 6 models (all 15 pairs + 6 self-similarities, 50 layers each)."""
+    m, L = (3, 5) if quick else (6, 50)
+    g = torch.Generator().manual_seed(0)
+    res = {(f"m{a}", f"m{b}"): torch.rand(L, L, generator=g, dtype=torch.float64)
+           for a in range(m) for b in range(a, m)}
+    out = _run(benchmark, analysis.trajectory, res, models=m, layers=L)
+    assert len(out["distance"]) == m * (m - 1) // 2

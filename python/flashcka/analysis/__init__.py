@@ -3,9 +3,15 @@ machinery (functions on tensors and ``CKAResult``s):
 
 * ViT vs CNN (Raghu et al. 2021): ``uniformity``, ``similarity_by_distance``,
   ``best_match``, ``vit_cnn_summary``.
+* Processing trajectories (Mahaut & Baroni 2026): ``trajectory``, ``image_statistics``,
+  ``ImageStatistics``; information imbalance (Glielmo et al. 2022):
+  ``information_imbalance``.
 """
-from .vit_cnn import best_match, similarity_by_distance, uniformity, vit_cnn_summary
 from ._common import relative_depth
+from .imbalance import information_imbalance
+from .trajectory import ImageStatistics, image_statistics, trajectory
+from .vit_cnn import best_match, similarity_by_distance, uniformity, vit_cnn_summary
 
 __all__ = ["uniformity", "similarity_by_distance", "best_match", "vit_cnn_summary",
-           "relative_depth"]
+           "relative_depth", "trajectory", "image_statistics", "ImageStatistics",
+           "information_imbalance"]
