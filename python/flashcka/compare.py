@@ -191,7 +191,8 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             "tokens": _token_name(tok_a.mode) if same or tok_a.mode is tok_b.mode
             else [_token_name(tok_a.mode), _token_name(tok_b.mode)],
             "mask": mask if mask is None or isinstance(mask, str) else "callable",
-            "backend": ctx.be.name, "dtype": str(ctx.ct).replace("torch.", ""),
+            "backend": (ctx.be or backends.select(ctx.backend_name, acc.cross)).name,
+            "dtype": str(ctx.ct).replace("torch.", ""),
             "model_a": type(model_a).__name__,
             "model_b": type(model_a if same else model_b).__name__, "same_model": same}
     return CKAResult(matrix, list(acc.names_a), list(acc.names_b), info,

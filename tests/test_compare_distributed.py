@@ -1,0 +1,102 @@
+"""compare() under torch.distributed: two real ranks (gloo, file:// rendezvous, spawned CPU
+processes) each run the models on their own batches; the summed result (matrix, jackknife
+stderr, counts) equals one process over all batches to 1e-12, on every rank."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flashcka import CKAResult, compare
+
+MODELS = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def net(seed, d=6):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(d, 10), nn.GELU(), nn.Linear(10, 8), nn.Tanh(),
+                             nn.Linear(8, 3)).double()
+
+    def loader(sizes=(12, 17, 9, 20, 14), d=6):
+        g = torch.Generator().manual_seed(3)
+        return [(torch.randn(n, d, generator=g, dtype=torch.float64), torch.zeros(n))
+                for n in sizes]
+""")
+
+WORKER = textwrap.dedent("""
+    import sys, datetime
+    import torch, torch.distributed as dist
+    sys.path.insert(0, sys.argv[5])
+    from dist_models import net, loader
+    from flashcka import compare
+    rank, world, init, mode, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], \\
+        sys.argv[4], sys.argv[6]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        batches = loader()
+        if mode == "shard":          # every rank iterates the same loader
+            r = compare(net(0), net(1), batches, shard=True, progress=False)
+        else:                        # each rank is given its round-robin share
+            r = compare(net(0), net(1), batches[rank::world], progress=False)
+        r.save(out)
+    finally:
+        dist.destroy_process_group()
+""")
+
+
+def _load_models(tmp_path):
+    (tmp_path / "dist_models.py").write_text(MODELS)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+        import dist_models
+        importlib.reload(dist_models)
+        return dist_models
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["shard", "preshard"])
+def test_two_ranks_equal_one_process(tmp_path, mode):
+    m = _load_models(tmp_path)
+    want = compare(m.net(0), m.net(1), m.loader(), progress=False)
+    init = f"file://{tmp_path}/rendezvous"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), "2", init, mode,
+                               str(tmp_path), str(tmp_path / f"r{r}.json")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("a rank hung")
+        assert p.returncode == 0, err[-3000:]
+    for r in range(2):
+        got = CKAResult.load(tmp_path / f"r{r}.json")
+        assert got.names_a == want.names_a and got.names_b == want.names_b
+        assert got.num_batches == 5 and got.num_samples == want.num_samples == 72
+        np.testing.assert_allclose(got.matrix.numpy(), want.matrix.numpy(), rtol=0, atol=1e-12)
+        assert got.stderr is not None and float(want.stderr.max()) > 1e-4
+        np.testing.assert_allclose(got.stderr.numpy(), want.stderr.numpy(), rtol=0, atol=1e-12)
+
+
+def test_single_process_arguments():
+    net = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2))
+    data = [torch.randn(8, 4) for _ in range(2)]
+    with pytest.raises(ValueError, match="no torch.distributed process group"):
+        compare(net, None, data, distributed=True, progress=False)
+    with pytest.raises(TypeError, match="distributed must be"):
+        compare(net, None, data, distributed="yes", progress=False)
+    # shard=True without a process group: nothing to shard, every batch counts
+    r = compare(net, None, data, shard=True, progress=False)
+    assert r.num_batches == 2
