@@ -1,0 +1,2 @@
+"""Integrations with other frameworks (optional dependencies, imported on demand):
+``flashcka.integrations.torchmetrics.MinibatchCKA`` (extra ``flashcka[torchmetrics]``)."""
