@@ -221,7 +221,7 @@ class GramRecorder:
         if first:
             if label in self._dropped:
                 return
-            x = self._usable(p, name, output, call)
+            x = self._tensor(p, name, output, call, first=True)
             if x is None:
                 return
             i = len(self._order)
@@ -236,9 +236,6 @@ class GramRecorder:
                                  f"{self._want[label]} time(s) in this forward pass, unlike "
                                  f"in the first batch's")
             x = self._tensor(p, name, output, call)
-            if x.shape[0] != self.n:
-                raise ValueError(f"layer {name} has {x.shape[0]} samples (shape "
-                                 f"{tuple(x.shape)}) but the batch has {self.n}")
         if _SCALED:
             sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {name}", self.g[i], self.n,
                                         self.ctx.ct, self.ctx.settings,
@@ -252,28 +249,32 @@ class GramRecorder:
         else:
             self._sq_c[i], self._sq[i] = sq_c, sq
 
-    def _tensor(self, p: Point, name: str, output, call) -> torch.Tensor:
-        x = output_tensor(output, name) if call is None else input_tensor(*call, name)
-        x = self.tokens(x, self.mask, name)
-        _validate.representation(x, f"layer {name}")
-        x = x.detach()
-        return x[:, None] if x.dim() == 1 else x
-
-    def _usable(self, p: Point, name: str, output, call):
-        """First batch: the layer's features, or None (dropped, once, with the reason) for
-        a point from a pattern/preset whose tensor cannot be used."""
+    def _tensor(self, p: Point, name: str, output, call, first: bool = False):
+        """The layer's (n, d) features. First batch: None (the point dropped, once, with
+        the reason) when a point from a pattern/preset/type has no floating tensor with
+        the batch in dimension 0; exact names raise. Token-mode errors always raise."""
         try:
-            x = self._tensor(p, name, output, call)
-            if x.shape[0] != self.n:
-                raise ValueError(f"layer {name} has {x.shape[0]} samples (shape "
-                                 f"{tuple(x.shape)}) but the batch has {self.n}; hook layers "
-                                 f"that keep the batch in dimension 0")
+            x = output_tensor(output, name) if call is None else input_tensor(*call, name)
+            if x.dim() == 0 or x.shape[0] != self.n:
+                raise ValueError(f"layer {name} has {x.shape[0] if x.dim() else 0} samples "
+                                 f"(shape {tuple(x.shape)}) but the batch has {self.n}; hook "
+                                 f"layers that keep the batch in dimension 0")
+            if not x.is_floating_point():
+                _validate.representation(x, f"layer {name}")
         except (TypeError, ValueError) as e:
-            if p.exact:
+            if not first or p.exact:
                 raise
             self._dropped[p.label] = str(e)
             return None
-        self.ctx.prepare(x)
+        x = self.tokens(x, self.mask, name)
+        _validate.representation(x, f"layer {name}")
+        if x.shape[0] != self.n:
+            raise ValueError(f"tokens gave {x.shape[0]} samples for layer {name} (shape "
+                             f"{tuple(x.shape)}) but the batch has {self.n}")
+        x = x.detach()
+        x = x[:, None] if x.dim() == 1 else x
+        if first:
+            self.ctx.prepare(x)
         return x
 
     def _ensure_rows(self, need: int, x: torch.Tensor) -> None:
