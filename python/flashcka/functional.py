@@ -94,6 +94,10 @@ def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
         xb, nb = None, na
     else:
         xb, nb = _validate.representations(ys, "ys")
+    if torch.compiler.is_compiling():  # H5: torch.compile traces the custom ops (flashcka.ops)
+        from . import ops
+        return ops.cka_matrix_compiled(xa, na, xb, nb, Settings(kernel, unbiased, sigma,
+                                                                threshold), dtype, backend)
     return _pairs(xa, na, xb, nb, Settings(kernel, unbiased, sigma, threshold),
                   dtype, backend, route)
 
