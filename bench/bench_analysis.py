@@ -58,3 +58,15 @@ def test_trajectory(benchmark, quick):
            for a in range(m) for b in range(a, m)}
     out = _run(benchmark, analysis.trajectory, res, models=m, layers=L)
     assert len(out["distance"]) == m * (m - 1) // 2
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_cross_dataset_consistency(benchmark, quick, method):
+    """8 datasets × 50 models (1225 model pairs), 1000 bootstrap draws."""
+    d, m, boots = (3, 6, 20) if quick else (8, 50, 1000)
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(m, m, generator=g, dtype=torch.float64)
+    mats = [base + 0.2 * torch.rand(m, m, generator=g, dtype=torch.float64) for _ in range(d)]
+    out = _run(benchmark, analysis.cross_dataset_consistency, mats, method, rounds=1,
+               n_boot=boots, datasets=d, models=m)
+    assert out["correlation"].shape == (d, d)

@@ -57,8 +57,8 @@ class MinibatchCKA:
 
     @staticmethod
     def _names(names, count, side):
-        if names is None:
-            return [f"{side}[{i}]" for i in range(count)]
+        if names is None:  # messages then name a layer by its place in update()'s argument
+            return [f"{'xs' if side == 'a' else 'ys'}[{i}]" for i in range(count)]
         if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
             raise TypeError(f"names_{side} must be a sequence of layer names, got "
                             f"{type(names).__name__} {names!r}")

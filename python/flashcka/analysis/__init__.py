@@ -6,12 +6,14 @@ machinery (functions on tensors and ``CKAResult``s):
 * Processing trajectories (Mahaut & Baroni 2026): ``trajectory``, ``image_statistics``,
   ``ImageStatistics``; information imbalance (Glielmo et al. 2022):
   ``information_imbalance``.
+* Cross-dataset consistency (Ciernik et al. 2025): ``cross_dataset_consistency``.
 """
 from ._common import relative_depth
+from .consistency import cross_dataset_consistency
 from .imbalance import information_imbalance
 from .trajectory import ImageStatistics, image_statistics, trajectory
 from .vit_cnn import best_match, similarity_by_distance, uniformity, vit_cnn_summary
 
 __all__ = ["uniformity", "similarity_by_distance", "best_match", "vit_cnn_summary",
            "relative_depth", "trajectory", "image_statistics", "ImageStatistics",
-           "information_imbalance"]
+           "information_imbalance", "cross_dataset_consistency"]
