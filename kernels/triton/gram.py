@@ -16,16 +16,14 @@ import triton.language as tl
 def _gram_stats_kernel(x_ptr, mu_ptr, k_ptr, diag_ptr, rowpart_ptr,
                        n, T, C, stride_n, stride_t, stride_c, stride_k,
                        BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
-                       LOW_PRECISION: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                       UPCAST_DOT: tl.constexpr = False):
+                       INPUT_PRECISION: tl.constexpr):
     """Tile (bi, bj), bj >= bi, of K = X_c X_cᵀ with X_c = x - 1μᵀ, centered on load.
 
-    Accumulates in mu's dtype (float32 or float64). LOW_PRECISION (x is fp16/bf16,
-    ct float32): the centered tile is rounded back to x's dtype and multiplied on the
-    tensor cores with float32 accumulation. INPUT_PRECISION: "ieee" or "tf32" (float32).
-    UPCAST_DOT (Triton interpreter only, whose bfloat16 tl.dot is wrong): the rounded
-    tile is converted back to float32 for the product — the same numbers, since a
-    product of two 16-bit floats is exact in float32.
+    x is converted to mu's dtype (float32 or float64) as it is loaded, centered and
+    multiplied in that dtype: fp16/bf16 inputs are never rounded back to 16 bits after
+    centering (x − μ of a valid fp16 column can exceed the fp16 range, and its rounding
+    error would no longer be relative to the centered values).
+    INPUT_PRECISION: "ieee", or "tf32" (float32 only) for TF32 tensor-core products.
     """
     bi = tl.program_id(0)
     bj = tl.program_id(1)
@@ -51,12 +49,6 @@ def _gram_stats_kernel(x_ptr, mu_ptr, k_ptr, diag_ptr, rowpart_ptr,
             b = tl.load(b_rows + col, mask=mb, other=0.0).to(mu.dtype)
             a = tl.where(ma, a - mu[None, :], 0.0)
             b = tl.where(mb, b - mu[None, :], 0.0)
-            if LOW_PRECISION:
-                a = a.to(x_ptr.dtype.element_ty)
-                b = b.to(x_ptr.dtype.element_ty)
-                if UPCAST_DOT:
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
             acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
     k_tile = k_ptr + ri.to(tl.int64)[:, None] * stride_k + rj[None, :]
     tl.store(k_tile, acc.to(k_ptr.dtype.element_ty), mask=mi[:, None] & mj[None, :])

@@ -3,7 +3,7 @@
 Gram route: each representation becomes one centered Gram row (once), every cross HSIC
 is one matrix product of the stacked rows, every self HSIC the diagonal of a row product.
 Feature route (linear kernel, small widths): the same numbers from X_cᵀY_c (Kornblith et
-al. 2019), all pairs from one product of the concatenated centered features.
+al. 2019), in ``_feature``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import torch
 
 from . import _validate
 from .backends import ZeroBandwidthError
-from .backends.torch_backend import center_features
 
 # A representation whose centered features are within this many ulps of its raw values
 # (relative Frobenius norm) is constant up to rounding: its CKA is undefined.
@@ -30,7 +29,9 @@ class Settings:
     threshold: float = 1.0
 
     def check(self) -> None:
+        """Validate every setting (messages name the argument); ``unbiased`` becomes a bool."""
         _validate.kernel_args(self.kernel, self.sigma, self.threshold)
+        self.unbiased = _validate.flag(self.unbiased, "unbiased")
 
 
 def normaliser(n: int, unbiased: bool) -> float:
@@ -94,15 +95,49 @@ def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
                          f"its Gram matrix; pass dtype=torch.float64 or check the model")
 
 
-def hsic_from_rows(be, ra: Rows, rb: Rows, same: bool, n: int, unbiased: bool):
-    """(cross (L_A, L_B), self_a (L_A,), self_b (L_B,)) float64 HSICs of one batch's rows:
-    cross from one product G_A G_Bᵀ, self terms its diagonal (same) or the row norms."""
+def hsic_from_rows(be, ra: Rows, rb: Rows, same: bool, n: int, unbiased: bool,
+                   names_a=None, names_b=None):
+    """(cross (L_A, L_B), self_a (L_A,), self_b (L_B,)) float64 HSICs of one batch's rows,
+    in the inputs' own units.
+
+    Row i holds the centered Gram of scale_i·X_c (``Rows.scale``, float64 powers of two
+    chosen so that ct products neither overflow nor underflow), so
+    ``HSIC_ij = (g_i · g_j) / (norm · scale_i² · scale_j²)`` with norm = n(n−3) or (n−1)²:
+    cross from one product G_A G_Bᵀ (in ct, the backend's pair stage), the scales applied
+    in float64; self terms its diagonal (same) or the row norms. A non-finite product
+    (ct overflow) raises a ValueError naming the pair rather than returning 0 or NaN."""
     norm = normaliser(n, unbiased)
-    cross = be.pair(ra.g, rb.g) / norm
+    sa2 = _row_scales(ra).square()
+    sb2 = sa2 if same else _row_scales(rb).square()
+    raw = be.pair(ra.g, rb.g)
+    _check_pair(raw, names_a, names_b, ra.g.dtype)
+    cross = raw / (norm * sa2[:, None] * sb2[None, :])
     if same:
         diag = cross.diagonal().clone()
         return cross, diag, diag
-    return cross, _sq_row_norms(ra.g) / norm, _sq_row_norms(rb.g) / norm
+    self_a = _sq_row_norms(ra.g) / (norm * sa2.square())
+    self_b = _sq_row_norms(rb.g) / (norm * sb2.square())
+    _check_pair(self_a[:, None], names_a, names_a, ra.g.dtype)
+    _check_pair(self_b[:, None], names_b, names_b, rb.g.dtype)
+    return cross, self_a, self_b
+
+
+def _row_scales(r: Rows) -> torch.Tensor:
+    """Rows.scale (L,) float64, ones for rows built without one."""
+    scale = getattr(r, "scale", None)
+    if scale is None:
+        return torch.ones(r.g.shape[0], dtype=torch.float64, device=r.g.device)
+    return scale.to(device=r.g.device, dtype=torch.float64)
+
+
+def _check_pair(raw: torch.Tensor, names_a, names_b, ct) -> None:
+    bad = ~torch.isfinite(raw)
+    if bool(bad.any()):
+        i, j = (int(v) for v in bad.nonzero()[0])
+        a = names_a[i] if names_a is not None else f"row {i}"
+        b = names_b[j] if names_b is not None else f"row {j}"
+        raise ValueError(f"the HSIC of {a} and {b} is not finite ({raw[i, j].item()}): "
+                         f"{ct} overflowed in the pair stage; pass dtype=torch.float64")
 
 
 def _sq_row_norms(g: torch.Tensor) -> torch.Tensor:
@@ -153,71 +188,23 @@ def zero_variance(sq_c: torch.Tensor, sq: torch.Tensor, ct: torch.dtype) -> torc
 
 
 def cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, names_a, names_b):
-    """CKA = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L)); NaN (with a warning naming the
-    layer) where a self term is zero, negative or from a zero-variance representation.
-    Never clamped: debiased CKA can be slightly outside [0, 1]."""
+    """CKA = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L)) -> (L_A, L_B) float64; NaN (with
+    one warning per layer naming it) where a self term is zero, negative or from a
+    zero-variance representation. Never clamped: debiased CKA can be slightly outside
+    [0, 1]. ``names_b is names_a`` (one set of layers against itself) warns once a layer."""
     bad_a = undefined_a | ~(self_a > 0)
     bad_b = undefined_b | ~(self_b > 0)
-    for flags, names in ((bad_a, names_a), (bad_b, names_b)):
+    sides = [(bad_a, names_a)]
+    if not (names_b is names_a and torch.equal(bad_a, bad_b)):
+        sides.append((bad_b, names_b))
+    for flags, names in sides:
         for i in flags.nonzero().flatten().tolist():
             warnings.warn(f"CKA is undefined for {names[i]}: its representation has zero "
                           f"variance (or a non-positive unbiased self-HSIC); its entries are NaN",
                           _validate.FlashCKAWarning, stacklevel=4)
     denom = torch.sqrt(self_a.clamp(min=0)[:, None] * self_b.clamp(min=0)[None, :])
     out = cross / denom
-    out[bad_a] = float("nan")
-    out[:, bad_b] = float("nan")
+    if bool(bad_a.any()) or bool(bad_b.any()):
+        keep = ~(bad_a[:, None] | bad_b[None, :])
+        out = torch.where(keep, out, torch.full_like(out, float("nan")))
     return out
-
-
-# ---------------------------------------------------------------- feature-space route
-
-def feature_route_cheaper(dims_a, dims_b, n, same: bool) -> bool:
-    """Gram route ≈ n²·Σd (SYRK) + 2·L_A·L_B·n²; feature route ≈ 2n·ΣdA·ΣdB (+ self
-    blocks). Also bounds the ΣdA × ΣdB product matrix the feature route materialises."""
-    da, db = sum(dims_a), sum(dims_b)
-    gram = n * n * (da + (0 if same else db)) + 2 * len(dims_a) * len(dims_b) * n * n
-    feature = 2 * n * da * db + (0 if same else 2 * n * (sum(d * d for d in dims_a)
-                                                         + sum(d * d for d in dims_b)))
-    return feature < gram and da * db <= (1 << 26)
-
-
-def centered_features(tensors, names, ct):
-    """Flattened centered features (n, d) in ct, with their (‖X_c‖², ‖X‖²)."""
-    xcs, sq_c, sq = [], [], []
-    n = tensors[0].shape[0]
-    for x, name in zip(tensors, names):
-        mu = x.mean(0, dtype=ct)
-        xc = center_features(x, mu)
-        c = xc.square().sum().to(torch.float64)  # in ct, so float32 overflow shows
-        if not bool(torch.isfinite(c)):
-            _validate.raise_non_finite(x, name, ct)
-        xcs.append(xc)
-        sq_c.append(c)
-        sq.append(c + n * mu.to(torch.float64).square().sum())
-    return xcs, torch.stack(sq_c), torch.stack(sq)
-
-
-def feature_hsic(xa, xb, n, unbiased):
-    """Unnormalised HSIC of every pair (len(xa), len(xb)) float64 from centered features:
-    biased ‖X_cᵀY_c‖²_F; debiased (Kornblith et al. 2019, appendix)
-    ‖X_cᵀY_c‖²_F − n/(n−2)·⟨diag K, diag L⟩ + tr K · tr L / ((n−1)(n−2))."""
-    A, B = torch.cat(xa, 1), torch.cat(xb, 1)
-    m2 = (A.T @ B).to(torch.float64).square()
-    seg_a = _segments([x.shape[1] for x in xa], A.device)
-    seg_b = _segments([x.shape[1] for x in xb], A.device)
-    rows = torch.zeros(len(xa), m2.shape[1], dtype=torch.float64, device=A.device)
-    rows.index_add_(0, seg_a, m2)
-    out = torch.zeros(len(xa), len(xb), dtype=torch.float64, device=A.device)
-    out.index_add_(1, seg_b, rows)
-    if unbiased:
-        ka = torch.stack([x.to(torch.float64).square().sum(1) for x in xa])  # (LA, n)
-        kb = torch.stack([x.to(torch.float64).square().sum(1) for x in xb])
-        out = out - n / (n - 2) * (ka @ kb.T) \
-            + ka.sum(1)[:, None] * kb.sum(1)[None, :] / ((n - 1) * (n - 2))
-    return out
-
-
-def _segments(dims, device):
-    return torch.repeat_interleave(torch.arange(len(dims), device=device),
-                                   torch.tensor(dims, device=device))

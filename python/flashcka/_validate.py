@@ -5,6 +5,7 @@ tensors of consistent sample count, on one device, with non-empty features.
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -84,7 +85,8 @@ def device_of(groups: Sequence[tuple[list[torch.Tensor], list[str]]]) -> torch.d
 
 def dtype_arg(dtype) -> None:
     """The ``dtype=`` keyword: None (choose from the inputs), float32 or float64."""
-    if dtype is not None and dtype not in COMPUTE_DTYPES:
+    if dtype is not None and (not isinstance(dtype, torch.dtype)
+                              or dtype not in COMPUTE_DTYPES):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
 
 
@@ -99,13 +101,41 @@ def compute_dtype(groups, dtype) -> torch.dtype:
     return torch.float32
 
 
-def kernel_args(kernel: str, sigma, threshold) -> None:
-    if kernel not in KERNELS:
+def kernel_args(kernel, sigma, threshold) -> None:
+    """``kernel`` one of KERNELS; ``sigma`` None or a positive finite real number;
+    ``threshold`` a positive finite real number (bools, strings, tensors refused)."""
+    if not isinstance(kernel, str) or kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if sigma is not None and not (float(sigma) > 0 and float(sigma) < float("inf")):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma}")
-    if not (float(threshold) > 0 and float(threshold) < float("inf")):
-        raise ValueError(f"threshold must be a positive finite number, got {threshold}")
+    if sigma is not None:
+        positive_number(sigma, "sigma")
+    positive_number(threshold, "threshold")
+
+
+def positive_number(v, arg: str) -> float:
+    """A positive finite real number (int, float or NumPy scalar; not bool) as a float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{arg} must be a positive finite number, got {type(v).__name__} "
+                        f"{v!r}")
+    f = float(v)
+    if not (0.0 < f < float("inf")):
+        raise ValueError(f"{arg} must be a positive finite number, got {v!r}")
+    return f
+
+
+def flag(v, arg: str) -> bool:
+    """A bool (Python or NumPy bool); anything else (\"no\", 0, None) is a TypeError."""
+    if isinstance(v, bool) or (type(v).__module__ == "numpy"
+                               and type(v).__name__ in ("bool_", "bool")):
+        return bool(v)
+    raise TypeError(f"{arg} must be True or False, got {type(v).__name__} {v!r}")
+
+
+def route_arg(route, kernel) -> None:
+    """``route=``: 'auto', 'gram' or 'feature' (the latter only for the linear kernel)."""
+    if not isinstance(route, str) or route not in ("auto", "gram", "feature"):
+        raise ValueError(f"route must be 'auto', 'gram' or 'feature', got {route!r}")
+    if route == "feature" and kernel != "linear":
+        raise ValueError(f"route='feature' needs kernel='linear', got kernel={kernel!r}")
 
 
 def raise_non_finite(x: torch.Tensor, name: str, dtype: torch.dtype) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _engine, _validate, backends
+from . import _engine, _feature, _validate, backends
 from ._engine import Settings
 
 
@@ -27,7 +27,8 @@ def gram(x: torch.Tensor, kernel: str = "linear", *, sigma: float | None = None,
     _validate.representation(x, "x")
     _validate.kernel_args(kernel, sigma, threshold)
     ct = _validate.compute_dtype([([x], ["x"])], dtype)
-    k = backends.select(backend, x).kernel_matrix(x, kernel=kernel, sigma=sigma,
+    grad = _needs_grad([([x], ["x"])])
+    k = backends.select(backend, x, grad=grad).kernel_matrix(x, kernel=kernel, sigma=sigma,
                                                   threshold=threshold, ct=ct)
     if not bool(torch.isfinite(k).all()):
         _validate.raise_non_finite(x, "x", ct)
@@ -42,6 +43,8 @@ def center(k: torch.Tensor, *, unbiased: bool = True, backend: str = "auto") -> 
     (r, c the row/column sums of K̃, S their total) off the diagonal, ``Û_ii = 0``; n ≥ 4.
     """
     _validate.representation(k, "k")
+    unbiased = _validate.flag(unbiased, "unbiased")
+    backends.check_name(backend)
     if k.dim() != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"k must be a square (n, n) matrix, got shape {tuple(k.shape)}")
     _validate.sample_count([([k], ["k"])], unbiased)
@@ -49,7 +52,8 @@ def center(k: torch.Tensor, *, unbiased: bool = True, backend: str = "auto") -> 
         _validate.raise_non_finite(k, "k", k.dtype)
     if k.dtype not in _validate.COMPUTE_DTYPES:
         k = k.float()
-    return backends.select(backend, k).center(k, unbiased=unbiased)
+    return backends.select(backend, k, grad=_needs_grad([([k], ["k"])])).center(
+        k, unbiased=unbiased)
 
 
 def hsic(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "linear", unbiased: bool = True,
@@ -103,9 +107,16 @@ def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
 
 
 def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
-    """All-pairs HSIC (want="hsic") or CKA between xa and xb (None: xa with itself)."""
+    """All-pairs HSIC (want="hsic") or CKA between xa and xb (None: xa with itself).
+
+    Everything is validated first. Route: the feature route (torch operations) is taken
+    for ``route="feature"``, or for ``route="auto"`` with the linear kernel when cheaper,
+    unless a kernel backend ("native", "triton") is forced: those run the Gram route on
+    their own kernels. With grad needed, ``backends.select`` gives the torch backend (or
+    refuses a forced backend that cannot differentiate)."""
     s.check()
     backends.check_name(backend)
+    _validate.route_arg(route, s.kernel)
     same = xb is None
     groups = [(xa, na)] + ([] if same else [(xb, nb)])
     for tensors, names in groups:
@@ -114,33 +125,34 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
     n = _validate.sample_count(groups, s.unbiased)
     _validate.device_of(groups)
     ct = _validate.compute_dtype(groups, dtype)
-    if route not in ("auto", "gram", "feature"):
-        raise ValueError(f"route must be 'auto', 'gram' or 'feature', got {route!r}")
-    if route == "feature" and s.kernel != "linear":
-        raise ValueError("route='feature' needs kernel='linear'")
+    grad = _needs_grad(groups)
+    forced = backend in ("native", "triton")
+    if route == "feature" and forced:
+        raise ValueError(f"route='feature' runs torch operations, not backend={backend!r}; "
+                         f"pass backend='auto' or 'torch', or route='gram'")
     dims_a = [t[0].numel() for t in xa]
     dims_b = dims_a if same else [t[0].numel() for t in xb]
     use_feature = route == "feature" or (
-        route == "auto" and s.kernel == "linear"
-        and _engine.feature_route_cheaper(dims_a, dims_b, n, same))
+        route == "auto" and not forced and s.kernel == "linear"
+        and _feature.cheaper(dims_a, dims_b, n, same))
     norm = _engine.normaliser(n, s.unbiased)
 
     if use_feature:
-        fa, sqc_a, sq_a = _engine.centered_features(xa, na, ct)
-        fb, sqc_b, sq_b = (fa, sqc_a, sq_a) if same else _engine.centered_features(xb, nb, ct)
-        cross = _engine.feature_hsic(fa, fb, n, s.unbiased) / norm
+        fa = _feature.centered(xa, na, ct)
+        fb = fa if same else _feature.centered(xb, nb, ct)
+        cross = _feature.hsic(fa, fb, n, s.unbiased) / norm
         if same:
             self_a = self_b = cross.diagonal().clone()
         else:
-            self_a = torch.stack([_engine.feature_hsic([f], [f], n, s.unbiased)[0, 0]
-                                  for f in fa]) / norm
-            self_b = torch.stack([_engine.feature_hsic([f], [f], n, s.unbiased)[0, 0]
-                                  for f in fb]) / norm
+            self_a = _feature.self_hsic(fa, n, s.unbiased) / norm
+            self_b = _feature.self_hsic(fb, n, s.unbiased) / norm
+        sqc_a, sq_a, sqc_b, sq_b = fa.sq_c, fa.sq, fb.sq_c, fb.sq
     else:
-        be = backends.select(backend, xa[0])
+        be = backends.select(backend, xa[0], grad=grad)
         ra = _engine.gram_rows(be, xa, na, n, ct, s)
         rb = ra if same else _engine.gram_rows(be, xb, nb, n, ct, s)
-        cross, self_a, self_b = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased)
+        cross, self_a, self_b = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased,
+                                                       na, nb)
         sqc_a, sq_a, sqc_b, sq_b = ra.sq_c, ra.sq, rb.sq_c, rb.sq
     if want == "hsic":
         return cross
@@ -148,3 +160,7 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
                                  _engine.zero_variance(sqc_a, sq_a, ct),
                                  _engine.zero_variance(sqc_b, sq_b, ct), na, nb)
 
+
+def _needs_grad(groups) -> bool:
+    """Whether the result must carry an autograd graph (grad mode on, an input needs it)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for ts, _ in groups for t in ts)

@@ -3,7 +3,8 @@
 ``select(name, device)`` returns the backend for a call: ``"torch"`` (pure PyTorch, any
 device), ``"native"`` (flashcka._C: C++ CPU kernels), ``"triton"`` (GPU kernels; CPU
 tensors too when TRITON_INTERPRET=1) or ``"auto"``: native for CPU tensors and Triton for
-CUDA tensors where they are built and usable, the torch backend otherwise.
+CUDA tensors where they are built and usable, the torch backend otherwise — and the torch
+backend whenever the result must carry an autograd graph (only it differentiates).
 """
 from __future__ import annotations
 
@@ -40,8 +41,21 @@ def get(name: str) -> Backend:
     return _instances[name]
 
 
-def select(name: str, x: torch.Tensor) -> Backend:
-    """The backend to run on tensors like ``x`` (device and dtype)."""
+def select(name: str, x: torch.Tensor, *, grad: bool = False) -> Backend:
+    """The backend to run on tensors like ``x`` (device and dtype).
+
+    ``grad``: the result must carry an autograd graph. Then "auto" gives the torch
+    backend (plain torch operations, differentiable on every device), and a forced
+    backend that cannot differentiate raises a ValueError saying so."""
+    check_name(name)
+    if grad:
+        if name == "auto":
+            return get("torch")
+        if not get(name).differentiable:
+            raise ValueError(
+                f"backend={name!r} cannot differentiate: an input requires grad, and its "
+                f"kernels return detached results. Use backend='torch' or 'auto' for a "
+                f"result that carries the graph, or detach the inputs / use torch.no_grad()")
     if name == "auto":
         for candidate in _auto_order(x.device):
             try:

@@ -20,6 +20,7 @@ class ZeroBandwidthError(ValueError):
 
 class Backend:
     name = "abstract"
+    differentiable = False   # whether results carry the inputs' autograd graph
 
     def usable(self) -> tuple[bool, str]:
         """(usable in this process, reason when not)."""

@@ -69,6 +69,7 @@ def center(k: torch.Tensor, unbiased: bool) -> torch.Tensor:
 
 class TorchBackend(Backend):
     name = "torch"
+    differentiable = True
 
     def usable(self):
         return True, ""

@@ -14,9 +14,9 @@ added in float64.
 
 Precision: float32 uses IEEE products by default; ``TritonBackend(allow_tf32=True)`` (or
 ``flashcka.backends.get("triton").allow_tf32 = True``) allows TF32 tensor cores (about
-1e-3 relative error in each Gram entry). float16/bfloat16 inputs are centered in float32,
-rounded back to their dtype and multiplied with float32 accumulation. float64 runs
-float64 tiles (tl.dot in float64).
+1e-3 relative error in each Gram entry). float16/bfloat16 inputs are converted to float32
+as they are loaded, centered and multiplied in float32 (never rounded back to 16 bits).
+float64 runs float64 tiles (tl.dot in float64).
 
 ``kernel_matrix`` uses the Gram and RBF kernels (linear with μ = 0) and mirrors the
 triangle; ``center`` (public ``flashcka.center``, an (n, n) input) is the torch

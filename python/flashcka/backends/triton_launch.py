@@ -62,9 +62,6 @@ def _gram_config(x_dtype: torch.dtype, ct: torch.dtype, n: int) -> dict:
         return dict(BLOCK=32 if n > 16 else 16, BLOCK_K=64)
     if ct == torch.float64:
         return dict(BLOCK=32, BLOCK_K=16, num_warps=4, num_stages=2)
-    if x_dtype in (torch.float16, torch.bfloat16):
-        blk = 128 if n > 512 else 64
-        return dict(BLOCK=blk, BLOCK_K=64, num_warps=8 if blk == 128 else 4, num_stages=3)
     blk = 64 if n > 128 else 32
     return dict(BLOCK=blk, BLOCK_K=32, num_warps=4, num_stages=3)
 
@@ -120,11 +117,10 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     k = _scratch((n, n), ct, x.device)
     diag = _scratch((n,), ct, x.device)
     rowpart = _scratch((nb, n), ct, x.device)
-    low = x.dtype in (torch.float16, torch.bfloat16) and ct == torch.float32
-    precision = "tf32" if (allow_tf32 and ct == torch.float32 and not low) else "ieee"
+    precision = "tf32" if (allow_tf32 and ct == torch.float32) else "ieee"
     _k._gram_stats_kernel[(nb, nb)](
         xv, mu_flat, k, diag, rowpart, n, T, C, st_n, st_t, st_c, k.stride(0),
-        LOW_PRECISION=low, INPUT_PRECISION=precision, UPCAST_DOT=interpreting(), **cfg)
+        INPUT_PRECISION=precision, **cfg)
     return k, diag, rowpart.sum(0)
 
 
@@ -132,7 +128,9 @@ def rbf_triton(k: torch.Tensor, diag: torch.Tensor, sigma, threshold: float) -> 
     """In place on the upper tiles of k (from gram_stats_triton): K -> exp(-D/(2σ²)),
     D_ab = ‖x_a − x_b‖². σ² = sigma², or threshold² · median of all n² entries of D
     (diagonal zeros included, numpy.median convention; computed on the device, one sync
-    to check it is positive). Returns the row sums (n,) of the RBF kernel."""
+    to check it is positive). If every distance is zero (a constant representation) K is
+    11ᵀ, as in the torch backend (its centered Gram is 0: CKA is NaN with a warning);
+    if only the median is zero, ZeroBandwidthError. Returns the row sums (n,) of K."""
     n = k.shape[0]
     blk = _epilogue_block(n)
     nb = triton.cdiv(n, blk)
@@ -146,14 +144,22 @@ def rbf_triton(k: torch.Tensor, diag: torch.Tensor, sigma, threshold: float) -> 
     _k._rbf_kernel[grid](k, diag, diag, rowpart, n, k.stride(0),
                          BLOCK=blk, DIST=True, EXP=False)
     med = median_sq_distance(k)  # reads only the strict upper triangle
-    if not bool(med > 0):
+    if bool(med > 0):
+        scale = (-0.5 / threshold ** 2) / med
+    elif not bool(_strict_upper(k).max() > 0):
+        scale = torch.zeros((), dtype=k.dtype, device=k.device)  # constant: K = 11ᵀ
+    else:
         raise ZeroBandwidthError(
             "the median heuristic gives sigma = 0 (at least half of the squared "
             "pairwise distances are zero, e.g. repeated samples); pass sigma=")
-    scale = (-0.5 / threshold ** 2) / med
     _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0),
                          BLOCK=blk, DIST=False, EXP=True)
     return rowpart.sum(0)
+
+
+def _strict_upper(k: torch.Tensor) -> torch.Tensor:
+    iu = torch.triu_indices(k.shape[0], k.shape[0], 1, device=k.device)
+    return k[iu[0], iu[1]]
 
 
 def row_length(n: int, unbiased: bool) -> int:
