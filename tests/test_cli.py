@@ -90,3 +90,188 @@ def test_demo_quick(tmp_path, capsys):
                                        torch.ones(len(r.names_a), dtype=torch.float64))
     r = CKAResult.load(tmp_path / "vit_vs_resnet.json")
     assert r.matrix.shape == (15, 9) and r.names_a[0] == "embed" and r.names_b[-1] == "fc"
+
+
+# ------------------------------------------------------------------ real models and data
+
+import numpy as np  # noqa: E402
+
+import reference as ref  # noqa: E402
+from hub_models import need_timm, need_torchvision, need_transformers  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Class folders of small RGB images of assorted sizes (PNG and JPEG)."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("imgs")
+    g = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir()
+        for i in range(9):
+            a = g.integers(0, 256, (28 + i, 30 + 2 * i, 3), dtype=np.uint8)
+            a[: 10 + i] //= 2 + (c == "dog")                 # some structure per class
+            Image.fromarray(a).save(root / c / f"{i}.{'png' if i % 2 else 'jpg'}")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _reference(lm_a, lm_b, names_a, names_b, images, batch_size):
+    """Float64 minibatch CKA of the named module outputs, from our own hooks and the
+    models' own preprocessing, batched as the CLI does."""
+    from PIL import Image
+    files = sorted(p for p in images.iterdir() if p.suffix in (".png", ".jpg")) + sorted(
+        f for c in sorted(p for p in images.iterdir() if p.is_dir()) for f in sorted(c.iterdir()))
+    pil = [Image.open(f).convert("RGB") for f in files]
+    acts = []
+    for lm, names in ((lm_a, names_a), (lm_b, names_b)):
+        mods = dict(lm.model.named_modules())
+        per_batch = []
+        for s in range(0, len(pil), batch_size):
+            got = {}
+            hs = [mods[n].register_forward_hook(
+                lambda m, i, o, n=n: got.__setitem__(n, o.detach().double().numpy()))
+                for n in names]
+            with torch.no_grad():
+                lm.model(lm.preprocess(pil[s:s + batch_size]))
+            for h in hs:
+                h.remove()
+            per_batch.append([got[n].reshape(got[n].shape[0], -1) for n in names])
+        acts.append(per_batch)
+    return ref.minibatch_cka(acts[0], acts[1])
+
+
+def test_timm_vs_torchvision_on_an_image_folder(image_folder, tmp_path, capsys):
+    need_timm()
+    need_torchvision()
+    from flashcka.specs import load_model
+    out = tmp_path / "o"
+    assert main(["compare", "--model-a", "timm:resnet18", "--model-b", "torchvision:resnet18",
+                 "--data", f"imagefolder:{image_folder}", "--image-size", "32",
+                 "--layers-a", "layer1", "layer3", "--layers-b", "layer2", "layer4",
+                 "--batch-size", "7", "--seed", "3", "--out", str(out), "--no-progress",
+                 "--plot-stderr"]) == 0
+    r = CKAResult.load(out / "cka.json")
+    assert r.names_a == ["layer1", "layer3"] and r.names_b == ["layer2", "layer4"]
+    assert r.num_samples == 18 and r.num_batches == 3 and r.stderr is not None
+    assert r.settings["model_a"] == "timm:resnet18" and r.settings["data"].startswith("imagefolder")
+    torch.manual_seed(3)
+    lm_a = load_model("timm:resnet18", image_size=32)
+    torch.manual_seed(4)
+    lm_b = load_model("torchvision:resnet18", image_size=32)
+    want = _reference(lm_a, lm_b, r.names_a, r.names_b, image_folder, 7)
+    np.testing.assert_allclose(r.matrix.numpy(), want, rtol=2e-4, atol=2e-5)
+    assert (out / "cka.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_timm_vit_vs_hf_vit_config_dir(image_folder, tmp_path):
+    """Different inputs (tensor vs pixel_values=) and different preprocessing on one
+    folder; the HF directory is a bare config (random) with an image processor."""
+    need_timm()
+    tr = need_transformers()
+    hf = tmp_path / "hfvit"
+    tr.ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                 num_attention_heads=2, intermediate_size=48).save_pretrained(hf)
+    tr.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(hf)
+    out = tmp_path / "o"
+    assert main(["compare", "--model-a", "timm:vit_tiny_patch16_224", "--kwargs-a",
+                 '{"patch_size": 8, "depth": 2}', "--model-b", f"hf:{hf}", "--image-size", "16",
+                 "--data", f"imagefolder:{image_folder}", "--tokens", "mean", "--batch-size",
+                 "6", "--format", "svg", "--out", str(out), "--no-progress"]) == 0
+    r = CKAResult.load(out / "cka.json")
+    assert len(r.names_a) == 3 and len(r.names_b) == 3       # embedding + 2 blocks each
+    assert r.num_samples == 18 and torch.isfinite(r.matrix).all()
+    assert "<svg" in (out / "cka.svg").read_text()
+
+
+def test_digits_and_npz_with_a_factory_model(tmp_path, monkeypatch):
+    """digits (bundled) and the same images as a uint8 npz give the same result; weights
+    from a local file are loaded; results match the float64 reference."""
+    from flashcka.models import TinyViT
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "tiny.py").write_text("from flashcka.models import TinyViT\n"
+                                      "def vit():\n    return TinyViT(depth=2, dim=16)\n")
+    torch.manual_seed(7)
+    trained = TinyViT(depth=2, dim=16)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    from sklearn.datasets import load_digits
+    imgs = (load_digits().images[:40] * (255.0 / 16.0)).round().astype(np.uint8)
+    np.savez(tmp_path / "d.npz", images=imgs, labels=np.zeros(40))
+    args = ["compare", "--model-a", "tiny:vit", "--weights-a", str(tmp_path / "w.pt"),
+            "--layers-a", "embed", "blocks.0", "blocks.1", "--num-samples", "40",
+            "--batch-size", "16", "--no-progress"]
+    main(args + ["--data", "digits", "--out", str(tmp_path / "a")])
+    main(args + ["--data", f"npz:{tmp_path / 'd.npz'}", "--out", str(tmp_path / "b")])
+    ra, rb = CKAResult.load(tmp_path / "a/cka.json"), CKAResult.load(tmp_path / "b/cka.json")
+    assert ra.matrix.tolist() == rb.matrix.tolist() and ra.num_samples == 40
+    x = torch.tensor(imgs, dtype=torch.float32)[:, None] / 255.0
+    acts = []
+    for s in range(0, 40, 16):
+        got = {}
+        hs = [m.register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o))
+              for n, m in trained.named_modules() if n in ("embed", "blocks.0", "blocks.1")]
+        with torch.no_grad():
+            trained.eval()(x[s:s + 16])
+        for h in hs:
+            h.remove()
+        acts.append([got[n].double().reshape(len(got[n]), -1).numpy()
+                     for n in ("embed", "blocks.0", "blocks.1")])
+    np.testing.assert_allclose(ra.matrix.numpy(), ref.minibatch_cka(acts, acts), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_bert_token_npz_uses_the_attention_mask(tmp_path):
+    tr = need_transformers()
+    bert = tmp_path / "bert"
+    tr.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=32, max_position_embeddings=32).save_pretrained(bert)
+    g = np.random.default_rng(0)
+    ids = g.integers(1, 50, (24, 12))
+    mask = np.ones((24, 12), dtype=np.int64)
+    for i in range(24):
+        mask[i, 4 + i % 8:] = 0
+    ids[mask == 0] = 0
+    np.savez(tmp_path / "t.npz", input_ids=ids, attention_mask=mask)
+    out = tmp_path / "o"
+    assert main(["compare", "--model-a", f"hf:{bert}", "--data", f"npz:{tmp_path / 't.npz'}",
+                 "--tokens", "mean", "--batch-size", "8", "--out", str(out),
+                 "--no-progress"]) == 0
+    r = CKAResult.load(out / "cka.json")
+    assert r.settings["mask"] == "attention_mask" and r.num_samples == 24
+    torch.testing.assert_close(r.matrix.diagonal(), torch.ones(len(r.names_a), dtype=torch.float64))
+
+
+def test_spec_errors_are_helpful(tmp_path, image_folder):
+    need_timm()
+    need_torchvision()
+    with pytest.raises(SystemExit, match="timm:resnet18 or torchvision:resnet18"):
+        main(["compare", "--model-a", "resnet18", "--data", "digits"])
+    with pytest.raises(SystemExit, match="timm has no model 'resnet_nope'"):
+        main(["compare", "--model-a", "timm:resnet_nope"])
+    with pytest.raises(SystemExit, match="not a saved transformers model"):
+        main(["compare", "--model-a", f"hf:{tmp_path}"])
+    with pytest.raises(SystemExit, match=f"imagefolder:{image_folder}"):
+        main(["compare", "--model-a", "timm:resnet18", "--data", str(image_folder)])
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    with pytest.raises(SystemExit, match="weights_only=True"):
+        main(["compare", "--model-a", "timm:resnet18", "--weights-a", str(tmp_path / "bad.pt")])
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "small.pt")
+    with pytest.raises(SystemExit, match="does not fit ResNet"):
+        main(["compare", "--model-a", "timm:resnet18", "--weights-a", str(tmp_path / "small.pt")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="holds no images"):
+        main(["compare", "--model-a", "timm:resnet18", "--data", f"imagefolder:{empty}"])
+
+
+def test_cli_checkpoint_resumes(factories):
+    out = factories / "ck"
+    args = ["compare", "--model-a", "cli_factories:model_a", "--model-b",
+            "cli_factories:model_b", "--data", "cli_factories:data", "--checkpoint",
+            str(factories / "run.ckpt"), "--checkpoint-every", "1", "--no-progress"]
+    main(args + ["--max-batches", "2", "--out", str(out / "first")])
+    assert (factories / "run.ckpt").exists()
+    with pytest.raises(SystemExit, match="other arguments"):
+        main(args + ["--out", str(out / "second")])          # max_batches differs
+    main(args + ["--max-batches", "2", "--out", str(out / "again")])
+    assert CKAResult.load(out / "again/cka.json") == CKAResult.load(out / "first/cka.json")

@@ -2,42 +2,29 @@
 
     flashcka info                       what is built and usable here
     flashcka demo [--out DIR] [--epochs N] [--quick]
-    flashcka compare --model-a pkg.mod:factory [--model-b pkg.mod:factory]
-                     --data pkg.mod:factory [--layers-a PATTERN ...] [--layers-b ...]
-                     [--tokens flatten|cls|mean] [--max-batches N] [--kernel linear|rbf]
-                     [--biased] [--out DIR] [--device DEV] [--backend NAME]
+    flashcka compare --model-a SPEC [--model-b SPEC] [--data SPEC] [--layers-a ...]
+                     [--layers-b ...] [--batch-size 64] [--num-samples N] [--image-size S]
+                     [--weights-a FILE] [--weights-b FILE] [--checkpoint FILE] [--out DIR]
 
-Factories are zero-argument callables named ``module:attribute`` (the current directory is
-importable); the data factory returns an iterable of batches (see ``flashcka.compare``).
+Model specs (``flashcka.specs``): ``timm:NAME``, ``torchvision:NAME``, ``hf:DIR`` (a saved
+transformers model or config), ``package.module:factory``; random weights unless
+``--weights-a/-b`` name a local file. Data specs (``flashcka.data``): ``digits`` (the
+default, bundled with scikit-learn), ``imagefolder:PATH``, ``npz:PATH``,
+``package.module:factory`` (an iterable of batches). Each model gets the same images through
+its own preprocessing. Nothing is downloaded.
+
+Under ``torchrun --nproc_per_node=N flashcka compare ...`` each rank takes every N-th batch,
+the accumulators are summed, and rank 0 writes the outputs.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import os
 import sys
 from pathlib import Path
 
-
-def load_factory(spec: str, arg: str):
-    """Import ``module:attr`` and call it with no arguments."""
-    if ":" not in spec:
-        raise SystemExit(f"flashcka: {arg} must look like 'package.module:factory', got {spec!r}")
-    mod_name, attr = spec.split(":", 1)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise SystemExit(f"flashcka: {arg}: cannot import module {mod_name!r}: {e}") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise SystemExit(f"flashcka: {arg}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise SystemExit(f"flashcka: {arg}: {spec!r} is not callable")
-    return obj()
+from .specs import SpecError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,23 +40,55 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="tiny run (1 epoch, few samples)")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    c = sub.add_parser("compare", help="minibatch CKA between the layers of two models")
-    c.add_argument("--model-a", required=True, metavar="MODULE:FACTORY")
-    c.add_argument("--model-b", default=None, metavar="MODULE:FACTORY",
-                   help="omit to compare model A with itself")
-    c.add_argument("--data", required=True, metavar="MODULE:FACTORY",
-                   help="returns an iterable of batches")
+    c = sub.add_parser("compare", help="minibatch CKA between the layers of two models",
+                       description="Minibatch CKA between every chosen layer of model A and "
+                       "every chosen layer of model B (or of A itself).")
+    c.add_argument("--model-a", required=True, metavar="SPEC",
+                   help="timm:NAME, torchvision:NAME, hf:DIR or package.module:factory")
+    c.add_argument("--model-b", default=None, metavar="SPEC",
+                   help="as --model-a; omit to compare model A with itself")
+    c.add_argument("--data", default="digits", metavar="SPEC",
+                   help="digits (default), imagefolder:PATH, npz:PATH or "
+                   "package.module:factory (an iterable of batches)")
     c.add_argument("--layers-a", nargs="+", default=None, metavar="PATTERN",
-                   help="module names or glob patterns (default: the model's blocks)")
+                   help="module names, glob patterns (* within a level, ** across levels, "
+                   "NAME:input for a module's input) or the presets blocks / sublayers "
+                   "(default: blocks)")
     c.add_argument("--layers-b", nargs="+", default=None, metavar="PATTERN")
-    c.add_argument("--tokens", choices=("flatten", "cls", "mean"), default="flatten")
+    c.add_argument("--weights-a", default=None, metavar="FILE",
+                   help="local state dict for model A (.pt/.pth via torch.load(weights_only="
+                   "True), or .safetensors); default: random initialisation")
+    c.add_argument("--weights-b", default=None, metavar="FILE")
+    c.add_argument("--kwargs-a", default=None, metavar="JSON",
+                   help='keyword arguments for the model constructor, e.g. \'{"img_size": 32}\'')
+    c.add_argument("--kwargs-b", default=None, metavar="JSON")
+    c.add_argument("--seed", type=int, default=0,
+                   help="random initialisation: model A is built after torch.manual_seed(SEED), "
+                   "model B after torch.manual_seed(SEED + 1) (default %(default)s)")
+    c.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="input resolution (default: each model's own)")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--num-samples", type=int, default=None, metavar="N",
+                   help="use the first N samples (default: all)")
     c.add_argument("--max-batches", type=int, default=None)
+    c.add_argument("--tokens", choices=("flatten", "cls", "mean"), default="flatten")
     c.add_argument("--kernel", choices=("linear", "rbf"), default="linear")
     c.add_argument("--sigma", type=float, default=None, help="RBF bandwidth (default: median "
                    "heuristic)")
     c.add_argument("--biased", action="store_true", help="biased HSIC (default: debiased)")
     c.add_argument("--backend", default="auto", choices=("auto", "torch", "native", "triton"))
-    c.add_argument("--device", default=None, help="e.g. cpu or cuda:0 (default: model A's)")
+    c.add_argument("--device", default=None, help="e.g. cpu or cuda:0 (default: cuda:LOCAL_RANK "
+                   "under torchrun with CUDA, else the models' device)")
+    c.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="resume file: written every --checkpoint-every batches; run the same "
+                   "command again to continue where it stopped")
+    c.add_argument("--checkpoint-every", type=int, default=10, metavar="K")
+    c.add_argument("--no-jackknife", action="store_true",
+                   help="no error bars (saves memory with thousands of layers)")
+    c.add_argument("--plot-stderr", action="store_true",
+                   help="add a panel with the jackknife standard errors to the plot")
+    c.add_argument("--format", choices=("png", "svg", "pdf"), default="png",
+                   help="heatmap format (default %(default)s)")
     c.add_argument("--out", default="flashcka_out", help="output folder (default %(default)s)")
     c.add_argument("--name", default="cka", help="file stem of the outputs (default %(default)s)")
     c.add_argument("--no-progress", action="store_true")
@@ -88,26 +107,122 @@ def main(argv=None) -> int:
             raise SystemExit(f"flashcka: --epochs must be >= 1, got {args.epochs}")
         demo.run(args.out, epochs=args.epochs, quick=args.quick, progress=not args.no_progress)
         return 0
-    return _compare(args)
+    try:
+        return _compare(args)
+    except ValueError as e:      # SpecError and compare's argument/data errors: no traceback
+        raise SystemExit(f"flashcka: {e}") from None
 
 
 def _compare(args) -> int:
     from .compare import compare
-    model_a = load_factory(args.model_a, "--model-a")
-    model_b = None if args.model_b is None else load_factory(args.model_b, "--model-b")
-    data = load_factory(args.data, "--data")
-    result = compare(model_a, model_b, data, layers_a=args.layers_a, layers_b=args.layers_b,
-                     tokens=args.tokens, max_batches=args.max_batches, device=args.device,
-                     progress=not args.no_progress, kernel=args.kernel,
-                     unbiased=not args.biased, sigma=args.sigma, backend=args.backend)
+    from .data import ArrayBatches, Arrays, Batches, ImageBatches, Images, count_batches, \
+        load_data
+    from .specs import load_model
+
+    for opt in ("batch_size", "checkpoint_every"):
+        if getattr(args, opt) < 1:
+            raise SpecError(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise SpecError(f"--num-samples must be >= 1, got {args.num_samples}")
+    rank, world = _init_distributed()
+    device = args.device
+    if device is None and world > 1:
+        import torch
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    import torch
+    torch.manual_seed(args.seed)
+    lm_a = load_model(args.model_a, weights=args.weights_a, image_size=args.image_size,
+                      kwargs=_json(args.kwargs_a, "--kwargs-a"), arg="--model-a")
+    torch.manual_seed(args.seed + 1)
+    lm_b = None if args.model_b is None else load_model(
+        args.model_b, weights=args.weights_b, image_size=args.image_size,
+        kwargs=_json(args.kwargs_b, "--kwargs-b"), arg="--model-b")
+    if args.weights_b is not None and lm_b is None:
+        raise SpecError("--weights-b is given without --model-b")
+    loaded = [lm_a] if lm_b is None else [lm_a, lm_b]
+    if device is not None:
+        for lm in loaded:
+            lm.model.to(device)
+    source = load_data(args.data)
+    mask = None
+    if isinstance(source, Images):
+        for lm, opt in zip(loaded, ("--model-a", "--model-b")):
+            if lm.preprocess is None:
+                raise SpecError(f"{opt} {lm.name} takes no images (it has no image "
+                                f"preprocessing); give it model-ready inputs with --data npz:PATH")
+        n = len(source) if args.num_samples is None else min(args.num_samples, len(source))
+        ids = range(count_batches(n, args.batch_size))[rank::world]
+        loader = ImageBatches(source, [lm.preprocess for lm in loaded], args.batch_size,
+                              args.num_samples, ids)
+        adapters = [(lambda batch, lm=lm, i=i: lm.inputs(batch[i])) for i, lm in
+                    enumerate(loaded)]
+    elif isinstance(source, Arrays):
+        n = len(source) if args.num_samples is None else min(args.num_samples, len(source))
+        ids = range(count_batches(n, args.batch_size))[rank::world]
+        loader = ArrayBatches(source, args.batch_size, args.num_samples, ids)
+        if isinstance(source.data, dict):
+            adapters = [None] * len(loaded)
+            mask = "attention_mask" if "attention_mask" in source.data else None
+        else:
+            adapters = [None if lm.wrap is None else lm.wrap for lm in loaded]
+    else:
+        assert isinstance(source, Batches)
+        loader = source.iterable
+        if args.num_samples is not None:
+            raise SpecError("--num-samples applies to digits, imagefolder: and npz: data, not "
+                            "to a factory's batches (use --max-batches)")
+        adapters = [None if lm.wrap is None else
+                    (lambda batch, lm=lm: lm.inputs(batch[0] if isinstance(batch, (tuple, list))
+                                                    else batch)) for lm in loaded]
+    result = compare(lm_a.model, None if lm_b is None else lm_b.model, loader,
+                     layers_a=args.layers_a, layers_b=args.layers_b, tokens=args.tokens,
+                     mask=mask, inputs_a=adapters[0],
+                     inputs_b=None if lm_b is None else adapters[1],
+                     max_batches=args.max_batches, device=device,
+                     progress=not args.no_progress and rank == 0, kernel=args.kernel,
+                     unbiased=not args.biased, sigma=args.sigma, backend=args.backend,
+                     jackknife=not args.no_jackknife, checkpoint=args.checkpoint,
+                     checkpoint_every=args.checkpoint_every,
+                     shard=isinstance(source, Batches) and world > 1)
+    result.settings.update(model_a=lm_a.name, model_b=(lm_b or lm_a).name, data=source.name)
+    if rank != 0:
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = result.plot(out / f"{args.name}.png")
+    fig = result.plot(out / f"{args.name}.{args.format}", stderr=args.plot_stderr
+                      and result.stderr is not None)
     js = result.save(out / f"{args.name}.json")
     print(repr(result))
-    print(f"wrote {png} and {js}")
+    print(f"wrote {fig} and {js}")
     return 0
 
 
+def _json(text, opt):
+    if text is None:
+        return None
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{opt} must be a JSON object, e.g. '{{\"img_size\": 32}}': {e}") from None
+    if not isinstance(v, dict):
+        raise SpecError(f"{opt} must be a JSON object, got {text!r}")
+    return v
+
+
+def _init_distributed():
+    """(rank, world_size); joins the process group that torchrun describes in the
+    environment (gloo on CPU, nccl with CUDA) when there is one and none is initialised."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1
+    import torch
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    sys.exit(main())
