@@ -201,7 +201,8 @@ def test_digits_and_npz_with_a_factory_model(tmp_path, monkeypatch):
             "--layers-a", "embed", "blocks.0", "blocks.1", "--num-samples", "40",
             "--batch-size", "16", "--no-progress"]
     main(args + ["--data", "digits", "--out", str(tmp_path / "a")])
-    main(args + ["--data", f"npz:{tmp_path / 'd.npz'}", "--out", str(tmp_path / "b")])
+    main(args + ["--data", f"npz:{tmp_path / 'd.npz'}", "--workers", "2",
+                 "--out", str(tmp_path / "b")])
     ra, rb = CKAResult.load(tmp_path / "a/cka.json"), CKAResult.load(tmp_path / "b/cka.json")
     assert ra.matrix.tolist() == rb.matrix.tolist() and ra.num_samples == 40
     x = torch.tensor(imgs, dtype=torch.float32)[:, None] / 255.0

@@ -100,3 +100,45 @@ def test_single_process_arguments():
     # shard=True without a process group: nothing to shard, every batch counts
     r = compare(net, None, data, shard=True, progress=False)
     assert r.num_batches == 2
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_under_two_ranks_equals_one_process(tmp_path):
+    """`flashcka compare` as torchrun starts it (RANK/WORLD_SIZE/MASTER_* in the
+    environment): each rank takes every 2nd batch of the digits, rank 0 alone writes."""
+    args = [sys.executable, "-m", "flashcka", "compare", "--model-a",
+            "flashcka.models:TinyViT", "--model-b", "flashcka.models:TinyResNet", "--data",
+            "digits", "--num-samples", "120", "--batch-size", "32", "--no-progress"]
+    base = dict(os.environ, OMP_NUM_THREADS="1")
+    base.pop("WORLD_SIZE", None)
+    one = subprocess.run(args + ["--out", str(tmp_path / "one")], env=base, timeout=240,
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = str(_free_port())
+    procs = []
+    for r in range(2):
+        env = dict(base, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen(args + ["--out", str(tmp_path / f"two{r}")], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("a rank hung")
+        assert p.returncode == 0, err[-3000:]
+    assert not (tmp_path / "two1").exists()                 # only rank 0 writes
+    want = CKAResult.load(tmp_path / "one" / "cka.json")
+    got = CKAResult.load(tmp_path / "two0" / "cka.json")
+    assert got.num_batches == want.num_batches == 4 and got.names_a == want.names_a
+    np.testing.assert_allclose(got.matrix.numpy(), want.matrix.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.stderr.numpy(), want.stderr.numpy(), rtol=0, atol=1e-12)

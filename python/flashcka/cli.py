@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--num-samples", type=int, default=None, metavar="N",
                    help="use the first N samples (default: all)")
     c.add_argument("--max-batches", type=int, default=None)
+    c.add_argument("--workers", type=int, default=0, metavar="W",
+                   help="processes reading and preprocessing images (a torch DataLoader; "
+                   "default 0: in the main process)")
     c.add_argument("--tokens", choices=("flatten", "cls", "mean"), default="flatten")
     c.add_argument("--kernel", choices=("linear", "rbf"), default="linear")
     c.add_argument("--sigma", type=float, default=None, help="RBF bandwidth (default: median "
@@ -155,6 +158,9 @@ def _compare(args) -> int:
         ids = range(count_batches(n, args.batch_size))[rank::world]
         loader = ImageBatches(source, [lm.preprocess for lm in loaded], args.batch_size,
                               args.num_samples, ids)
+        if args.workers > 0:
+            from torch.utils.data import DataLoader
+            loader = DataLoader(loader, batch_size=None, num_workers=args.workers)
         adapters = [(lambda batch, lm=lm, i=i: lm.inputs(batch[i])) for i, lm in
                     enumerate(loaded)]
     elif isinstance(source, Arrays):

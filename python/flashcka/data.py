@@ -179,12 +179,16 @@ class ImageBatches:
     def __len__(self) -> int:
         return len(self.batch_ids)
 
+    def __getitem__(self, j: int):
+        """The j-th batch (a map-style dataset of batches for a DataLoader's workers)."""
+        start = self.batch_ids[j] * self.batch_size
+        imgs = [self.images.image(i) for i in range(start, min(start + self.batch_size,
+                                                                self.n))]
+        return tuple(p(imgs) for p in self.preprocess)
+
     def __iter__(self):
-        for b in self.batch_ids:
-            start = b * self.batch_size
-            imgs = [self.images.image(i) for i in range(start, min(start + self.batch_size,
-                                                                    self.n))]
-            yield tuple(p(imgs) for p in self.preprocess)
+        for j in range(len(self.batch_ids)):
+            yield self[j]
 
 
 class ArrayBatches:
