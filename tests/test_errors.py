@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import flashcka
+import reference as ref
 
 
 def x_(n=10, d=3, seed=0):
@@ -31,10 +32,17 @@ def test_non_finite_names_the_layer(bad):
         flashcka.cka(x_(), y)
 
 
-def test_float32_overflow_is_reported():
-    x = x_() * 1e25
-    with pytest.raises(ValueError, match="overflows"):
-        flashcka.cka(x.float(), x_().float())
+@pytest.mark.parametrize("scale", [1e25, 1e-25, 1e30, 1e-30])
+def test_float32_at_any_representable_scale_is_not_an_error(scale):
+    """Issue 9 item 3: CKA is scale-invariant, so a float32 input that float32 holds gives
+    the float64 answer (this morning: "overflows" at 1e25, NaN "zero variance" at 1e-25)."""
+    x, y = x_(seed=3).double(), x_(seed=4).double() + x_(seed=3).double()
+    want = ref.cka(x.numpy(), y.numpy())
+    for route in ("gram", "feature"):
+        got = flashcka.cka_matrix([(x * scale).float()], [y.float()], route=route)
+        assert abs(got.item() - want) < 1e-5, (route, got.item(), want)
+    with pytest.raises(ValueError, match=r"x holds non-finite"):   # what is not held: inf
+        flashcka.cka((x * 1e300).float(), y.float())
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
