@@ -115,3 +115,111 @@ def test_debiased_cka_is_not_clamped(rng):
     vals = [flashcka.cka(t(rng.standard_normal((8, 2))), t(rng.standard_normal((8, 2)))).item()
             for _ in range(30)]
     assert min(vals) < 0
+
+
+# ------------------------------------------------------------------ contract (issue 9)
+
+def test_zero_variance_layer_warned_once_within_one_set(rng):
+    """cka_matrix(xs) (ys=None) compares xs with itself: one warning per dead layer."""
+    xs = {"ok": t(rng.standard_normal((12, 4))), "dead": torch.full((12, 3), 2.5,
+                                                                     dtype=torch.float64)}
+    for route in ("gram", "feature"):
+        with pytest.warns(flashcka.FlashCKAWarning) as rec:
+            m = flashcka.cka_matrix(xs, route=route)
+        assert [str(w.message).count("dead") for w in rec] == [1], route
+        assert torch.isnan(m[1]).all() and torch.isnan(m[:, 1]).all()
+        assert m[0, 0].item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_feature_route_honours_backend(rng, monkeypatch):
+    """backend= means the same on both routes: a backend that cannot run here raises
+    whatever the route (it used to be ignored on the feature route)."""
+    x, y = t(rng.standard_normal((20, 3))), t(rng.standard_normal((20, 2)))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("triton is usable on this machine")
+    for route in ("auto", "gram"):
+        with pytest.raises(RuntimeError, match="backend='triton' is not usable"):
+            flashcka.cka_matrix([x], [y], backend="triton", route=route)
+    with pytest.raises(RuntimeError, match="backend='triton' is not usable"):
+        flashcka.cka(x, y, backend="triton")
+    with pytest.raises(ValueError, match=r"route='feature'.*backend='native'"):
+        flashcka.cka_matrix([x], [y], backend="native", route="feature")
+
+
+def test_forced_native_on_foreign_device_raises(rng):
+    """backend='native' runs on CPU tensors only: another device raises, on any route."""
+    x = torch.zeros(20, 3, device="meta")
+    with pytest.raises(ValueError, match="backend='native' does not run on meta"):
+        flashcka.cka_matrix([x], [x], backend="native")
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_forced_backend_small_width_matches_reference(rng, backend):
+    """A forced backend with a small width (where auto would take the feature route) runs
+    that backend's Gram route and matches the reference."""
+    x = rng.standard_normal((30, 3)) + 2
+    y = rng.standard_normal((30, 2))
+    y[:, 0] += x[:, 1]
+    for unbiased in (True, False):
+        got = flashcka.cka(t(x), t(y), backend=backend, unbiased=unbiased).item()
+        assert got == pytest.approx(ref.cka(x, y, unbiased=unbiased), rel=0, abs=1e-12)
+
+
+BAD_ARGS = [
+    (dict(unbiased="no"), TypeError, "unbiased must be True or False"),
+    (dict(unbiased=None), TypeError, "unbiased must be True or False"),
+    (dict(unbiased=1), TypeError, "unbiased must be True or False"),
+    (dict(kernel=None), ValueError, "kernel must be one of"),
+    (dict(kernel="RBF"), ValueError, "kernel must be one of"),
+    (dict(kernel="rbf", sigma="1"), TypeError, "sigma must be a positive finite number"),
+    (dict(kernel="rbf", sigma=True), TypeError, "sigma must be a positive finite number"),
+    (dict(kernel="rbf", sigma=-1.0), ValueError, "sigma must be a positive finite number"),
+    (dict(kernel="rbf", sigma=float("nan")), ValueError, "sigma must be a positive finite"),
+    (dict(threshold="2"), TypeError, "threshold must be a positive finite number"),
+    (dict(threshold=float("inf")), ValueError, "threshold must be a positive finite"),
+    (dict(dtype="float32"), ValueError, "dtype must be torch.float32 or torch.float64"),
+    (dict(dtype=torch.float16), ValueError, "dtype must be torch.float32 or torch.float64"),
+    (dict(backend=None), ValueError, "backend must be one of"),
+    (dict(backend="TORCH"), ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize("kw,exc,msg", BAD_ARGS)
+@pytest.mark.parametrize("fn", ["hsic", "cka", "cka_matrix", "MinibatchCKA"])
+def test_bad_arguments_are_named(kw, exc, msg, fn):
+    x = torch.randn(10, 3)
+    with pytest.raises(exc, match=msg):
+        if fn == "cka_matrix":
+            flashcka.cka_matrix([x], **kw)
+        elif fn == "MinibatchCKA":
+            flashcka.MinibatchCKA(1, **kw).update([x])
+        else:
+            getattr(flashcka, fn)(x, x, **kw)
+
+
+def test_bad_route_and_center_gram_arguments():
+    x = torch.randn(10, 3)
+    for route in (None, "Feature", 1):
+        with pytest.raises(ValueError, match="route must be 'auto', 'gram' or 'feature'"):
+            flashcka.cka_matrix([x], route=route)
+    with pytest.raises(ValueError, match=r"route='feature' needs kernel='linear'"):
+        flashcka.cka_matrix([x], route="feature", kernel="rbf")
+    with pytest.raises(TypeError, match="unbiased must be True or False"):
+        flashcka.center(x @ x.T, unbiased="yes")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        flashcka.center(x @ x.T, backend="gpu")
+    with pytest.raises(TypeError, match="sigma must be a positive finite number"):
+        flashcka.gram(x, "rbf", sigma="wide")
+    with pytest.raises(ValueError, match="dtype must be"):
+        flashcka.gram(x, dtype=torch.int32)
+
+
+def test_numpy_bool_and_numbers_are_accepted(rng):
+    x = rng.standard_normal((15, 4))
+    y = rng.standard_normal((15, 3)) + x[:, :3]
+    got = flashcka.cka(t(x), t(y), unbiased=np.bool_(False), kernel="rbf",
+                       sigma=np.float32(2.0), threshold=np.int64(1)).item()
+    assert got == pytest.approx(ref.cka(x, y, "rbf", False, sigma=2.0), rel=0, abs=1e-12)
+    acc = flashcka.MinibatchCKA(1, unbiased=np.bool_(True))
+    assert acc.state_dict()["settings"]["unbiased"] is True

@@ -284,3 +284,42 @@ def test_gpu_cka_matrix_matches_torch(rng):
                                dtype=torch.float64).cpu().numpy()
     base = flashcka.cka_matrix(xs, backend="torch", route="gram").cpu().numpy()
     assert np.abs(got - want).max() <= 4 * np.abs(base - want).max() + 8 * _eps(torch.float32)
+
+
+# ------------------------------------------------------------------ contract (issue 9, item 6)
+
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("value", [0.0, 3.25])
+def test_rbf_constant_representation_is_nan_with_warning(rng, unbiased, value):
+    """As on the torch and native backends: K = 11ᵀ, centered Gram 0, CKA NaN + warning
+    naming the layer (Triton raised 'median heuristic gives sigma = 0')."""
+    xs = {"ok": realistic(rng, 9, 4).to(DEV), "const": torch.full((9, 3), value, device=DEV)}
+    with pytest.warns(flashcka.FlashCKAWarning, match="const"):
+        got = flashcka.cka_matrix(xs, kernel="rbf", unbiased=unbiased, backend="triton")
+    assert torch.isnan(got[1]).all() and torch.isnan(got[:, 1]).all()
+    ok = xs["ok"].double().cpu().numpy()
+    assert got[0, 0].item() == pytest.approx(ref.cka(ok, ok, "rbf", unbiased), abs=1e-6)
+    k = flashcka.gram(xs["const"], "rbf", backend="triton").cpu()
+    assert torch.equal(k, torch.ones(9, 9))
+
+
+@pytest.mark.parametrize("xdt", [torch.float16, torch.bfloat16])
+def test_half_inputs_centered_in_float32(poison, rng, xdt):
+    """A valid fp16 column spanning ±65504 whose centered values exceed the fp16 range:
+    centered values stay in float32, so the Gram and CKA match the float64 reference of
+    the same fp16 data (they overflowed to inf when rounded back to fp16)."""
+    n = 12
+    x = realistic(rng, n, 5)
+    x[:, 0] = torch.tensor([65504.0] + [-65504.0] * 5 + list(rng.uniform(-9, 9, n - 6)))
+    x = x.to(xdt).to(DEV)
+    y = realistic(rng, n, 3).to(DEV)
+    y[:, 0] += x[:, 0].float() / 1e4
+    x64, y64 = x.double().cpu().numpy(), y.double().cpu().numpy()
+    got = flashcka.cka_matrix([x], [y], backend="triton", route="gram")[0, 0]
+    assert got.item() == pytest.approx(ref.cka(x64, y64), rel=0, abs=1e-5)
+    mu = x.mean(0, dtype=torch.float32)
+    k, diag, _ = poison.gram_stats_triton(x, mu)
+    xc = x.double().cpu() - mu.double().cpu()
+    want = xc @ xc.T
+    err = (torch.triu(k).double().cpu() - torch.triu(want)).abs().max().item()
+    assert err <= 8 * _eps(torch.float32) * want.diagonal().max().item()
