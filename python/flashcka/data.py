@@ -89,9 +89,9 @@ def load_data(spec: str, arg: str = "--data"):
         return _digits()
     prefix, _, rest = spec.partition(":")
     if prefix == "imagefolder":
-        return _imagefolder(Path(rest), arg)
+        return _imagefolder(Path(rest).expanduser(), arg)
     if prefix == "npz":
-        return _npz(Path(rest), arg)
+        return _npz(Path(rest).expanduser(), arg)
     if ":" in spec:
         return Batches(_factory(spec, arg), spec)
     raise SpecError(f"{arg} must be digits, imagefolder:PATH, npz:PATH or "

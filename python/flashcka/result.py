@@ -175,7 +175,8 @@ class CKAResult:
         layer of each block is preferred, and the label step is said in the axis label).
         ``blocks`` draws thin lines between blocks, a block being the layers that share the
         name up to their first numeric part (``blocks.3``, ``layer2.1``,
-        ``encoder.layer.5``); default: when there are 2 or more blocks of several layers.
+        ``encoder.layer.5``); default: on each side that has 2 or more blocks of several
+        layers.
         ``annotate`` prints the values in the cells (default: both sides ≤ 12 layers).
         ``stderr=True`` adds a second panel with the jackknife standard errors (and ``±``
         in annotated cells); it needs a result that has them."""
@@ -213,8 +214,8 @@ class CKAResult:
                      + (f" ({self.num_samples} samples)" if self.num_samples else ""))
         if annotate is None:
             annotate = la <= 12 and lb <= 12
-        if blocks is None:
-            blocks = _wants_blocks(self.names_a) or _wants_blocks(self.names_b)
+        lines = (blocks if blocks is not None else _wants_blocks(self.names_a),
+                 blocks if blocks is not None else _wants_blocks(self.names_b))
         data = self.matrix.numpy()
         finite = data[np.isfinite(data)]
         vmin = min(0.0, float(finite.min())) if finite.size else 0.0
@@ -230,7 +231,7 @@ class CKAResult:
             ax = fig.add_axes([(x0 + label_in) / w, label_in / h, pw / w, ph / h])
             im = ax.imshow(values, origin="lower", aspect="auto", cmap=cm, vmin=lo, vmax=hi,
                            interpolation="nearest")
-            self._ticks(ax, font, pw, ph, blocks)
+            self._ticks(ax, font, pw, ph, lines)
             ax.set_title(ttl, fontsize=9)
             if annotate:
                 for i in range(la):
@@ -247,7 +248,7 @@ class CKAResult:
         fig.savefig(path, dpi=dpi, format=path.suffix.lower()[1:])
         return path
 
-    def _ticks(self, ax, font, pw, ph, blocks):
+    def _ticks(self, ax, font, pw, ph, lines):
         s = self.settings
         for axis, names, inches, side in ((ax.xaxis, self.names_b, pw, "b"),
                                           (ax.yaxis, self.names_a, ph, "a")):
@@ -259,7 +260,7 @@ class CKAResult:
                                 rotation=90 if side == "b" else 0)
             every = "" if len(idx) == len(names) else f" ({len(idx)} of {len(names)} labelled)"
             axis.set_label_text(f"{s.get('model_' + side, 'model_' + side)} layers{every}")
-            if blocks:
+            if lines[0 if side == "a" else 1]:
                 for edge in _block_edges(names):
                     (ax.axvline if side == "b" else ax.axhline)(edge - 0.5, color="white",
                                                                 lw=0.5, alpha=0.8)

@@ -147,7 +147,7 @@ def _torchvision(name, image_size, kwargs, arg):
 
 def _hf(path, image_size, kwargs, arg):
     transformers = _import("transformers", arg)
-    d = Path(path)
+    d = Path(path).expanduser()
     if not (d / "config.json").is_file():
         raise SpecError(f"{arg}: hf:{path} is not a saved transformers model or config "
                         f"(no config.json in {d}); save one with model.save_pretrained(DIR) "
