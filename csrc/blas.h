@@ -15,16 +15,16 @@ inline void syrk_upper(int n, int k, const double* a, int lda, double beta, doub
   scipy_cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, n, k, 1.0, a, lda, beta, c, n);
 }
 
-// C (m, p, row-major, ld p) = A Bᵀ; A (m, k) ld lda, B (p, k) ld ldb.
+// C (m, p, row-major, ld p) = A Bᵀ + beta·C; A (m, k) ld lda, B (p, k) ld ldb.
 inline void gemm_abt(int m, int p, int k, const float* a, int lda, const float* b, int ldb,
-                     float* c) {
+                     float beta, float* c) {
   scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, p, k, 1.0f, a, lda, b, ldb,
-                    0.0f, c, p);
+                    beta, c, p);
 }
 inline void gemm_abt(int m, int p, int k, const double* a, int lda, const double* b, int ldb,
-                     double* c) {
+                     double beta, double* c) {
   scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, p, k, 1.0, a, lda, b, ldb,
-                    0.0, c, p);
+                    beta, c, p);
 }
 
 // OpenBLAS threads: set only when it changes (the call is not free).

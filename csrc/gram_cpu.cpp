@@ -1,35 +1,63 @@
 // Fused centered Gram on the CPU (DESIGN.md §1-2).
 //
-//   x (n, a, b) strided, mu (d = a·b)  ->  K = (x − 1μᵀ)(x − 1μᵀ)ᵀ, upper triangle only
-//   (SYRK over column chunks: x − μ is loaded chunk by chunk into a cache-sized buffer,
-//   so activations are read once and no (n, d) copy is made), then in one pass over the
-//   triangle: optional RBF (D_ab = K_aa + K_bb − 2K_ab, median by selection, exp), and
-//   U-centering / HKH written straight into the packed row
-//   [√2·strict upper (n(n−1)/2, row-major)] (+ [diag (n)] when biased),
-//   so that a plain dot product of two rows is ⟨C_a, C_b⟩_F.
+//   x (n, a, b) strided  ->  K = X_c X_cᵀ, X_c = s·(x − 1μᵀ), upper triangle only: x is
+//   loaded in column chunks into a cache-sized buffer, each chunk's columns are centered
+//   by their own means (or a given μ) and scaled as they arrive, and a single-threaded
+//   SYRK adds the chunk to K. So x is read once, no (n, d) copy is made, and μ, Σμ² and
+//   max |x − μ| come for free. Then in one pass over the triangle: optional RBF
+//   (D_ab = K_aa + K_bb − 2K_ab, median by selection, exp), and U-centering / HKH written
+//   straight into the packed row [√2·strict upper (n(n−1)/2, row-major)] (+ [diag (n)]
+//   when biased), so that a plain dot product of two rows is ⟨C_a, C_b⟩_F.
+//
+// Scale: s is a power of two (exact). With auto_scale, s = 1 unless max |x − μ| leaves the
+// safe range of the compute dtype ([2^-16, 2^16] float32, [2^-128, 2^128] float64); then
+// the Gram is rebuilt with s bringing it into [0.5, 1) (only such inputs pay the extra pass).
+//
+// Threads: several layers run in parallel, one thread each, when that balances (largest
+// first); otherwise layers run one after another with their chunks shared out. OpenBLAS
+// itself always runs on one thread (its own pool degrades badly on shared cores).
 #include "gram_cpu.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
-#include <thread>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
 #include "blas.h"
+#include "pool.h"
 
 namespace flashcka {
 namespace {
 
 constexpr double kSqrt2 = 1.4142135623730951;
 
-// dst (n, c1 − c0) row-major = columns [c0, c1) of s·(x − 1μᵀ) (μ may be null: s·x),
-// rows [i0, i1). s is a power of two, so the product is exact.
+template <class T>
+struct Safe;
+template <>
+struct Safe<float> {
+  static constexpr double lo = 0x1p-16, hi = 0x1p16;
+};
+template <>
+struct Safe<double> {
+  static constexpr double lo = 0x1p-128, hi = 0x1p128;
+};
+
+// The power of two bringing amax into [0.5, 1); 1 when amax is in [lo, hi], 0, NaN or Inf.
+double pow2_scale(double amax, double lo, double hi) {
+  if (!(amax > 0) || !std::isfinite(amax) || (amax >= lo && amax <= hi)) return 1.0;
+  int e = 0;
+  std::frexp(amax, &e);
+  return std::ldexp(1.0, -e);
+}
+
+// dst (n, c1 − c0) row-major = columns [c0, c1) of x, converted to T.
 template <class I, class T>
-void load_centered(const I* x, const Layout& L, const T* mu, T s, int64_t c0, int64_t c1,
-                   T* dst, int64_t i0, int64_t i1) {
+void load_chunk(const I* x, const Layout& L, int64_t c0, int64_t c1, T* dst) {
   const int64_t w = c1 - c0;
-  for (int64_t i = i0; i < i1; ++i) {
+  for (int64_t i = 0; i < L.n; ++i) {
     const I* xi = x + i * L.s0;
     T* di = dst + i * w;
     int64_t j = c0 / L.b, k = c0 % L.b, c = c0;
@@ -37,15 +65,10 @@ void load_centered(const I* x, const Layout& L, const T* mu, T s, int64_t c0, in
       const int64_t seg = std::min(L.b - k, c1 - c);
       const I* xp = xi + j * L.s1 + k * L.s2;
       T* dp = di + (c - c0);
-      if (mu != nullptr) {
-        const T* mp = mu + c;
-        if (L.s2 == 1) {
-          for (int64_t t = 0; t < seg; ++t) dp[t] = (T(xp[t]) - mp[t]) * s;
-        } else {
-          for (int64_t t = 0; t < seg; ++t) dp[t] = (T(xp[t * L.s2]) - mp[t]) * s;
-        }
+      if (L.s2 == 1) {
+        for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t]);
       } else {
-        for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t * L.s2]) * s;
+        for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t * L.s2]);
       }
       c += seg;
       k = 0;
@@ -54,49 +77,167 @@ void load_centered(const I* x, const Layout& L, const T* mu, T s, int64_t c0, in
   }
 }
 
-// Upper triangle of K (n, n, ld n) = (x − 1μᵀ)(x − 1μᵀ)ᵀ; the strict lower part is untouched.
-// Split over the feature dimension: `threads` workers each load their own column chunks
-// (about 2 MiB each) and run a single-threaded SYRK into their own triangle, summed at the
-// end. OpenBLAS stays at one thread: its own thread pool degrades badly when the cores
-// are shared (measured here: 2-thread SSYRK 3-8× slower than 1 thread under load).
+// Per-thread buffers, kept between calls (the pool's threads live on).
+template <class T>
+struct Scratch {
+  std::vector<T> K, Kpart, buf, mu, amax;  // K: the layer's own; Kpart: helping another
+  std::vector<double> acc;
+  static Scratch& mine() {
+    thread_local Scratch s;
+    return s;
+  }
+};
+
+// buf (n, w) -> s·(buf − 1μᵀ) in place, μ given (mu) or the columns' own means (computed
+// here in double). Adds Σ_c μ_c² to mu_sq; returns max |buf − μ| (NaN-blind: non-finite
+// inputs show up in the Gram's trace instead).
+template <class T>
+double center_chunk(T* buf, int64_t n, int64_t w, const T* mu, T s, Scratch<T>& sc,
+                    double& mu_sq) {
+  sc.mu.resize(size_t(w));
+  sc.amax.assign(size_t(w), T(0));
+  if (mu == nullptr) {
+    sc.acc.assign(size_t(w), 0.0);
+    double* acc = sc.acc.data();
+    for (int64_t i = 0; i < n; ++i) {
+      const T* b = buf + i * w;
+      for (int64_t c = 0; c < w; ++c) acc[c] += double(b[c]);
+    }
+    for (int64_t c = 0; c < w; ++c) sc.mu[size_t(c)] = T(acc[c] / double(n));
+    mu = sc.mu.data();
+  }
+  for (int64_t c = 0; c < w; ++c) mu_sq += double(mu[c]) * double(mu[c]);
+  T* am = sc.amax.data();
+  for (int64_t i = 0; i < n; ++i) {
+    T* b = buf + i * w;
+    for (int64_t c = 0; c < w; ++c) {
+      const T v = b[c] - mu[c];
+      const T a = std::abs(v);
+      am[c] = a > am[c] ? a : am[c];
+      b[c] = v * s;
+    }
+  }
+  double m = 0.0;
+  for (int64_t c = 0; c < w; ++c) m = std::max(m, double(am[c]));
+  return m;
+}
+
+// Columns per chunk: a buffer of about 2 MiB; with several threads on one layer, at least
+// three chunks a thread where the width allows (they are pulled in turn, so a thread
+// slowed by another process's work takes fewer).
+int64_t chunk_width(int64_t n, int64_t d, int64_t nt, size_t item) {
+  int64_t w = std::max<int64_t>(256, (int64_t(2) << 20) / (int64_t(item) * n));
+  if (nt > 1) w = std::min(w, std::max<int64_t>(128, (d + 3 * nt - 1) / (3 * nt)));
+  return std::min(w, d);
+}
+
+struct Pass {
+  double amax = 0.0, mu_sq = 0.0;
+  bool aborted = false;
+};
+
+// Upper triangle of K (n, n) = Σ over column chunks of SYRK(chunk of X_c), X_c = s·(x − μ)
+// (center) or s·x. nt threads pull chunks in turn; thread t > 0 sums into its own
+// triangle, added to K at the end. syrk = false: statistics only. Stops early (aborted)
+// once a chunk's finite max |x − μ| exceeds abort_above.
 template <class I, class T>
-void gram_upper(const I* x, const Layout& L, const T* mu, T s, T* K, int threads) {
+Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K, bool syrk,
+                double abort_above, int nt) {
   const int64_t n = L.n, d = L.a * L.b;
-  set_blas_threads(1);
-  // Straight from x only when BLAS can read it as (n, d) with ld = s0: rows that overlap
-  // in memory (s0 < d: unfold, expand, as_strided) are loaded into the buffer instead.
-  const bool direct = std::is_same<I, T>::value && mu == nullptr && s == T(1) && L.a == 1 &&
+  const bool direct = !center && std::is_same<I, T>::value && s == T(1) && L.a == 1 &&
                       L.s2 == 1 && L.s0 >= d && L.s0 <= 0x7fffffff;
-  int64_t w = std::max<int64_t>(256, (int64_t(2) << 20) / (int64_t(sizeof(T)) * n));
-  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, (d + 255) / 256));
-  if (n * n * d < (int64_t(1) << 28)) nt = 1;  // under ~3 ms of work: a second thread costs more
-  w = std::min(w, (d + nt - 1) / nt);
+  // (direct: BLAS reads x as (n, d) with ld = s0; rows that overlap in memory, s0 < d as
+  // from unfold/expand/as_strided, are loaded into the buffer instead.)
+  const int64_t w = chunk_width(n, d, nt, sizeof(T));
   const int64_t chunks = (d + w - 1) / w;
-  nt = std::min(nt, chunks);
-  std::vector<std::vector<T>> partial(static_cast<size_t>(nt - 1));
-  auto worker = [&](int64_t t) {
-    T* Kt = t == 0 ? K : (partial[t - 1].resize(static_cast<size_t>(n * n)), partial[t - 1].data());
-    std::vector<T> buf(direct ? 0 : static_cast<size_t>(n * w));
-    bool first = true;
-    for (int64_t ch = t; ch < chunks; ch += nt) {
-      const int64_t c0 = ch * w, c1 = std::min(d, c0 + w);
+  nt = int(std::min<int64_t>(nt, chunks));
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> stop{false};
+  std::vector<Pass> part(size_t(std::max(nt, 1)));
+  std::vector<T*> Kt(size_t(std::max(nt, 1)), nullptr);
+  set_blas_threads(1);
+  auto job = [&](int t) {
+    Scratch<T>& sc = Scratch<T>::mine();
+    Pass& p = part[size_t(t)];
+    T* Kmine = nullptr;
+    for (int64_t ch; !stop.load(std::memory_order_relaxed) && (ch = next++) < chunks;) {
+      const int64_t c0 = ch * w, c1 = std::min(d, c0 + w), cw = c1 - c0;
+      const T* a = nullptr;
+      int lda = int(cw);
       if (direct) {
-        syrk_upper(int(n), int(c1 - c0), reinterpret_cast<const T*>(x) + c0 * L.s2, int(L.s0),
-                   first ? T(0) : T(1), Kt);
+        a = reinterpret_cast<const T*>(x) + c0;
+        lda = int(L.s0);
       } else {
-        load_centered<I, T>(x, L, mu, s, c0, c1, buf.data(), 0, n);
-        syrk_upper(int(n), int(c1 - c0), buf.data(), int(c1 - c0), first ? T(0) : T(1), Kt);
+        sc.buf.resize(size_t(n * w));
+        load_chunk<I, T>(x, L, c0, c1, sc.buf.data());
+        if (center) {
+          const double m = center_chunk<T>(sc.buf.data(), n, cw, mu ? mu + c0 : nullptr, s,
+                                           sc, p.mu_sq);
+          p.amax = std::max(p.amax, m);
+          if (m > abort_above && std::isfinite(m)) {
+            p.aborted = true;
+            stop = true;
+            break;
+          }
+        } else if (s != T(1)) {
+          for (int64_t q = 0; q < n * cw; ++q) sc.buf[size_t(q)] *= s;
+        }
+        a = sc.buf.data();
       }
-      first = false;
+      if (!syrk) continue;
+      const bool first = Kmine == nullptr;
+      if (first) {
+        if (t == 0) {
+          Kmine = K;
+        } else {
+          sc.Kpart.resize(size_t(n * n));
+          Kmine = sc.Kpart.data();
+        }
+        Kt[size_t(t)] = Kmine;
+      }
+      syrk_upper(int(n), int(cw), a, lda, first ? T(0) : T(1), Kmine);
     }
   };
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, t);
-  worker(0);
-  for (auto& th : pool) th.join();
-  for (const auto& P : partial)
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = i; j < n; ++j) K[i * n + j] += P[i * n + j];
+  Pool::get().run(nt, job);
+  Pass r;
+  for (const Pass& p : part) {
+    r.amax = std::max(r.amax, p.amax);
+    r.mu_sq += p.mu_sq;
+    r.aborted = r.aborted || p.aborted;
+  }
+  if (syrk && !r.aborted) {
+    if (Kt[0] == nullptr)  // thread 0 got no chunk: start from zero
+      for (int64_t i = 0; i < n; ++i) std::fill(K + i * n + i, K + (i + 1) * n, T(0));
+    for (size_t t = 1; t < Kt.size(); ++t) {
+      const T* P = Kt[t];
+      if (P == nullptr) continue;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = i; j < n; ++j) K[i * n + j] += P[i * n + j];
+    }
+  }
+  return r;
+}
+
+// K = X_c X_cᵀ (upper) with the scale rule above. Returns the pass (μ², max) and sets s.
+template <class I, class T>
+Pass gram_upper(const I* x, const Layout& L, const T* mu, bool center, const GramArgs& args,
+                T* K, int nt, double& s_out) {
+  if (!args.auto_scale) {
+    s_out = args.scale;
+    return chunk_pass<I, T>(x, L, mu, center, T(args.scale), K, true,
+                            std::numeric_limits<double>::infinity(), nt);
+  }
+  Pass p = chunk_pass<I, T>(x, L, mu, center, T(1), K, true, Safe<T>::hi, nt);
+  s_out = 1.0;
+  if (p.aborted || (p.amax > 0 && p.amax < Safe<T>::lo)) {
+    if (p.aborted)  // its max is partial: one statistics pass for the global one
+      p = chunk_pass<I, T>(x, L, mu, center, T(1), K, false,
+                           std::numeric_limits<double>::infinity(), nt);
+    s_out = pow2_scale(p.amax, Safe<T>::lo, Safe<T>::hi);
+    p = chunk_pass<I, T>(x, L, mu, center, T(s_out), K, true,
+                         std::numeric_limits<double>::infinity(), nt);
+  }
+  return p;
 }
 
 // numpy.median of the n² squared distances: n zeros and each strict-upper value twice.
@@ -200,43 +341,93 @@ void center_pack(const T* K, const T* dg, int64_t n, bool unbiased, T* out) {
     for (int64_t i = 0; i < n; ++i) *o++ = T(double(dg[i]) - 2 * m[i]);
 }
 
+// One layer's packed row into ly.out, using nt threads for its chunks.
 template <class I, class T>
-GramResult centered_gram_row_t(const I* x, const Layout& L, const T* mu, T* out,
-                               const GramArgs& args) {
-  const int64_t n = L.n;
-  std::vector<T> K(static_cast<size_t>(n * n));
-  gram_upper<I, T>(x, L, mu, T(args.scale), K.data(), args.threads);
+LayerStats gram_layer(const Layer& ly, const GramArgs& args, int nt) {
+  const int64_t n = ly.lay.n;
+  std::vector<T>& Kv = Scratch<T>::mine().K;
+  Kv.resize(size_t(n * n));
+  T* K = Kv.data();
+  double s = 1.0;
+  const Pass p = gram_upper<I, T>(static_cast<const I*>(ly.x), ly.lay,
+                                  static_cast<const T*>(ly.mu), true, args, K, nt, s);
   std::vector<T> dg(static_cast<size_t>(n));
   double sq = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     dg[i] = K[i * n + i];
     sq += double(dg[i]);
   }
-  if (args.kernel == 1 && rbf_upper(K.data(), dg.data(), n, out, args) != 0) return {sq, 1};
-  center_pack(K.data(), dg.data(), n, args.unbiased, out);
-  return {sq, 0};
+  T* out = static_cast<T*>(ly.out);
+  GramArgs a = args;
+  a.scale = s;
+  if (args.kernel == 1 && rbf_upper(K, dg.data(), n, out, a) != 0) return {sq, p.mu_sq, s, 1};
+  center_pack(K, dg.data(), n, args.unbiased, out);
+  return {sq, p.mu_sq, s, 0};
+}
+
+template <class T>
+LayerStats gram_layer_any(const Layer& ly, const GramArgs& args, int nt) {
+  if (ly.x_dtype == kF32) return gram_layer<float, T>(ly, args, nt);
+  return gram_layer<double, T>(ly, args, nt);
+}
+
+// Under this many flops (n²d) a layer runs on one thread: waking a helper and adding its
+// triangle costs about as much as it saves.
+constexpr double kSplitFlops = double(int64_t(1) << 24);
+
+template <class T>
+void rows_t(const Layer* layers, int64_t count, const GramArgs& args, LayerStats* stats) {
+  const int nt = std::max(1, args.threads);
+  std::vector<double> cost(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    const Layout& L = layers[i].lay;
+    cost[size_t(i)] = double(L.n) * double(L.n) * double(L.a * L.b) + 8.0 * L.n * L.n;
+  }
+  std::vector<int64_t> order(static_cast<size_t>(count));
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t p, int64_t q) { return cost[size_t(p)] > cost[size_t(q)]; });
+  // Largest first onto the least-loaded thread: is the busiest within 15% of the ideal?
+  std::vector<double> load(static_cast<size_t>(nt), 0.0);
+  for (int64_t i : order) *std::min_element(load.begin(), load.end()) += cost[size_t(i)];
+  const double total = std::accumulate(cost.begin(), cost.end(), 0.0);
+  const bool by_layer = nt > 1 && count >= nt &&
+                        *std::max_element(load.begin(), load.end()) <= 1.15 * total / nt;
+  if (by_layer) {
+    std::atomic<int64_t> next{0};
+    Pool::get().run(nt, [&](int) {
+      for (int64_t k; (k = next++) < count;) {
+        const int64_t i = order[size_t(k)];
+        stats[i] = gram_layer_any<T>(layers[i], args, 1);
+      }
+    });
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i)
+    stats[i] = gram_layer_any<T>(layers[i], args, cost[size_t(i)] < kSplitFlops ? 1 : nt);
 }
 
 template <class I, class T>
-GramResult kernel_matrix_t(const I* x, const Layout& L, const T* mu, T* out,
-                           const GramArgs& args) {
+int kernel_matrix_t(const I* x, const Layout& L, T* out, const GramArgs& args) {
   const int64_t n = L.n;
-  gram_upper<I, T>(x, L, mu, T(args.scale), out, args.threads);
+  GramArgs a = args;
+  a.auto_scale = args.kernel == 1;  // RBF: scale-free, so robust; linear: X Xᵀ as it is
+  a.scale = 1.0;
+  double s = 1.0;
+  gram_upper<I, T>(x, L, static_cast<const T*>(nullptr), args.kernel == 1, a, out,
+                   std::max(1, args.threads), s);
+  a.scale = s;
   std::vector<T> dg(static_cast<size_t>(n));
-  double sq = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    dg[i] = out[i * n + i];
-    sq += double(dg[i]);
-  }
+  for (int64_t i = 0; i < n; ++i) dg[i] = out[i * n + i];
   if (args.kernel == 1) {
     std::vector<T> scr(static_cast<size_t>(n * (n - 1) / 2 + 1));
-    if (rbf_upper(out, dg.data(), n, scr.data(), args) != 0) return {sq, 1};
+    if (rbf_upper(out, dg.data(), n, scr.data(), a) != 0) return 1;
   }
   for (int64_t i = 0; i < n; ++i) {
     out[i * n + i] = dg[i];
     for (int64_t j = i + 1; j < n; ++j) out[j * n + i] = out[i * n + j];
   }
-  return {sq, 0};
+  return 0;
 }
 
 template <class T>
@@ -261,130 +452,65 @@ void center_full_t(const T* k, T* out, int64_t n, bool unbiased) {
                            : T(double(k[i * n + j]) - r[i] / div - c[j] / div + g);
 }
 
-// out = ga gbᵀ, split over the row length m: each of `threads` workers runs a
-// single-threaded GEMM (or SYRK when ga and gb are the same rows) on its slice into its
-// own (la, lb) partial, summed at the end (see gram_upper for why not OpenBLAS threads).
+// out = ga gbᵀ, split over the row length m: threads pull slices in turn and run a
+// single-threaded GEMM (or SYRK when ga and gb are the same rows) on each, thread t > 0
+// into its own (la, lb) partial, summed at the end (see chunk_pass).
 template <class T>
 void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64_t ldb,
             int64_t m, T* out, int threads) {
   set_blas_threads(1);
   const bool same = ga == gb && la == lb && lda == ldb;
-  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, m / 4096));
+  int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, m / 4096)));
   if (la * lb * m < (int64_t(1) << 20)) nt = 1;
-  std::vector<std::vector<T>> partial(static_cast<size_t>(nt - 1));
-  auto worker = [&](int64_t t) {
-    T* o = t == 0 ? out : (partial[t - 1].resize(static_cast<size_t>(la * lb)), partial[t - 1].data());
-    const int64_t m0 = m * t / nt, m1 = m * (t + 1) / nt;
-    if (same)
-      syrk_upper(int(la), int(m1 - m0), ga + m0, int(lda), T(0), o);
-    else
-      gemm_abt(int(la), int(lb), int(m1 - m0), ga + m0, int(lda), gb + m0, int(ldb), o);
-  };
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, t);
-  worker(0);
-  for (auto& th : pool) th.join();
-  for (const auto& P : partial)
-    for (int64_t i = 0; i < la * lb; ++i) out[i] += P[i];
+  const int64_t slices = nt == 1 ? 1 : 4 * nt;
+  std::vector<std::vector<T>> partial(static_cast<size_t>(nt));
+  std::vector<char> used(size_t(nt), 0);
+  std::atomic<int64_t> next{0};
+  Pool::get().run(nt, [&](int t) {
+    T* o = out;
+    if (t > 0) {
+      partial[size_t(t)].resize(size_t(la * lb));
+      o = partial[size_t(t)].data();
+    }
+    for (int64_t sl; (sl = next++) < slices;) {
+      const int64_t m0 = m * sl / slices, m1 = m * (sl + 1) / slices;
+      const T beta = used[size_t(t)] ? T(1) : T(0);
+      if (same)
+        syrk_upper(int(la), int(m1 - m0), ga + m0, int(lda), beta, o);
+      else
+        gemm_abt(int(la), int(lb), int(m1 - m0), ga + m0, int(lda), gb + m0, int(ldb), beta, o);
+      used[size_t(t)] = 1;
+    }
+  });
+  if (!used[0]) std::fill(out, out + la * lb, T(0));
+  for (int t = 1; t < nt; ++t)
+    if (used[size_t(t)])
+      for (int64_t i = 0; i < la * lb; ++i) out[i] += partial[size_t(t)][size_t(i)];
   if (same)
     for (int64_t i = 0; i < la; ++i)
       for (int64_t j = i + 1; j < la; ++j) out[j * la + i] = out[i * la + j];
 }
 
-// Calls f.template operator()<I, T>() for the (input, compute) dtype pair.
-template <class F>
-GramResult dispatch2(int x_dtype, int ct, F f) {
-  if (x_dtype == kF32 && ct == kF32) return f(float(), float());
-  if (x_dtype == kF64 && ct == kF64) return f(double(), double());
-  if (x_dtype == kF32 && ct == kF64) return f(float(), double());
-  return f(double(), float());
-}
-
-// mu (d) = column mean of x viewed as (n, a, b), accumulated in double, and the largest
-// |x_ic − μ_c| (from each column's min and max, in the same pass). Features are split over
-// `threads` workers of our own (no OpenMP: see gram_upper).
-template <class I, class T>
-double column_stats_t(const I* x, const Layout& L, T* mu, int threads) {
-  const int64_t n = L.n, d = L.a * L.b;
-  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, d / 1024));
-  if (n * d < (int64_t(1) << 20)) nt = 1;
-  std::vector<double> dev(static_cast<size_t>(nt), 0.0);
-  auto worker = [&](int64_t t) {
-    const int64_t c0 = d * t / nt, c1 = d * (t + 1) / nt, w = c1 - c0;
-    std::vector<double> acc(static_cast<size_t>(w), 0.0);
-    std::vector<I> lo(static_cast<size_t>(w), std::numeric_limits<I>::infinity());
-    std::vector<I> hi(static_cast<size_t>(w), -std::numeric_limits<I>::infinity());
-    for (int64_t i = 0; i < n; ++i) {
-      const I* xi = x + i * L.s0;
-      int64_t j = c0 / L.b, k = c0 % L.b, c = c0;
-      while (c < c1) {
-        const int64_t seg = std::min(L.b - k, c1 - c);
-        const I* xp = xi + j * L.s1 + k * L.s2;
-        double* ap = acc.data() + (c - c0);
-        I* lp = lo.data() + (c - c0);
-        I* hp = hi.data() + (c - c0);
-        for (int64_t u = 0; u < seg; ++u) {
-          const I v = xp[u * L.s2];
-          ap[u] += double(v);
-          lp[u] = v < lp[u] ? v : lp[u];
-          hp[u] = v > hp[u] ? v : hp[u];
-        }
-        c += seg;
-        k = 0;
-        ++j;
-      }
-    }
-    double m = 0.0;
-    for (int64_t c = c0; c < c1; ++c) {
-      const double mc = acc[c - c0] / double(n);
-      mu[c] = T(mc);
-      const double e = std::max(double(hi[c - c0]) - mc, mc - double(lo[c - c0]));
-      m = e > m || e != e ? e : m;  // NaN propagates
-    }
-    // A NaN leaves min/max finite but makes the sum (so mc, so e) NaN: it propagates.
-    dev[t] = m;
-  };
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, t);
-  worker(0);
-  for (auto& th : pool) th.join();
-  double m = 0.0;
-  for (double v : dev) m = v > m || v != v ? v : m;
-  return m;
-}
-
 }  // namespace
 
-GramResult centered_gram_row(const void* x, int x_dtype, const Layout& lay, const void* mu,
-                             void* out, int ct, const GramArgs& args) {
-  return dispatch2(x_dtype, ct, [&](auto i_tag, auto t_tag) {
-    using I = decltype(i_tag);
-    using T = decltype(t_tag);
-    return centered_gram_row_t<I, T>(static_cast<const I*>(x), lay,
-                                     static_cast<const T*>(mu), static_cast<T*>(out), args);
-  });
+void centered_gram_rows(const Layer* layers, int64_t count, int ct, const GramArgs& args,
+                        LayerStats* stats) {
+  if (ct == kF32)
+    rows_t<float>(layers, count, args, stats);
+  else
+    rows_t<double>(layers, count, args, stats);
 }
 
-GramResult kernel_matrix(const void* x, int x_dtype, const Layout& lay, const void* mu,
-                         void* out, int ct, const GramArgs& args) {
-  return dispatch2(x_dtype, ct, [&](auto i_tag, auto t_tag) {
-    using I = decltype(i_tag);
-    using T = decltype(t_tag);
-    return kernel_matrix_t<I, T>(static_cast<const I*>(x), lay, static_cast<const T*>(mu),
-                                 static_cast<T*>(out), args);
-  });
-}
-
-double column_stats(const void* x, int x_dtype, const Layout& lay, void* mu, int ct,
-                    int threads) {
-  return dispatch2(x_dtype, ct, [&](auto i_tag, auto t_tag) {
-           using I = decltype(i_tag);
-           using T = decltype(t_tag);
-           return GramResult{column_stats_t<I, T>(static_cast<const I*>(x), lay,
-                                                  static_cast<T*>(mu), threads),
-                             0};
-         })
-      .sq_norm;
+int kernel_matrix(const void* x, int x_dtype, const Layout& lay, void* out, int ct,
+                  const GramArgs& args) {
+  if (ct == kF32) {
+    if (x_dtype == kF32)
+      return kernel_matrix_t(static_cast<const float*>(x), lay, static_cast<float*>(out), args);
+    return kernel_matrix_t(static_cast<const double*>(x), lay, static_cast<float*>(out), args);
+  }
+  if (x_dtype == kF32)
+    return kernel_matrix_t(static_cast<const float*>(x), lay, static_cast<double*>(out), args);
+  return kernel_matrix_t(static_cast<const double*>(x), lay, static_cast<double*>(out), args);
 }
 
 void center_full(const void* k, void* out, int64_t n, int dtype, bool unbiased) {

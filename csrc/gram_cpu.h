@@ -16,33 +16,42 @@ struct Layout {
 
 struct GramArgs {
   int kernel = 0;          // 0 linear, 1 rbf
-  double sigma = 0.0;      // rbf: > 0 absolute; <= 0 median heuristic
+  double sigma = 0.0;      // rbf: > 0 absolute (in x's units); <= 0 median heuristic
   double threshold = 1.0;  // rbf median: sigma^2 = threshold^2 * median(D)
   bool unbiased = true;
-  int threads = 1;
+  int threads = 1;         // worker threads for the whole call
+  bool auto_scale = true;  // pick the power-of-two scale from max |x − μ| (else `scale`)
   double scale = 1.0;      // the Gram is built from scale·(x − μ) (a power of two: exact)
 };
 
-// Result: ||scale·(x - mu)||_F^2 (trace of the linear Gram) and status (1 = zero bandwidth).
-struct GramResult {
-  double sq_norm;
-  int status;
+// One representation: x (dtype x_dtype, layout lay); mu (d values of the compute dtype)
+// or null: then each column's mean is computed as its chunk is loaded; out: the packed row.
+struct Layer {
+  const void* x;
+  int x_dtype;
+  Layout lay;
+  const void* mu;
+  void* out;
 };
 
-// Centered Gram of x - 1 mu^T written as a packed row into out (compute dtype ct):
-// [sqrt(2) * strict upper triangle, row-major (n(n-1)/2)] (+ [diag (n)] when biased).
-GramResult centered_gram_row(const void* x, int x_dtype, const Layout& lay, const void* mu,
-                             void* out, int ct, const GramArgs& args);
+// Per layer: ‖scale·(x − μ)‖²_F (trace of the linear Gram), Σ_c μ_c² (in x's units),
+// the scale used, and status (1 = zero RBF bandwidth).
+struct LayerStats {
+  double sq_norm, mu_sq, scale, status;  // four doubles: Python reads them as (count, 4)
+};
+static_assert(sizeof(LayerStats) == 4 * sizeof(double), "LayerStats is read as 4 doubles");
 
-// Uncentered kernel matrix (n, n), full and symmetric, of x - 1 mu^T (mu may be null).
-GramResult kernel_matrix(const void* x, int x_dtype, const Layout& lay, const void* mu,
-                         void* out, int ct, const GramArgs& args);
+// Packed centered row of each layer, [√2 · strict upper triangle of C, row-major
+// (n(n−1)/2)] (+ [diag C (n)] when biased), in compute dtype ct. Layers run in parallel,
+// one thread each, when that balances; otherwise one after another, each split over the
+// threads by feature chunks.
+void centered_gram_rows(const Layer* layers, int64_t count, int ct, const GramArgs& args,
+                        LayerStats* stats);
 
-// mu (a*b, dtype ct) = column mean of x viewed as (n, a, b), accumulated in double.
-// Returns max |x_ic − μ_c| over all elements (from per-column min and max; NaN/Inf when x
-// holds them), which the caller turns into a power-of-two scale.
-double column_stats(const void* x, int x_dtype, const Layout& lay, void* mu, int ct,
-                    int threads);
+// Kernel matrix (n, n), full and symmetric: linear X Xᵀ (uncentered) or RBF (computed
+// from centered features, scale-free). Returns status (1 = zero bandwidth).
+int kernel_matrix(const void* x, int x_dtype, const Layout& lay, void* out, int ct,
+                  const GramArgs& args);
 
 // U-centering or HKH of a contiguous (n, n) matrix k (any, not necessarily symmetric).
 void center_full(const void* k, void* out, int64_t n, int dtype, bool unbiased);

@@ -6,13 +6,15 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "blas.h"
 #include "gram_cpu.h"
 
 namespace py = pybind11;
 using flashcka::GramArgs;
-using flashcka::GramResult;
+using flashcka::Layer;
+using flashcka::LayerStats;
 using flashcka::Layout;
 
 namespace {
@@ -39,42 +41,40 @@ PYBIND11_MODULE(_C, m) {
   m.attr("blas") = std::string(scipy_openblas_get_config());
 
   m.def(
-      "centered_gram_row",
-      [](std::uintptr_t x, int x_dtype, int64_t n, int64_t a, int64_t b, int64_t s0,
-         int64_t s1, int64_t s2, std::uintptr_t mu, std::uintptr_t out, int ct, int kernel,
-         double sigma, double threshold, bool unbiased, int threads, double scale) {
+      "centered_gram_rows",
+      [](std::uintptr_t desc, int64_t count, int ct, int kernel, double sigma,
+         double threshold, bool unbiased, int threads, bool auto_scale, double scale,
+         std::uintptr_t stats) {
+        // desc: int64 (count, 10) rows [x, x_dtype, n, a, b, s0, s1, s2, mu (0: none), out]
+        const int64_t* d = reinterpret_cast<const int64_t*>(desc);
+        std::vector<Layer> layers(static_cast<size_t>(count));
+        for (int64_t i = 0; i < count; ++i, d += 10)
+          layers[size_t(i)] = Layer{cptr(std::uintptr_t(d[0])), int(d[1]),
+                                    Layout{d[2], d[3], d[4], d[5], d[6], d[7]},
+                                    d[8] ? cptr(std::uintptr_t(d[8])) : nullptr,
+                                    mptr(std::uintptr_t(d[9]))};
         GramArgs args = make_args(kernel, sigma, threshold, unbiased, threads);
+        args.auto_scale = auto_scale;
         args.scale = scale;
-        GramResult r = flashcka::centered_gram_row(cptr(x), x_dtype, Layout{n, a, b, s0, s1, s2},
-                                                   cptr(mu), mptr(out), ct, args);
-        return std::make_pair(r.sq_norm, r.status);  // converted after the GIL is back
+        flashcka::centered_gram_rows(layers.data(), count, ct, args,
+                                     reinterpret_cast<LayerStats*>(stats));
       },
       py::call_guard<py::gil_scoped_release>(),
-      "x viewed as (n, a, b) with element strides (s0, s1, s2); mu (a*b) of dtype ct; out "
-      "the packed row of dtype ct, built from scale*(x - mu). Returns "
-      "(||scale*(x - mu)||_F^2, status: 1 = zero bandwidth).");
+      "Packed centered Gram rows of `count` layers described by desc (int64 (count, 10): "
+      "x, x_dtype, n, a, b, s0, s1, s2, mu or 0, out); stats: float64 (count, 4) receives "
+      "(||scale*(x - mu)||_F^2, sum mu^2, scale, status: 1 = zero bandwidth).");
   m.def(
       "kernel_matrix",
       [](std::uintptr_t x, int x_dtype, int64_t n, int64_t a, int64_t b, int64_t s0,
-         int64_t s1, int64_t s2, std::uintptr_t mu, std::uintptr_t out, int ct, int kernel,
-         double sigma, double threshold, int threads) {
-        GramResult r = flashcka::kernel_matrix(cptr(x), x_dtype, Layout{n, a, b, s0, s1, s2},
-                                               mu ? cptr(mu) : nullptr, mptr(out), ct,
-                                               make_args(kernel, sigma, threshold, true,
-                                                         threads));
-        return std::make_pair(r.sq_norm, r.status);  // converted after the GIL is back
+         int64_t s1, int64_t s2, std::uintptr_t out, int ct, int kernel, double sigma,
+         double threshold, int threads) {
+        return flashcka::kernel_matrix(cptr(x), x_dtype, Layout{n, a, b, s0, s1, s2},
+                                       mptr(out), ct,
+                                       make_args(kernel, sigma, threshold, true, threads));
       },
       py::call_guard<py::gil_scoped_release>(),
-      "Full (n, n) kernel matrix of x - mu (mu = 0: no centering) into out.");
-  m.def(
-      "column_stats",
-      [](std::uintptr_t x, int x_dtype, int64_t n, int64_t a, int64_t b, int64_t s0,
-         int64_t s1, int64_t s2, std::uintptr_t mu, int ct, int threads) {
-        return flashcka::column_stats(cptr(x), x_dtype, Layout{n, a, b, s0, s1, s2}, mptr(mu),
-                                      ct, threads);
-      },
-      py::call_guard<py::gil_scoped_release>(),
-      "mu (a*b, dtype ct) = column mean of x; returns max |x - mu| (NaN/Inf if x has them).");
+      "Full (n, n) kernel matrix into out: linear x x^T, or RBF of the centered features. "
+      "Returns status (1 = zero bandwidth).");
   m.def(
       "center_full",
       [](std::uintptr_t k, std::uintptr_t out, int64_t n, int dtype, bool unbiased) {

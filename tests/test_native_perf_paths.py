@@ -144,3 +144,112 @@ def test_centered_rows_of_overlapping_rows(kind, unbiased):
     k = gram_linear(x.numpy())
     ref = center_unbiased(k) if unbiased else center_biased(k)
     assert rel(unpack(r.g[0], x.shape[0], unbiased, True), ref) < 1e-12
+
+
+# ---------------------------------------------------------------- threaded and batched paths
+native = get("native")
+
+
+def ref_rows(xs, unbiased):
+    out = []
+    for x in xs:
+        k = gram_linear(x.double().numpy())
+        out.append(center_unbiased(k) if unbiased else center_biased(k))
+    return out
+
+
+def threads(t):
+    class _T:
+        def __enter__(self):
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(t)
+
+        def __exit__(self, *a):
+            torch.set_num_threads(self.old)
+    return _T()
+
+
+def awkward_layers(gen, dtype):
+    """Layers of mixed n-compatible shapes and layouts (one n), some big enough to split."""
+    n = 97
+    return [torch.randn(n, 1000, generator=gen, dtype=dtype) + 2.0,
+            torch.randn(n, 3, generator=gen, dtype=dtype),
+            torch.randn(n, 1, generator=gen, dtype=dtype),
+            torch.randn(n, 3, 41, generator=gen, dtype=dtype)[:, 1:],           # tokens
+            torch.randn(2100, n, generator=gen, dtype=dtype).T,                   # transposed
+            torch.randn(n, 5000, generator=gen, dtype=dtype)[:, ::2]]             # strided
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_batched_rows_match_reference(nthreads, dtype, unbiased):
+    """gram_rows hands all layers to one native call (in parallel when that balances, else
+    one after another with chunks shared out): each row equals the float64 reference."""
+    gen = torch.Generator().manual_seed(nthreads * 10 + unbiased)
+    xs = awkward_layers(gen, dtype)
+    with threads(nthreads):
+        r = rows_of(native, xs, dtype, unbiased=unbiased)
+        single = [rows_of(native, [x], dtype, unbiased=unbiased) for x in xs]
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for i, (x, ref) in enumerate(zip(xs, ref_rows(xs, unbiased))):
+        assert rel(unpack(r.g[i], 97, unbiased, True), ref) < tol, i
+        assert rel(unpack(single[i].g[0], 97, unbiased, True), ref) < tol, i
+        xd = x.double().reshape(97, -1)
+        want_sq_c = float(((xd - xd.mean(0)) ** 2).sum())
+        assert abs(float(r.sq_c[i]) - want_sq_c) <= 1e-5 * want_sq_c
+        assert abs(float(r.sq[i]) - float((xd ** 2).sum())) <= 1e-5 * float((xd ** 2).sum())
+
+
+@pytest.mark.parametrize("n,d", [(4, 1), (5, 3), (97, 1000), (1025, 3), (130, 70000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_layer_split_over_threads(n, d, dtype):
+    """One layer at a time (the hooks' path): big layers are split by feature chunks over
+    the threads; the float64 reference decides."""
+    gen = torch.Generator().manual_seed(n + d)
+    x = torch.randn(n, d, generator=gen, dtype=dtype) * 3 + 5
+    out = torch.full((native.row_length(n, True),), float("nan"), dtype=dtype)
+    sc = torch.zeros((), dtype=torch.float64)
+    with threads(2):
+        sq_c, sq = _engine.gram_row(native, x, "x", out, n, dtype, _engine.Settings(),
+                                    scale_out=sc)
+    assert not torch.isnan(out).any()
+    assert float(sc) == 1.0
+    ref = center_unbiased(gram_linear(x.double().numpy())) if n < 200 else None
+    if ref is None:  # n = 1025: U-centering by its formula (the reference loops are O(n²))
+        k = gram_linear(x.double().numpy())
+        kt = k.copy()
+        np.fill_diagonal(kt, 0)
+        r = kt.sum(1)
+        ref = kt - r[:, None] / (n - 2) - r[None, :] / (n - 2) + r.sum() / ((n - 1) * (n - 2))
+        np.fill_diagonal(ref, 0)
+    tol = 1e-12 if dtype == torch.float64 else 5e-5
+    assert rel(unpack(out, n, True, True), ref) < tol
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_scale_found_late_and_tiny(nthreads):
+    """A huge block of columns after normal ones (the scale is found mid-way: the pass is
+    abandoned and redone) and an all-tiny layer (found at the end): both scaled, both
+    right against float64."""
+    gen = torch.Generator().manual_seed(9)
+    n = 64
+    late = torch.randn(n, 40000, generator=gen)
+    late[:, 30000:] *= 1e25
+    tiny = torch.randn(n, 300, generator=gen) * 1e-25
+    with threads(nthreads):
+        r = rows_of(native, [late, tiny], torch.float32)
+    assert float(r.scale[0]) < 2.0 ** -70 and float(r.scale[1]) > 2.0 ** 70
+    for i, x in enumerate((late, tiny)):
+        ref = center_unbiased(gram_linear(x.double().numpy()))
+        got = unpack(r.g[i], n, True, True) / float(r.scale[i]) ** 2
+        assert rel(got, ref) < 1e-4, i
+
+
+def test_zero_bandwidth_names_the_layer():
+    x = torch.randn(10, 4, dtype=torch.float64)
+    y = torch.zeros(10, 4, dtype=torch.float64)
+    y[0] = 1.0
+    with pytest.raises(ValueError, match="lay_y.*sigma = 0"):
+        _engine.gram_rows(native, [x, y], ["lay_x", "lay_y"], 10, torch.float64,
+                          _engine.Settings(kernel="rbf"))

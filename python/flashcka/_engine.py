@@ -74,13 +74,32 @@ def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None =
     device = tensors[0].device
     g = out if out is not None else torch.empty(
         L, be.row_length(n, s.unbiased), dtype=ct, device=device)
-    sq_c = torch.empty(L, dtype=torch.float64, device=device)
-    sq = torch.empty(L, dtype=torch.float64, device=device)
-    scale = torch.ones(L, dtype=torch.float64, device=device)
-    for i, (x, name) in enumerate(zip(tensors, names)):
-        sq_c[i], sq[i] = gram_row(be, x, name, g[i], n, ct, s, scale_out=scale[i])
+    if hasattr(be, "centered_gram_rows"):       # native: all layers in one call
+        sq_c, sq, scale = _fused_rows(be, tensors, names, g, n, s)
+    else:
+        sq_c = torch.empty(L, dtype=torch.float64, device=device)
+        sq = torch.empty(L, dtype=torch.float64, device=device)
+        scale = torch.ones(L, dtype=torch.float64, device=device)
+        for i, (x, name) in enumerate(zip(tensors, names)):
+            sq_c[i], sq[i] = gram_row(be, x, name, g[i], n, ct, s, scale_out=scale[i])
     check_finite(sq_c, names, ct, tensors)
     return Rows(g, sq_c, sq, scale)
+
+
+def _fused_rows(be, tensors, names, g, n, s: Settings):
+    """Rows from a backend that centers, scales and builds all rows in one call
+    (``centered_gram_rows``, see backends/native.py): (sq_c, sq, scale) float64 (L,)."""
+    try:
+        st = be.centered_gram_rows(tensors, g, kernel=s.kernel, sigma=s.sigma,
+                                   threshold=s.threshold, unbiased=s.unbiased)
+    except ZeroBandwidthError as e:
+        raise ValueError(f"{names[e.layer]}: {e}") from None
+    scale = st[:, 2].clone()
+    sq_c = st[:, 0] / scale.square()
+    sq = sq_c + n * st[:, 1]
+    if s.kernel != "linear":
+        scale.fill_(1.0)                          # RBF rows are kernel values
+    return sq_c, sq, scale
 
 
 def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
@@ -148,24 +167,33 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor | Non
     """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) float64
     tensors in the input's units. With ``scale_out`` (a one-element float64 tensor, e.g.
     ``Rows.scale[i]``) the row is the Gram of ``scale · X_c`` (``pow2_scale``) and scale is
-    written there; without it, scale = 1. The native backend scales as it loads x; the
-    others get ``scale · x`` (a copy, only when scale != 1). RBF rows are kernel values
-    (σ scaled with x), so their scale is 1."""
-    if scale_out is not None and hasattr(be, "column_stats"):
-        mu, amax = be.column_stats(x, ct)
-    else:
-        mu = be.column_mean(x, ct)
-        amax = _max_abs_dev(x, mu, ct) if scale_out is not None else 0.0
+    written there; without it, scale = 1. The native backend computes μ, the scale and
+    the row in one call (``centered_gram_rows``, scaling as it loads x); the others get
+    ``scale · x`` (a copy, only when scale != 1). RBF rows are kernel values (σ scaled
+    with x), so their scale is 1."""
+    if hasattr(be, "centered_gram_rows"):       # native: one call, scalars from it
+        try:
+            st = be.centered_gram_rows([x], out.view(1, -1), kernel=s.kernel, sigma=s.sigma,
+                                       threshold=s.threshold, unbiased=s.unbiased)
+        except ZeroBandwidthError as e:
+            raise ValueError(f"{name}: {e}") from None
+        sq_raw, mu_sq, scale, _ = st[0].tolist()
+        if scale_out is not None or scale == 1.0:
+            if scale_out is not None:
+                scale_out.fill_(scale if s.kernel == "linear" else 1.0)
+            sq_c = sq_raw / (scale * scale)
+            return (torch.tensor(sq_c, dtype=torch.float64),
+                    torch.tensor(sq_c + n * mu_sq, dtype=torch.float64))
+    mu = be.column_mean(x, ct)
+    amax = _max_abs_dev(x, mu, ct) if scale_out is not None else 0.0
     scale = pow2_scale(amax, ct)
-    xs, mus, sigma, extra = x, mu, s.sigma, {}
-    if scale != 1.0 and getattr(be, "scales_at_load", False):
-        extra = {"scale": scale}                      # σ is scaled in the backend
-    elif scale != 1.0:
+    xs, mus, sigma = x, mu, s.sigma
+    if scale != 1.0:
         xs, mus = x.to(ct) * scale, mu * scale
         sigma = None if s.sigma is None else s.sigma * scale
     try:
         sq_c = be.centered_gram_row(xs, mus, out, kernel=s.kernel, sigma=sigma,
-                                    threshold=s.threshold, unbiased=s.unbiased, **extra)
+                                    threshold=s.threshold, unbiased=s.unbiased)
     except ZeroBandwidthError as e:
         raise ValueError(f"{name}: {e}") from None
     sq_c = sq_c.to(torch.float64) / (scale * scale)

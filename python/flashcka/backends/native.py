@@ -14,6 +14,7 @@ Every shape, dtype, stride and device is checked here; ``_C`` only sees valid po
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 
 import torch
@@ -28,12 +29,42 @@ _ZERO_BW = ("the median heuristic gives sigma = 0 (at least half of the squared 
 _lib, _lib_error = None, None
 
 
+def _avx512() -> bool:
+    """Whether the CPU (and the kernel) offer the AVX-512 subsets of OpenBLAS's SkylakeX
+    kernels. OpenBLAS 0.3.34 does not recognise every AVX-512 CPU (an AMD EPYC with
+    AVX-512 gets its Haswell kernels: SSYRK 55 vs 200 GFLOP/s a core, measured here)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags
+    except OSError:
+        pass
+    return False
+
+
+def _core_type():
+    """OpenBLAS kernels for flashcka's copy: FLASHCKA_OPENBLAS_CORETYPE if set, else the
+    user's OPENBLAS_CORETYPE (None: leave it), else SkylakeX on AVX-512 CPUs."""
+    if os.environ.get("FLASHCKA_OPENBLAS_CORETYPE"):
+        return os.environ["FLASHCKA_OPENBLAS_CORETYPE"]
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return None
+    return "SkylakeX" if _avx512() else None
+
+
 def _load():
-    """Import flashcka._C after loading the wheel's OpenBLAS (rpath may be stale)."""
+    """Import flashcka._C after loading the wheel's OpenBLAS (rpath may be stale), with the
+    kernels of ``_core_type()`` (OpenBLAS reads OPENBLAS_CORETYPE once, as it starts; the
+    variable is restored right after)."""
     global _lib, _lib_error
     if _lib is not None or _lib_error is not None:
         return _lib
+    core, old = _core_type(), os.environ.get("OPENBLAS_CORETYPE")
     try:
+        if core:  # importing scipy_openblas32 starts the library
+            os.environ["OPENBLAS_CORETYPE"] = core
         import scipy_openblas32 as sob
         name = f"lib{sob.get_library()}.so"
         path = os.path.join(sob.get_lib_dir(), name)
@@ -45,6 +76,11 @@ def _load():
         _lib = _C
     except Exception as e:  # a missing or stale build is a reason, not a crash
         _lib_error = f"{type(e).__name__}: {e}"
+    finally:
+        if core and old is None:
+            del os.environ["OPENBLAS_CORETYPE"]
+        elif core:
+            os.environ["OPENBLAS_CORETYPE"] = old
     return _lib
 
 
@@ -52,10 +88,15 @@ def _layout(x: torch.Tensor, ct: torch.dtype):
     """x (n, ...) as (tensor kept alive, dtype code, n, a, b, s0, s1, s2): element (i, j, k)
     of the (n, a, b) view at offset i·s0 + j·s1 + k·s2, feature index j·b + k. Trailing
     dims are merged where their strides allow (so (n, T, C) token layouts and sliced
-    2-D inputs need no copy); anything else is copied to contiguous."""
+    2-D inputs need no copy); anything else is copied to contiguous. Strides may be 0 or
+    smaller than d (rows overlapping in memory): the kernels read such x element by
+    element and hand BLAS only buffers of their own."""
     if x.dtype not in _CODES:
         x = x.to(ct)
     n = x.shape[0]
+    if x.is_contiguous():
+        d = x[0].numel() if n else math.prod(x.shape[1:])
+        return x, _CODES[x.dtype], n, 1, d, d, 0, 1
     dims = [(s, st) for s, st in zip(x.shape[1:], x.stride()[1:]) if s != 1]
     merged: list[list[int]] = []
     for s, st in dims:
@@ -93,53 +134,70 @@ class NativeBackend(Backend):
         return n * (n - 1) // 2 + (0 if unbiased else n)
 
     # ------------------------------------------------------------------ Gram rows
-    # The Gram is built from scale·(x − μ) as x is loaded (scale a power of two: exact).
-    scales_at_load = True
+    # ---------------------------------------------------------------- Gram rows
+    def centered_gram_rows(self, xs, out, *, kernel, sigma, threshold, unbiased, mus=None,
+                           scale=None):
+        """Packed centered rows of the representations ``xs`` into ``out`` (L, m), in one
+        call (layers in parallel where that balances, see csrc/gram_cpu.cpp).
 
-    def centered_gram_row(self, x, mu, out, *, kernel, sigma, threshold, unbiased, scale=1.0):
+        Without ``mus``, each column's mean is taken as its chunk of x is loaded (x read
+        once), and ``scale`` is chosen per layer (a power of two, 1 for normal inputs:
+        ``_engine.pow2_scale``'s rule); with ``mus`` (L tensors of x.shape[1:]) and
+        ``scale`` (a float), those are used. Returns float64 (L, 4):
+        [‖scale·(x − μ)‖²_F, Σμ² (x's units), scale, status]; a zero RBF bandwidth raises
+        ZeroBandwidthError with ``.layer``, the index of the first such layer."""
         ct = out.dtype
-        xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
-        mu_c = self._mu(mu, ct, a * b, "mu")
-        length = self.row_length(n, unbiased)
-        if out.dim() != 1 or out.numel() != length or out.device.type != "cpu" \
-                or ct not in _CODES:
-            raise ValueError(f"out must be a CPU float32/float64 vector of length {length}, "
-                             f"got shape {tuple(out.shape)} {out.dtype} on {out.device}")
-        dst = out if out.is_contiguous() else torch.empty_like(out)
-        sq, status = _load().centered_gram_row(
-            xk.data_ptr(), code, n, a, b, s0, s1, s2, mu_c.data_ptr(), dst.data_ptr(),
-            _CODES[ct], 1 if kernel == "rbf" else 0, self._sigma(sigma), float(threshold),
-            bool(unbiased), _threads(), float(scale))
-        if status == 1:
-            raise ZeroBandwidthError(_ZERO_BW)
+        L = len(xs)
+        length = self.row_length(xs[0].shape[0], unbiased) if L else 0
+        if out.shape != (L, length) or out.device.type != "cpu" or ct not in _CODES:
+            raise ValueError(f"out must be a CPU float32/float64 tensor of shape ({L}, "
+                             f"{length}), got {tuple(out.shape)} {out.dtype} on {out.device}")
+        dst = out if out.is_contiguous() else torch.empty(L, length, dtype=ct)
+        keep, desc = [], []
+        for i, x in enumerate(xs):
+            xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
+            mu_ptr = 0
+            if mus is not None:
+                mu_c = self._mu(mus[i], ct, a * b, "mu")
+                keep.append(mu_c)
+                mu_ptr = mu_c.data_ptr()
+            keep.append(xk)
+            desc.append((xk.data_ptr(), code, n, a, b, s0, s1, s2, mu_ptr,
+                         dst[i].data_ptr()))
+        stats = torch.empty(L, 4, dtype=torch.float64)
+        if L:
+            d = torch.tensor(desc, dtype=torch.int64)
+            _load().centered_gram_rows(
+                d.data_ptr(), L, _CODES[ct], 1 if kernel == "rbf" else 0, self._sigma(sigma),
+                float(threshold), bool(unbiased), _threads(), mus is None,
+                1.0 if scale is None else float(scale), stats.data_ptr())
         if dst is not out:
             out.copy_(dst)
-        return torch.tensor(sq, dtype=torch.float64)
+        if kernel == "rbf":  # status is only ever set for RBF
+            bad = (stats[:, 3] == 1).nonzero()
+            if len(bad):
+                e = ZeroBandwidthError(_ZERO_BW)
+                e.layer = int(bad[0])
+                raise e
+        return stats
 
-    def column_mean(self, x, ct):
-        return self.column_stats(x, ct)[0]
-
-    def column_stats(self, x, ct):
-        """(μ (x.shape[1:], ct), max |x − μ| as a float) in one pass of our own threads: a
-        torch reduction here would leave torch's OpenMP workers spinning while the SYRK
-        threads start (measured: +5 ms a layer)."""
-        if ct not in _CODES:
-            raise ValueError(f"ct must be float32 or float64, got {ct}")
-        xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
-        mu = torch.empty(a * b, dtype=ct)
-        amax = _load().column_stats(xk.data_ptr(), code, n, a, b, s0, s1, s2, mu.data_ptr(),
-                                    _CODES[ct], _threads())
-        return mu.view(x.shape[1:]), amax
+    def centered_gram_row(self, x, mu, out, *, kernel, sigma, threshold, unbiased, scale=1.0):
+        """The backend contract (base.py): one row from a given μ, built from scale·(x − μ)."""
+        length = self.row_length(x.shape[0], unbiased)
+        if out.dim() != 1 or out.numel() != length or out.device.type != "cpu" \
+                or out.dtype not in _CODES:
+            raise ValueError(f"out must be a CPU float32/float64 vector of length {length}, "
+                             f"got shape {tuple(out.shape)} {out.dtype} on {out.device}")
+        stats = self.centered_gram_rows([x], out.view(1, -1), kernel=kernel, sigma=sigma,
+                                        threshold=threshold, unbiased=unbiased, mus=[mu],
+                                        scale=scale)
+        return stats[0, 0]
 
     def kernel_matrix(self, x, *, kernel, sigma, threshold, ct):
         xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
-        mu_ptr = 0
-        if kernel == "rbf":
-            mu_c = self.column_mean(x, ct).reshape(-1)
-            mu_ptr = mu_c.data_ptr()
         out = torch.empty(n, n, dtype=ct)
-        _, status = _load().kernel_matrix(
-            xk.data_ptr(), code, n, a, b, s0, s1, s2, mu_ptr, out.data_ptr(), _CODES[ct],
+        status = _load().kernel_matrix(
+            xk.data_ptr(), code, n, a, b, s0, s1, s2, out.data_ptr(), _CODES[ct],
             1 if kernel == "rbf" else 0, self._sigma(sigma), float(threshold), _threads())
         if status == 1:
             raise ZeroBandwidthError(_ZERO_BW)
