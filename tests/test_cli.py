@@ -276,3 +276,28 @@ def test_cli_checkpoint_resumes(factories):
         main(args + ["--out", str(out / "second")])          # max_batches differs
     main(args + ["--max-batches", "2", "--out", str(out / "again")])
     assert CKAResult.load(out / "again/cka.json") == CKAResult.load(out / "first/cka.json")
+
+
+def test_data_specs_flat_folder_and_npz_dicts(tmp_path):
+    from PIL import Image
+
+    from flashcka.data import ArrayBatches, Arrays, Images, load_data
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in (2, 0, 1):
+        Image.fromarray(np.full((5, 6), 40 * i, dtype=np.uint8)).save(flat / f"im{i}.png")
+    src = load_data(f"imagefolder:{flat}")
+    assert isinstance(src, Images) and len(src) == 3
+    assert [int(np.asarray(src.image(i))[0, 0]) for i in range(3)] == [0, 40, 80]  # sorted
+    np.savez(tmp_path / "tok.npz", input_ids=np.arange(30).reshape(10, 3),
+             attention_mask=np.ones((10, 3)), labels=np.zeros(10))
+    arr = load_data(f"npz:{tmp_path / 'tok.npz'}")
+    assert isinstance(arr, Arrays) and sorted(arr.data) == ["attention_mask", "input_ids"]
+    got = list(ArrayBatches(arr, 4))
+    assert [len(b["input_ids"]) for b in got] == [4, 4, 2]
+    assert torch.equal(got[1]["input_ids"], torch.arange(12, 24).reshape(4, 3))
+    np.savez(tmp_path / "ragged.npz", a=np.zeros((4, 2)), b=np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="share their first dimension"):
+        load_data(f"npz:{tmp_path / 'ragged.npz'}")
+    with pytest.raises(ValueError, match="digits, imagefolder:PATH, npz:PATH"):
+        load_data("mnist")
