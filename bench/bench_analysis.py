@@ -70,3 +70,17 @@ def test_cross_dataset_consistency(benchmark, quick, method):
     out = _run(benchmark, analysis.cross_dataset_consistency, mats, method, rounds=1,
                n_boot=boots, datasets=d, models=m)
     assert out["correlation"].shape == (d, d)
+
+
+@pytest.mark.parametrize("measure", ["l1", "cosine"])
+def test_fuzzy_rand_index(benchmark, quick, measure):
+    """n = 50,000 points, 20 concepts in A and 30 in B (1.25e9 point pairs, tiled)."""
+    import resource
+    n, ca, cb = (500, 5, 7) if quick else (50_000, 20, 30)
+    g = torch.Generator().manual_seed(0)
+    u = torch.softmax(3 * torch.randn(n, ca, generator=g), 1)
+    v = torch.softmax(3 * torch.randn(n, cb, generator=g), 1)
+    r = _run(benchmark, analysis.concept_pair_disagreement, u, v, rounds=1, measure=measure,
+             n=n, concepts_a=ca, concepts_b=cb, point_pairs=n * (n - 1) // 2)
+    benchmark.extra_info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert 0 <= r["index"] <= 1

@@ -7,8 +7,11 @@ machinery (functions on tensors and ``CKAResult``s):
   ``ImageStatistics``; information imbalance (Glielmo et al. 2022):
   ``information_imbalance``.
 * Cross-dataset consistency (Ciernik et al. 2025): ``cross_dataset_consistency``.
+* Concept-based alignment (Vielhaben et al. 2025): ``fuzzy_rand_index``,
+  ``concept_pair_disagreement``.
 """
 from ._common import relative_depth
+from .concepts import concept_pair_disagreement, fuzzy_rand_index
 from .consistency import cross_dataset_consistency
 from .imbalance import information_imbalance
 from .trajectory import ImageStatistics, image_statistics, trajectory
@@ -16,4 +19,5 @@ from .vit_cnn import best_match, similarity_by_distance, uniformity, vit_cnn_sum
 
 __all__ = ["uniformity", "similarity_by_distance", "best_match", "vit_cnn_summary",
            "relative_depth", "trajectory", "image_statistics", "ImageStatistics",
-           "information_imbalance", "cross_dataset_consistency"]
+           "information_imbalance", "cross_dataset_consistency", "fuzzy_rand_index",
+           "concept_pair_disagreement"]
