@@ -56,3 +56,35 @@ def test_gram_float32_default_and_half_upcast(rng):
     k = flashcka.gram(x)
     assert k.dtype == torch.float32
     np.testing.assert_allclose(k.numpy(), ref.gram(x.float().numpy()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [1e-30, 1e-12, 1e12, 1e30])
+def test_rbf_gram_is_scale_invariant_float32(rng, backend, scale):
+    """The median-heuristic RBF kernel does not depend on the scale of x: float32 inputs
+    at 1e±30 give the reference's kernel (distances underflowed to 0, or overflowed)."""
+    x = torch.tensor(rng.standard_normal((11, 4)) * scale, dtype=torch.float32)
+    k = flashcka.gram(x, "rbf", backend=backend)
+    want = ref.gram_rbf(x.double().numpy() / scale)
+    np.testing.assert_allclose(k.numpy(), want, rtol=0, atol=1e-6)
+    k = flashcka.gram(x, "rbf", sigma=2.0 * scale, backend=backend)
+    want = ref.gram_rbf(x.double().numpy() / scale, sigma=2.0)
+    np.testing.assert_allclose(k.numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_linear_gram_out_of_range_raises(rng):
+    x = torch.tensor(rng.standard_normal((6, 3)), dtype=torch.float32)
+    with pytest.raises(ValueError, match="underflows torch.float32.*dtype=torch.float64"):
+        flashcka.gram(x * 1e-25)
+    with pytest.raises(ValueError, match="overflows torch.float32"):
+        flashcka.gram(x * 1e25)
+    xs = x * 1e-25
+    k = flashcka.gram(xs, dtype=torch.float64)
+    np.testing.assert_allclose(k.numpy(), ref.gram(xs.double().numpy()), rtol=1e-12, atol=0)
+
+
+def test_rbf_zero_bandwidth_names_x():
+    x = torch.zeros(10, 2)
+    x[0] = 1.0
+    with pytest.raises(ValueError, match=r"^x: the median heuristic gives sigma = 0"):
+        flashcka.gram(x, "rbf")

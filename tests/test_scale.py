@@ -136,3 +136,30 @@ def test_pair_stage_overflow_raises_not_zero():
                         torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"HSIC of a and a is not finite.*overflowed"):
         _engine.hsic_from_rows(be, rows, rows, True, 8, True, ["a", "b"], ["a", "b"])
+
+
+@pytest.mark.parametrize("route", ["feature"])
+@pytest.mark.parametrize("offset", [1e4, 1e8, 1e30])
+def test_float32_offset_with_spread_is_not_zero_variance(rng, route, offset):
+    """float32 data at a large offset with a spread of some ulps is valid data (x − μ is
+    exact): CKA is the reference's, not NaN "zero variance" (H3's fuzz case: 1e8 ± 100)."""
+    n = 64
+    x = torch.tensor(rng.standard_normal((n, 3)), dtype=torch.float32)
+    y = torch.tensor(offset + offset * 1e-6 * rng.standard_normal((n, 3)), dtype=torch.float32)
+    y[:, 0] += x[:, 0] * offset * 1e-6
+    assert len(torch.unique(y[:, 0])) > 10
+    got = _quiet(lambda: flashcka.cka_matrix([x], [y], route=route))
+    y0 = y.double().numpy() - offset          # exact data, offset removed in float64
+    np.testing.assert_allclose(got.item(), ref.cka(x.double().numpy(), y0), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("route", ["gram", "feature"])
+@pytest.mark.parametrize("value", [0.0, 123.456, 1e8, 1e-30])
+def test_constant_rows_are_zero_variance(route, value):
+    """All rows equal (at any magnitude): CKA undefined -> NaN with one warning."""
+    g = torch.Generator().manual_seed(0)
+    xs = {"ok": torch.randn(12, 3, generator=g), "const": torch.full((12, 4), value)}
+    with pytest.warns(flashcka.FlashCKAWarning, match="const"):
+        m = flashcka.cka_matrix(xs, route=route)
+    assert torch.isnan(m[1]).all() and torch.isnan(m[:, 1]).all()
+    assert abs(m[0, 0].item() - 1.0) < 1e-6

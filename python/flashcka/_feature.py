@@ -14,6 +14,7 @@ on the rounding residue of the column mean (a 1e8 offset in float64 loses nothin
 Scale: each representation is multiplied by a power of two (exact) before and after
 centering so that max |X_c| lies in [1/2, 1); HSICs are divided by scale² per side in
 float64. Float32 products then neither overflow nor underflow at any input scale.
+Centering is finished in float64, so a large offset costs no precision.
 """
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ def cheaper(dims_a, dims_b, n, same: bool) -> bool:
 class Features:
     """L representations, centered and scaled: ``x[i]`` (n, d_i) in ct is
     ``scale[i] · (X_i − 1μ_iᵀ)``; ``sq_c``/``sq`` (L,) float64 are ‖X_c‖²_F and ‖X‖²_F in
-    the input's own units (for the zero-variance test)."""
+    the input's own units; ``constant`` (L,) bool marks representations whose rows are
+    all equal (zero variance: CKA undefined), found exactly, not by a threshold."""
     x: list
     scale: torch.Tensor
     sq_c: torch.Tensor
     sq: torch.Tensor
+    constant: torch.Tensor
 
 
 def _pow2_scale(amax: float, ct: torch.dtype) -> float:
@@ -56,30 +59,39 @@ def _pow2_scale(amax: float, ct: torch.dtype) -> float:
 
 
 def centered(tensors, names, ct) -> Features:
-    """Flatten, scale by a power of two, center and rescale each representation (n, ...)."""
-    xs, scales, sq_c, sq = [], [], [], []
+    """Flatten each representation (n, ...) to (n, d) in float64, scale it by a power of
+    two s₁ (max |x·s₁| in [1/2, 1): the mean cannot overflow), center it twice (the
+    second pass removes the rounding residue of the first mean, so an offset costs no
+    precision), scale by s₂ (max |X_c·s₂| in [1/2, 1)) and round to ct."""
+    xs, scales, sq_c, sq, const = [], [], [], [], []
     for x, name in zip(tensors, names):
         n = x.shape[0]
-        xf = x.reshape(n, -1).to(ct)
-        amax = float(xf.detach().abs().amax())
+        x64 = x.reshape(n, -1).to(torch.float64)
+        xd = x64.detach()
+        amax = float(xd.abs().amax())
         if not math.isfinite(amax):
             _validate.raise_non_finite(x, name, ct)
+        constant = bool((xd == xd[:1]).all())
         s1 = _pow2_scale(amax, ct)
-        xs1 = xf * s1
-        mu = xs1.mean(0)
-        xc = xs1 - mu
-        s2 = _pow2_scale(float(xc.detach().abs().amax()), ct)
+        x64 = x64 * s1
+        mu = x64.mean(0)
+        xc = x64 - mu
+        xc = xc - xc.mean(0)
+        if constant:
+            xc = xc * 0.0
+        s2 = _pow2_scale(float(xc.detach().abs().amax()), torch.float64)
         xc = xc * s2
-        c = xc.detach().to(torch.float64).square().sum()
-        m = mu.detach().to(torch.float64).square().sum() * (n * s2 * s2)
+        c = xc.detach().square().sum()
         s = s1 * s2
-        xs.append(xc)
+        xs.append(xc.to(ct))
         scales.append(s)
+        const.append(constant)
         sq_c.append(c / (s * s))
-        sq.append((c + m) / (s * s))
+        sq.append(c / (s * s) + n * (mu.detach() / s1).square().sum())
     dev = tensors[0].device
     return Features(xs, torch.tensor(scales, dtype=torch.float64, device=dev),
-                    torch.stack(sq_c), torch.stack(sq))
+                    torch.stack(sq_c), torch.stack(sq),
+                    torch.tensor(const, dtype=torch.bool, device=dev))
 
 
 def _side(fs: Features):
@@ -122,7 +134,7 @@ def self_hsic(fs: Features, n: int, unbiased: bool) -> torch.Tensor:
     """Unnormalised HSIC(K_i, K_i) (L,) float64, one representation at a time."""
     out = []
     for x, s, c, q in zip(fs.x, fs.scale, fs.sq_c, fs.sq):
-        one = Features([x], s[None], c[None], q[None])
+        one = Features([x], s[None], c[None], q[None], None)
         out.append(hsic(one, one, n, unbiased)[0, 0])
     return torch.stack(out)
 

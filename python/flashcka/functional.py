@@ -8,6 +8,8 @@ invariant to it and it removes float32 cancellation (DESIGN.md §1).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _engine, _feature, _validate, backends
@@ -23,13 +25,28 @@ def gram(x: torch.Tensor, kernel: str = "linear", *, sigma: float | None = None,
     given, else ``σ² = threshold² · median(D)`` where ``D`` holds all n² squared pairwise
     distances, the n zeros of the diagonal included, and the median is numpy's (mean of
     the two middle values when n² is even) — Kornblith et al. 2019's convention.
+    RBF is computed on ``s·x`` with ``s·σ`` (s a power of two), so any float scale works;
+    a linear Gram that overflows or underflows the compute dtype raises a ValueError.
     """
     _validate.representation(x, "x")
     _validate.kernel_args(kernel, sigma, threshold)
     ct = _validate.compute_dtype([([x], ["x"])], dtype)
-    grad = _needs_grad([([x], ["x"])])
-    k = backends.select(backend, x, grad=grad).kernel_matrix(x, kernel=kernel, sigma=sigma,
-                                                  threshold=threshold, ct=ct)
+    be = backends.select(backend, x, grad=_needs_grad([([x], ["x"])]))
+    amax = float(x.detach().abs().amax())
+    if not math.isfinite(amax):
+        _validate.raise_non_finite(x, "x", ct)
+    if kernel == "rbf" and not 2.0 ** -16 <= amax <= 2.0 ** 16 and amax > 0:
+        scale = math.ldexp(1.0, -math.frexp(amax)[1])       # exact: K(s·x; s·σ) = K(x; σ)
+        x = x.to(ct) * scale
+        sigma = None if sigma is None else float(sigma) * scale
+    elif kernel == "linear" and 0 < amax * amax < torch.finfo(ct).tiny / torch.finfo(ct).eps:
+        raise ValueError(f"the Gram matrix of x underflows {ct} (largest |x| is {amax:.3g}: "
+                         f"its products fall below {torch.finfo(ct).tiny:.3g}); pass "
+                         f"dtype=torch.float64 or rescale x")
+    try:
+        k = be.kernel_matrix(x, kernel=kernel, sigma=sigma, threshold=threshold, ct=ct)
+    except backends.ZeroBandwidthError as e:
+        raise ValueError(f"x: {e}") from None
     if not bool(torch.isfinite(k).all()):
         _validate.raise_non_finite(x, "x", ct)
     return k
@@ -146,19 +163,18 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
         else:
             self_a = _feature.self_hsic(fa, n, s.unbiased) / norm
             self_b = _feature.self_hsic(fb, n, s.unbiased) / norm
-        sqc_a, sq_a, sqc_b, sq_b = fa.sq_c, fa.sq, fb.sq_c, fb.sq
+        undefined_a, undefined_b = fa.constant, fb.constant
     else:
         be = backends.select(backend, xa[0], grad=grad)
         ra = _engine.gram_rows(be, xa, na, n, ct, s)
         rb = ra if same else _engine.gram_rows(be, xb, nb, n, ct, s)
         cross, self_a, self_b = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased,
                                                        na, nb)
-        sqc_a, sq_a, sqc_b, sq_b = ra.sq_c, ra.sq, rb.sq_c, rb.sq
+        undefined_a = _engine.zero_variance(ra.sq_c, ra.sq, ct)
+        undefined_b = _engine.zero_variance(rb.sq_c, rb.sq, ct)
     if want == "hsic":
         return cross
-    return _engine.cka_from_hsic(cross, self_a, self_b,
-                                 _engine.zero_variance(sqc_a, sq_a, ct),
-                                 _engine.zero_variance(sqc_b, sq_b, ct), na, nb)
+    return _engine.cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, na, nb)
 
 
 def _needs_grad(groups) -> bool:
