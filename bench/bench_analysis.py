@@ -84,3 +84,23 @@ def test_fuzzy_rand_index(benchmark, quick, measure):
              n=n, concepts_a=ca, concepts_b=cb, point_pairs=n * (n - 1) // 2)
     benchmark.extra_info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert 0 <= r["index"] <= 1
+
+
+@pytest.mark.parametrize("method", ["correlation", "wpmi"])
+def test_neuron_labels(benchmark, quick, method):
+    """ViT-B-like: 12 layers × 768 units, 10,000 stimuli in batches of 250, 2,000 concepts."""
+    layers, units, n, b, C = (2, 16, 64, 16, 10) if quick else (12, 768, 10_000, 250, 2_000)
+    g = torch.Generator().manual_seed(0)
+    acts = [[torch.randn(b, units, generator=g) for _ in range(layers)] for _ in range(n // b)]
+    concepts = [torch.rand(b, C, generator=g) for _ in range(n // b)]
+
+    def run():
+        lab = analysis.NeuronLabeler(C, method, top_k=min(100, n))
+        for a, c in zip(acts, concepts):
+            lab.update({f"l{i}": t for i, t in enumerate(a)}, c)
+        return lab.compute()
+
+    out = _run(benchmark, run, rounds=1, layers=layers, units=units, n=n, concepts=C,
+               batch=b, update_flops=2.0 * n * units * C * layers if method == "correlation"
+               else None)
+    assert len(out) == layers

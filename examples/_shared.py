@@ -49,13 +49,14 @@ def load_model(spec: str, *, epochs: int | None, data=None, seed: int = 0,
             log(f"{spec}: untrained (random init, seed {seed})")
         return model.eval()
     try:
-        from flashcka import specs  # added by the command-line work; optional here
+        from flashcka import specs  # the command line's model specs (timm:, torchvision:, hf:)
     except ImportError:
         specs = None
-    if specs is not None and ":" in spec and not _is_module_factory(spec):
-        for fn in ("load_model", "build_model", "model_from_spec", "resolve_model"):
-            if hasattr(specs, fn):
-                return getattr(specs, fn)(spec).eval()
+    if specs is not None:
+        lm = specs.load_model(spec, arg="--model")
+        _ADAPTERS[id(lm.model)] = lm.wrap
+        log(f"{spec}: {type(lm.model).__name__} (random weights unless the spec loads them)")
+        return lm.model.eval()
     if _is_module_factory(spec):
         mod, _, factory = spec.partition(":")
         model = getattr(importlib.import_module(mod), factory)()
@@ -63,8 +64,22 @@ def load_model(spec: str, *, epochs: int | None, data=None, seed: int = 0,
             raise TypeError(f"{spec} returned {type(model).__name__}, not an nn.Module")
         return model.eval()
     raise ValueError(f"unknown model spec {spec!r}: use demo:vit, demo:resnet or "
-                     f"package.module:factory" + ("" if specs is None else
-                                                  ", or a spec flashcka.specs accepts"))
+                     f"package.module:factory")
+
+
+_ADAPTERS: dict = {}
+
+
+def adapter(model):
+    """How a tensor batch becomes ``model``'s arguments (``compare(inputs_a=...)``), or None."""
+    return _ADAPTERS.get(id(model))
+
+
+def forward(model, x):
+    """Call ``model`` on the tensor batch ``x`` through its adapter."""
+    a = adapter(model)
+    args = x if a is None else a(x)
+    return model(**args) if isinstance(args, dict) else model(args)
 
 
 def _is_module_factory(spec: str) -> bool:

@@ -94,7 +94,7 @@ def _representation(model, layer, x):
     got = []
     h = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: got.append(o))
     try:
-        model(x)
+        _shared.forward(model, x)
     finally:
         h.remove()
     o = got[0]

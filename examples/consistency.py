@@ -98,7 +98,7 @@ def _representation(model, layer, x):
     got = []
     h = mod.register_forward_hook(lambda m, i, o: got.append(o))
     try:
-        model(x)
+        _shared.forward(model, x)
     finally:
         h.remove()
     o = got[0]
@@ -106,8 +106,8 @@ def _representation(model, layer, x):
 
 
 def _last_block(model):
-    from flashcka.hooks import default_layers
-    return default_layers(model)[-1]
+    from flashcka.selection import default_points
+    return default_points(model)[-1].module
 
 
 def _plot(res, matrices, names, out):

@@ -63,10 +63,13 @@ def main(argv=None) -> dict:
     for i in range(len(models)):
         for j in range(i, len(models)):
             r = flashcka.compare(models[i], None if i == j else models[j], loader,
-                                 layers_a=layers[i], layers_b=layers[j], progress=False)
+                                 layers_a=layers[i], layers_b=layers[j], progress=False,
+                                 inputs_a=_shared.adapter(models[i]),
+                                 inputs_b=_shared.adapter(models[j]))
             results[(names[i], names[j])] = r
     traj = trajectory(results)
-    stats = {nm: flashcka.compare(m, ImageStatistics(), loader, layers_a=ly, progress=False)
+    stats = {nm: flashcka.compare(m, ImageStatistics(), loader, layers_a=ly, progress=False,
+                                  inputs_a=_shared.adapter(m))
              for nm, m, ly in zip(names, models, layers)}
 
     # information imbalance between the first and the last model, all layer pairs at once
@@ -103,13 +106,19 @@ def _activations(model, x, names) -> dict:
     acts, hooks = {}, []
     for nm in names:
         hooks.append(mods[nm].register_forward_hook(
-            lambda m, i, o, nm=nm: acts.__setitem__(nm, o.reshape(len(o), -1).float())))
+            lambda m, i, o, nm=nm: acts.__setitem__(nm, _tensor(o).reshape(len(x), -1).float())))
     try:
-        model(x)
+        _shared.forward(model, x)
     finally:
         for h in hooks:
             h.remove()
     return {nm: acts[nm] for nm in names}
+
+
+def _tensor(o):
+    if isinstance(o, (tuple, list)):
+        return o[0]
+    return getattr(o, "last_hidden_state", o)
 
 
 def _plots(traj, stats, fwd, bwd, la, lb, names, out):

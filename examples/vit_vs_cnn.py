@@ -7,7 +7,8 @@ model's similarity is across depth, and which CNN depth each ViT layer matches b
 By default the models are flashcka's tiny demo ViT and ResNet, trained for a few seeded
 epochs on scikit-learn's 8×8 digits (``--epochs 0``: untrained), compared on 500 held-out
 digits in batches of 100. Other models: ``--vit`` / ``--cnn`` take a model spec
-(``package.module:factory``, or what ``flashcka.specs`` accepts where present) and then
+(what the command line accepts: ``timm:NAME``, ``torchvision:NAME``, ``hf:DIR``,
+``package.module:factory``) and then
 ``--input-shape C,H,W`` feeds seeded Gaussian images of that shape (no data is downloaded).
 
     python examples/vit_vs_cnn.py --out vit_vs_cnn_out
@@ -61,9 +62,11 @@ def main(argv=None) -> dict:
     lv = a.layers_vit or _shared.default_layers(a.vit)
     lc = a.layers_cnn or _shared.default_layers(a.cnn)
     kw = dict(tokens=a.tokens, progress=False)
-    results = {"vit_vs_vit": flashcka.compare(vit, None, loader, layers_a=lv, **kw),
-               "cnn_vs_cnn": flashcka.compare(cnn, None, loader, layers_a=lc, **kw),
-               "vit_vs_cnn": flashcka.compare(vit, cnn, loader, layers_a=lv, layers_b=lc, **kw)}
+    av, ac = _shared.adapter(vit), _shared.adapter(cnn)
+    results = {"vit_vs_vit": flashcka.compare(vit, None, loader, layers_a=lv, inputs_a=av, **kw),
+               "cnn_vs_cnn": flashcka.compare(cnn, None, loader, layers_a=lc, inputs_a=ac, **kw),
+               "vit_vs_cnn": flashcka.compare(vit, cnn, loader, layers_a=lv, layers_b=lc,
+                                              inputs_a=av, inputs_b=ac, **kw)}
     for name, r in results.items():
         r.plot(out / f"{name}.png", title=f"minibatch CKA, {name.replace('_', ' ')} "
                                           f"({r.num_samples} samples)")
