@@ -53,10 +53,12 @@ double pow2_scale(double amax, double lo, double hi) {
   return std::ldexp(1.0, -e);
 }
 
-// dst (n, c1 − c0) row-major = columns [c0, c1) of x, converted to T.
+// dst (n, c1 − c0) row-major = columns [c0, c1) of x, converted to T; with acc (c1 − c0
+// doubles, zeroed here), the columns' sums in the same pass.
 template <class I, class T>
-void load_chunk(const I* x, const Layout& L, int64_t c0, int64_t c1, T* dst) {
+void load_chunk(const I* x, const Layout& L, int64_t c0, int64_t c1, T* dst, double* acc) {
   const int64_t w = c1 - c0;
+  if (acc != nullptr) std::fill(acc, acc + w, 0.0);
   for (int64_t i = 0; i < L.n; ++i) {
     const I* xi = x + i * L.s0;
     T* di = dst + i * w;
@@ -65,7 +67,14 @@ void load_chunk(const I* x, const Layout& L, int64_t c0, int64_t c1, T* dst) {
       const int64_t seg = std::min(L.b - k, c1 - c);
       const I* xp = xi + j * L.s1 + k * L.s2;
       T* dp = di + (c - c0);
-      if (L.s2 == 1) {
+      if (acc != nullptr) {
+        double* ap = acc + (c - c0);
+        if (L.s2 == 1) {
+          for (int64_t t = 0; t < seg; ++t) ap[t] += double(dp[t] = T(xp[t]));
+        } else {
+          for (int64_t t = 0; t < seg; ++t) ap[t] += double(dp[t] = T(xp[t * L.s2]));
+        }
+      } else if (L.s2 == 1) {
         for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t]);
       } else {
         for (int64_t t = 0; t < seg; ++t) dp[t] = T(xp[t * L.s2]);
@@ -88,22 +97,16 @@ struct Scratch {
   }
 };
 
-// buf (n, w) -> s·(buf − 1μᵀ) in place, μ given (mu) or the columns' own means (computed
-// here in double). Adds Σ_c μ_c² to mu_sq; returns max |buf − μ| (NaN-blind: non-finite
-// inputs show up in the Gram's trace instead).
+// buf (n, w) -> s·(buf − 1μᵀ) in place, μ given (mu) or the columns' own means (from
+// their sums in sc.acc, taken by load_chunk). Adds Σ_c μ_c² to mu_sq; returns
+// max |buf − μ| (NaN-blind: non-finite inputs show up in the Gram's trace instead).
 template <class T>
 double center_chunk(T* buf, int64_t n, int64_t w, const T* mu, T s, Scratch<T>& sc,
                     double& mu_sq) {
   sc.mu.resize(size_t(w));
   sc.amax.assign(size_t(w), T(0));
   if (mu == nullptr) {
-    sc.acc.assign(size_t(w), 0.0);
-    double* acc = sc.acc.data();
-    for (int64_t i = 0; i < n; ++i) {
-      const T* b = buf + i * w;
-      for (int64_t c = 0; c < w; ++c) acc[c] += double(b[c]);
-    }
-    for (int64_t c = 0; c < w; ++c) sc.mu[size_t(c)] = T(acc[c] / double(n));
+    for (int64_t c = 0; c < w; ++c) sc.mu[size_t(c)] = T(sc.acc[size_t(c)] / double(n));
     mu = sc.mu.data();
   }
   for (int64_t c = 0; c < w; ++c) mu_sq += double(mu[c]) * double(mu[c]);
@@ -169,7 +172,8 @@ Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K
         lda = int(L.s0);
       } else {
         sc.buf.resize(size_t(n * w));
-        load_chunk<I, T>(x, L, c0, c1, sc.buf.data());
+        sc.acc.resize(size_t(w));
+        load_chunk<I, T>(x, L, c0, c1, sc.buf.data(), center && !mu ? sc.acc.data() : nullptr);
         if (center) {
           const double m = center_chunk<T>(sc.buf.data(), n, cw, mu ? mu + c0 : nullptr, s,
                                            sc, p.mu_sq);

@@ -212,6 +212,40 @@ def run_flashcka_minibatch_torch(A, B, n, batches):
     return acc.compute().numpy(), "pure PyTorch backend"
 
 
+@runner("plain torch (features centred)", "torch",
+        "per batch: U-centred Grams of centred features, one G_A G_Bᵀ (what a user writes)")
+def run_plain_torch(A, B, n, batches):
+    import torch
+
+    def ucenter(k):
+        m = k.shape[0]
+        k = k.clone()
+        k.fill_diagonal_(0)
+        r = k.sum(1, keepdim=True)
+        u = k - r / (m - 2) - r.T / (m - 2) + r.sum() / ((m - 1) * (m - 2))
+        return u.fill_diagonal_(0)
+
+    def rows(xs):
+        out = []
+        for x in xs:
+            xc = x - x.mean(0)
+            out.append(ucenter(xc @ xc.T).reshape(-1))
+        return torch.stack(out)
+
+    ta = [torch.from_numpy(a) for a in A]
+    tb = [torch.from_numpy(b) for b in B]
+    cross = torch.zeros(len(A), len(B), dtype=torch.float64)
+    sa = torch.zeros(len(A), dtype=torch.float64)
+    sb = torch.zeros(len(B), dtype=torch.float64)
+    for b in range(batches):
+        sl = slice(b * n, (b + 1) * n)
+        ga, gb = rows([x[sl] for x in ta]), rows([y[sl] for y in tb])
+        cross += (ga @ gb.T).double()
+        sa += (ga * ga).sum(1).double()
+        sb += (gb * gb).sum(1).double()
+    return (cross / torch.sqrt(sa[:, None] * sb[None, :])).numpy(), "float32, no package"
+
+
 @runner("flashcka compare", "flashcka", "flashcka.compare(model_a, model_b, loader) (hooks)")
 def run_flashcka_compare(A, B, n, batches):
     import flashcka
