@@ -46,7 +46,7 @@ def _tensor(a, arg: str) -> torch.Tensor:
 def gram_linear(x):
     """Linear Gram ``x xᵀ`` of features x (n, d) -> (n, n)."""
     t = _tensor(x, "x")
-    return functional.gram(t, "linear", dtype=t.dtype, backend="torch").numpy()
+    return functional.gram(t, "linear", dtype=t.dtype).numpy()
 
 
 def gram_rbf(x, threshold=1.0):
@@ -54,8 +54,7 @@ def gram_rbf(x, threshold=1.0):
     squared Euclidean distances, the median over all n² entries (zeros of the diagonal
     included), as numpy.median computes it."""
     t = _tensor(x, "x")
-    return functional.gram(t, "rbf", threshold=threshold, dtype=t.dtype,
-                           backend="torch").numpy()
+    return functional.gram(t, "rbf", threshold=threshold, dtype=t.dtype).numpy()
 
 
 def center_gram(gram, unbiased=False):
@@ -65,8 +64,7 @@ def center_gram(gram, unbiased=False):
     g = np.asarray(gram)
     if g.ndim != 2 or g.shape[0] != g.shape[1] or not np.allclose(g, g.T):
         raise ValueError("Input must be a symmetric matrix.")
-    return functional.center(_tensor(g, "gram").clone(), unbiased=unbiased,
-                             backend="torch").numpy()
+    return functional.center(_tensor(g, "gram").clone(), unbiased=unbiased).numpy()
 
 
 def cka(gram_x, gram_y, debiased=False):
