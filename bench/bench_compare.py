@@ -11,7 +11,7 @@
 * ``test_compiled_model``: a ``torch.compile``'d ViT alone vs under ``compare`` (not in
   ``--quick``: compiling takes tens of seconds).
 * ``test_many_modules_memory``: one ``compare`` over ~1,000 hook points (every module of
-  the blocks of a ViT-L-shaped model, inputs and outputs) at small n: peak RSS above the
+  the blocks of a ViT-L-wide model of 48 blocks, inputs and outputs) at small n: peak RSS above the
   loaded model, against the plain forward pass's own peak and the row buffer L·m.
 Models are untrained (the work does not depend on the weights).
 """
@@ -189,7 +189,7 @@ def test_many_modules_memory(benchmark, report, target, quick):
     _auto_only(target)
     if target.device != "cpu" or _peak_rss_kib() is None or not _reset_peak():
         pytest.skip("peak RSS is measured through /proc on the CPU only")
-    dim, depth, n = (64, 4, 16) if quick else (1024, 24, 16)
+    dim, depth, n = (64, 4, 16) if quick else (1024, 48, 32)   # ViT-L width, 48 blocks
     torch.manual_seed(0)
     vit = models.TinyViT(image=16, patch=4, dim=dim, depth=depth, heads=16).eval()
     x = torch.randn(n, 1, 16, 16)

@@ -368,3 +368,24 @@ def test_compiled_model_runs_uncompiled_with_equal_results():
     r2 = compare(b, None, data, layers_a="sublayers", progress=False)
     torch.testing.assert_close(r2.matrix, plain.matrix, rtol=0, atol=0)
     assert b._compiled_call_impl is impl
+
+
+def test_pattern_point_whose_second_call_is_unusable_is_dropped_whole():
+    class Reuse(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(6)
+            self.lin, self.out = nn.Linear(4, 4).double(), nn.Linear(4, 4).double()
+
+        def forward(self, x):
+            y = self.lin(x)
+            self.lin(x.reshape(-1, 2, 4)[:, 0])       # second call: half the batch
+            return self.out(y)
+
+    data = [torch.randn(10, 4, dtype=torch.float64) for _ in range(2)]
+    with pytest.warns(FlashCKAWarning, match="skipping 1 of 2.*lin: layer lin#1 has 5 samples"):
+        r = compare(Reuse(), None, data, layers_a=nn.Linear, progress=False)
+    assert r.names_a == ["out"]
+    m = Reuse()
+    acts = [[m.out(m.lin(x))] for x in data]
+    torch.testing.assert_close(r.matrix, ref_minibatch(acts, acts), rtol=0, atol=1e-10)

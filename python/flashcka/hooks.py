@@ -267,12 +267,16 @@ class GramRecorder:
             self._dropped[p.label] = str(e)
             return None
         x = self.tokens(x, self.mask, name)
-        _validate.representation(x, f"layer {name}")
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim()
+                and x.numel()):                  # the common case costs three checks
+            _validate.representation(x, f"layer {name}")
         if x.shape[0] != self.n:
             raise ValueError(f"tokens gave {x.shape[0]} samples for layer {name} (shape "
                              f"{tuple(x.shape)}) but the batch has {self.n}")
-        x = x.detach()
-        x = x[:, None] if x.dim() == 1 else x
+        if x.requires_grad:
+            x = x.detach()
+        if x.dim() == 1:
+            x = x[:, None]
         if first:
             self.ctx.prepare(x)
         return x
@@ -337,6 +341,16 @@ class GramRecorder:
                           _validate.FlashCKAWarning, stacklevel=5)
             for label in self._dropped:
                 self.handles.pop(label).remove()
+        if not self._order:
+            raise ValueError(f"{self.side}: none of the {len(self.points)} hooked points "
+                             f"gave a usable tensor ({'; '.join(self._dropped.values())})")
+        keep = [j for j, (lb, _) in enumerate(self._order) if lb not in self._dropped]
+        if len(keep) < len(self._order):        # a later call of a point was unusable
+            idx = torch.tensor(keep, device=self.g.device)
+            self.g, self.scale = self.g[idx], self.scale[idx]
+            self._sq_c = [self._sq_c[j] for j in keep]
+            self._sq = [self._sq[j] for j in keep]
+            self._order = [self._order[j] for j in keep]
         if not self._order:
             raise ValueError(f"{self.side}: none of the {len(self.points)} hooked points "
                              f"gave a usable tensor ({'; '.join(self._dropped.values())})")
