@@ -11,10 +11,11 @@ Unbiased: n(n−3) HSIC₁ = tr(KL) − ⟨diag K, diag L⟩ + (1ᵀK̃1)(1ᵀL�
 Both are the full formulas, not their s_x = 0 special case, so the result does not depend
 on the rounding residue of the column mean (a 1e8 offset in float64 loses nothing).
 
-Scale: each representation is multiplied by a power of two (exact) before and after
-centering so that max |X_c| lies in [1/2, 1); HSICs are divided by scale² per side in
+Scale: a representation whose magnitude is outside a safe range is multiplied by a power
+of two (exact) before and after centering; HSICs are divided by scale² per side in
 float64. Float32 products then neither overflow nor underflow at any input scale.
-Centering is finished in float64, so a large offset costs no precision.
+Centering is done in float64, twice, so a large offset costs no precision; K1, diag K and
+‖X_cᵀ1‖² come from those float64 features.
 """
 from __future__ import annotations
 
@@ -39,71 +40,81 @@ def cheaper(dims_a, dims_b, n, same: bool) -> bool:
 @dataclass
 class Features:
     """L representations, centered and scaled: ``x[i]`` (n, d_i) in ct is
-    ``scale[i] · (X_i − 1μ_iᵀ)``; ``sq_c``/``sq`` (L,) float64 are ‖X_c‖²_F and ‖X‖²_F in
-    the input's own units; ``constant`` (L,) bool marks representations whose rows are
-    all equal (zero variance: CKA undefined), found exactly, not by a threshold."""
+    ``scale[i] · (X_i − 1μ_iᵀ)``; ``k1``/``dk`` (L, n) and ``ss`` (L,) float64 are K1,
+    diag K and ‖X_cᵀ1‖² of those scaled features; ``sq_c``/``sq`` (L,) float64 are
+    ‖X_c‖²_F and ‖X‖²_F in the input's own units; ``constant`` (L,) bool marks
+    representations whose rows are all equal (zero variance), found exactly."""
     x: list
     scale: torch.Tensor
+    k1: torch.Tensor
+    dk: torch.Tensor
+    ss: torch.Tensor
     sq_c: torch.Tensor
     sq: torch.Tensor
     constant: torch.Tensor
 
+    def one(self, i: int) -> "Features":
+        """Representation i alone."""
+        sl = slice(i, i + 1)
+        return Features(self.x[sl], self.scale[sl], self.k1[sl], self.dk[sl], self.ss[sl],
+                        self.sq_c[sl], self.sq[sl], self.constant[sl])
+
+
+# Magnitudes (max |x| before centering, max row norm after) inside this range are used
+# as they are; outside it a power-of-two scale brings them to [1/2, 1). For float32
+# products of n-long columns neither overflow nor lose bits to underflow.
+_SAFE = {torch.float32: (2.0 ** -16, 2.0 ** 16), torch.float64: (2.0 ** -200, 2.0 ** 200)}
+
 
 def _pow2_scale(amax: float, ct: torch.dtype) -> float:
-    """2^-e with amax = m·2^e, m in [1/2, 1) (1 for amax = 0), kept inside ct's range."""
-    if amax == 0.0:
+    """1.0 if amax is 0 or inside _SAFE[ct], else 2^-e with amax = m·2^e, m in [1/2, 1)."""
+    lo, hi = _SAFE[ct]
+    if amax == 0.0 or lo <= amax <= hi:
         return 1.0
-    e = math.frexp(amax)[1]
-    lim = 125 if ct == torch.float32 else 1021   # 2^±lim is a normal number of ct
-    return math.ldexp(1.0, max(-lim, min(lim, -e)))
+    return math.ldexp(1.0, -math.frexp(amax)[1])
 
 
 def centered(tensors, names, ct) -> Features:
-    """Flatten each representation (n, ...) to (n, d) in float64, scale it by a power of
-    two s₁ (max |x·s₁| in [1/2, 1): the mean cannot overflow), center it twice (the
-    second pass removes the rounding residue of the first mean, so an offset costs no
-    precision), scale by s₂ (max |X_c·s₂| in [1/2, 1)) and round to ct."""
-    xs, scales, sq_c, sq, const = [], [], [], [], []
+    """Each representation (n, ...) flattened to (n, d) in float64, scaled by a power of
+    two s₁ if its magnitude is outside _SAFE (the mean cannot overflow), centered twice
+    (the second pass removes the rounding residue of the first mean, so an offset costs
+    no precision), scaled by s₂ if its largest row norm is outside _SAFE, rounded to ct."""
+    cols = {k: [] for k in ("x", "scale", "k1", "dk", "ss", "sq_c", "sq", "constant")}
     for x, name in zip(tensors, names):
         n = x.shape[0]
         x64 = x.reshape(n, -1).to(torch.float64)
         xd = x64.detach()
-        amax = float(xd.abs().amax())
+        lo, hi = torch.aminmax(xd)
+        amax = float(torch.maximum(-lo, hi))
         if not math.isfinite(amax):
             _validate.raise_non_finite(x, name, ct)
         constant = bool((xd == xd[:1]).all())
         s1 = _pow2_scale(amax, ct)
-        x64 = x64 * s1
+        if s1 != 1.0:
+            x64 = x64 * s1
         mu = x64.mean(0)
         xc = x64 - mu
         xc = xc - xc.mean(0)
         if constant:
-            xc = xc * 0.0
-        s2 = _pow2_scale(float(xc.detach().abs().amax()), torch.float64)
-        xc = xc * s2
-        c = xc.detach().square().sum()
+            xc = torch.zeros_like(xc)
+        dk = xc.square().sum(1)
+        s2 = _pow2_scale(math.sqrt(float(dk.detach().max())), ct)
+        col = xc.sum(0)
+        k1 = xc @ col
+        if s2 != 1.0:
+            xc, dk, k1, col = xc * s2, dk * s2 ** 2, k1 * s2 ** 2, col * s2
         s = s1 * s2
-        xs.append(xc.to(ct))
-        scales.append(s)
-        const.append(constant)
-        sq_c.append(c / (s * s))
-        sq.append(c / (s * s) + n * (mu.detach() / s1).square().sum())
-    dev = tensors[0].device
-    return Features(xs, torch.tensor(scales, dtype=torch.float64, device=dev),
-                    torch.stack(sq_c), torch.stack(sq),
-                    torch.tensor(const, dtype=torch.bool, device=dev))
-
-
-def _side(fs: Features):
-    """Per representation: K1 = X_c(X_cᵀ1) and diag K (each (L, n) float64), ‖s‖² (L,)."""
-    k1, dk, ss = [], [], []
-    for x in fs.x:
-        x64 = x.to(torch.float64)
-        s = x64.sum(0)
-        k1.append(x64 @ s)
-        dk.append(x64.square().sum(1))
-        ss.append(s.square().sum())
-    return torch.stack(k1), torch.stack(dk), torch.stack(ss)
+        c = dk.detach().sum() / (s * s)
+        cols["x"].append(xc.to(ct))
+        cols["scale"].append(torch.tensor(s, dtype=torch.float64, device=x.device))
+        cols["k1"].append(k1)
+        cols["dk"].append(dk)
+        cols["ss"].append(col.square().sum())
+        cols["sq_c"].append(c)
+        cols["sq"].append(c + n * (mu.detach() / s1).square().sum())
+        cols["constant"].append(torch.tensor(constant, device=x.device))
+    return Features(cols["x"], *(torch.stack(cols[k]) for k in
+                                 ("scale", "k1", "dk", "ss", "sq_c", "sq", "constant")))
 
 
 def hsic(fa: Features, fb: Features, n: int, unbiased: bool) -> torch.Tensor:
@@ -118,8 +129,8 @@ def hsic(fa: Features, fb: Features, n: int, unbiased: bool) -> torch.Tensor:
     rows = rows.index_add(0, seg_a, m2)
     out = torch.zeros(len(fa.x), len(fb.x), dtype=torch.float64, device=A.device)
     out = out.index_add(1, seg_b, rows)
-    k1a, dka, ssa = _side(fa)
-    k1b, dkb, ssb = (k1a, dka, ssa) if fb is fa else _side(fb)
+    k1a, dka, ssa = fa.k1, fa.dk, fa.ss
+    k1b, dkb, ssb = fb.k1, fb.dk, fb.ss
     if unbiased:
         ta, tb = k1a - dka, k1b - dkb                      # K̃1, L̃1
         out = out - dka @ dkb.T - 2.0 / (n - 2) * (ta @ tb.T) \
@@ -132,11 +143,8 @@ def hsic(fa: Features, fb: Features, n: int, unbiased: bool) -> torch.Tensor:
 
 def self_hsic(fs: Features, n: int, unbiased: bool) -> torch.Tensor:
     """Unnormalised HSIC(K_i, K_i) (L,) float64, one representation at a time."""
-    out = []
-    for x, s, c, q in zip(fs.x, fs.scale, fs.sq_c, fs.sq):
-        one = Features([x], s[None], c[None], q[None], None)
-        out.append(hsic(one, one, n, unbiased)[0, 0])
-    return torch.stack(out)
+    return torch.stack([hsic(fs.one(i), fs.one(i), n, unbiased)[0, 0]
+                        for i in range(len(fs.x))])
 
 
 def _segments(dims, device):
