@@ -111,3 +111,12 @@ def test_memory_limit_is_stated(rng):
         similarity_matrix(xs, measure="cknna", topk=5, max_bytes=1000)
     with pytest.raises(ValueError, match="mutual_knn over n = 50"):
         similarity_matrix(xs, measure="mutual_knn", topk=5, max_bytes=1000)
+
+
+def test_grad_inputs_are_refused_clearly(rng):
+    xs = layers(rng, 12, [3, 4])
+    xs[0].requires_grad_(True)
+    with pytest.raises(ValueError, match="does not carry gradients"):
+        similarity_matrix(xs, measure="mutual_knn", topk=3)
+    with torch.no_grad():
+        assert similarity_matrix(xs, measure="rsa").shape == (2, 2)

@@ -23,8 +23,12 @@ from typing import Optional
 
 import torch
 
-from . import _engine, backends
-from .backends.torch_backend import center as _center
+if not hasattr(torch.library, "custom_op"):
+    raise ImportError(f"flashcka.ops (cka_matrix under torch.compile) needs torch >= 2.4 "
+                      f"(torch.library.custom_op); this is torch {torch.__version__}")
+
+from . import _engine, backends  # noqa: E402
+from .backends.torch_backend import center as _center  # noqa: E402
 
 __all__ = ["gram_rows", "pair", "cka_matrix_compiled"]
 

@@ -61,6 +61,10 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
     n = _validate.sample_count(groups, unbiased=measure == "cknna" and unbiased)
     _validate.device_of(groups)
     ct = _validate.compute_dtype(groups, dtype)
+    if torch.is_grad_enabled() and any(t.requires_grad for ts, _ in groups for t in ts):
+        raise ValueError(f"similarity_matrix(measure={measure!r}) does not carry gradients "
+                         f"(neighbour sets and ranks are not differentiable): detach the "
+                         f"inputs or call it under torch.no_grad(); measure='cka' does")
     la, lb = len(xa), len(xa if xb is None else xb)
     if measure == "rsa":
         if rsa_method not in RSA_METHODS:
