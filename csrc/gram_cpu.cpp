@@ -495,7 +495,31 @@ void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64
       for (int64_t j = i + 1; j < la; ++j) out[j * la + i] = out[i * la + j];
 }
 
+template <class T>
+void row_sq_norms_t(const T* g, int64_t count, int64_t ld, int64_t m, double* out, int threads) {
+  std::atomic<int64_t> next{0};
+  Pool::get().run(count > 1 && count * m >= (int64_t(1) << 20) ? threads : 1, [&](int) {
+    for (int64_t r; (r = next++) < count;) {
+      const T* row = g + r * ld;
+      double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // independent sums: pipelined, and exact
+      int64_t j = 0;                              // enough for float rows
+      for (; j + 8 <= m; j += 8)
+        for (int u = 0; u < 8; ++u) acc[u] += double(row[j + u]) * double(row[j + u]);
+      for (; j < m; ++j) acc[0] += double(row[j]) * double(row[j]);
+      out[r] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    }
+  });
+}
+
 }  // namespace
+
+void row_sq_norms(const void* g, int64_t count, int64_t ld, int64_t m, int dtype, double* out,
+                  int threads) {
+  if (dtype == kF32)
+    row_sq_norms_t(static_cast<const float*>(g), count, ld, m, out, threads);
+  else
+    row_sq_norms_t(static_cast<const double*>(g), count, ld, m, out, threads);
+}
 
 void centered_gram_rows(const Layer* layers, int64_t count, int ct, const GramArgs& args,
                         LayerStats* stats) {

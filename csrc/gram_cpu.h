@@ -61,4 +61,9 @@ void center_full(const void* k, void* out, int64_t n, int dtype, bool unbiased);
 void pair(const void* ga, int64_t la, int64_t lda, const void* gb, int64_t lb, int64_t ldb,
           int64_t m, void* out, int dtype, int threads);
 
+// out (count, float64) = squared norms of the rows g (count, m), ld ld, accumulated in
+// double (the self terms of the pair stage when the two sides differ).
+void row_sq_norms(const void* g, int64_t count, int64_t ld, int64_t m, int dtype, double* out,
+                  int threads);
+
 }  // namespace flashcka

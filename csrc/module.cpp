@@ -88,6 +88,15 @@ PYBIND11_MODULE(_C, m) {
         flashcka::pair(cptr(ga), la, lda, cptr(gb), lb, ldb, mm, mptr(out), dtype, threads);
       },
       py::call_guard<py::gil_scoped_release>(), "out (la, lb) = ga gb^T (rows of length m).");
+  m.def(
+      "row_sq_norms",
+      [](std::uintptr_t g, int64_t count, int64_t ld, int64_t mm, int dtype, std::uintptr_t out,
+         int threads) {
+        flashcka::row_sq_norms(cptr(g), count, ld, mm, dtype, reinterpret_cast<double*>(out),
+                               threads);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "out (count, float64) = squared norms of the rows of g, accumulated in double.");
   m.def("set_num_threads", [](int t) { flashcka::set_blas_threads(t); });
   m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
 }

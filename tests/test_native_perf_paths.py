@@ -253,3 +253,14 @@ def test_zero_bandwidth_names_the_layer():
     with pytest.raises(ValueError, match="lay_y.*sigma = 0"):
         _engine.gram_rows(native, [x, y], ["lay_x", "lay_y"], 10, torch.float64,
                           _engine.Settings(kernel="rbf"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("L,m", [(1, 1), (3, 7), (12, 32640), (0, 5), (2, 0)])
+def test_sq_row_norms_in_double(dtype, L, m):
+    gen = torch.Generator().manual_seed(L + m)
+    g = (torch.randn(L, 2 * m + 1, generator=gen, dtype=torch.float64) * 1e3).to(dtype)[:, 1::2]
+    want = (g.double().numpy() ** 2).sum(1)
+    got = native.sq_row_norms(g).numpy()
+    assert got.dtype == np.float64 and got.shape == (L,)
+    assert np.all(np.abs(got - want) <= 1e-13 * np.maximum(want, 1e-300))

@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
 
 IMPORTS = {"flashcka": "flashcka", "torch-cka": "torch_cka", "ckatorch": "ckatorch",
-           "cka-pytorch": "cka_pytorch", "pytorch-cka": "cka"}
+           "cka-pytorch": "cka_pytorch", "pytorch-cka": "cka", "torch": "torch"}
 # What reading each package's source shows (their installed code; none is copied here).
 NOTES = {
     "flashcka MinibatchCKA": "features centered before the Gram; float64 accumulators",

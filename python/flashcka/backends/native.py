@@ -238,6 +238,21 @@ class NativeBackend(Backend):
                      out.data_ptr(), _CODES[ga.dtype], _threads())
         return out.to(torch.float64)
 
+    def sq_row_norms(self, g):
+        """‖g_i‖² (L,) float64 of rows g (L, m), accumulated in double (float32 sums of
+        long rows lose about 1e-5 relative)."""
+        if g.dim() != 2 or g.dtype not in _CODES or g.device.type != "cpu":
+            raise ValueError(f"g must be a 2-D CPU float32/float64 tensor of rows, got "
+                             f"shape {tuple(g.shape)} {g.dtype} on {g.device}")
+        g = self._rows(g)
+        out = torch.empty(g.shape[0], dtype=torch.float64)
+        if g.numel():
+            _load().row_sq_norms(g.data_ptr(), g.shape[0], g.stride(0), g.shape[1],
+                                 _CODES[g.dtype], out.data_ptr(), _threads())
+        else:
+            out.zero_()
+        return out
+
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _rows(g):
