@@ -125,13 +125,14 @@ class NeuronLabeler:
             cs = c - self._c_shift
             self._c_sum += cs.sum(0)
             self._c_sq += cs.pow(2).sum(0)
+            cs_ct = {}
         else:
             p = torch.softmax(self.alpha * c, 1) if self.softmax else c
             self._concept_rows.append(p.to(self.ct).cpu())
         for name, t in flat:
-            a = t.to(torch.float64)
             st = self.layers.setdefault(name, {"units": t.shape[1]})
             if self.method == "correlation":
+                a = t.to(torch.float64)
                 if "shift" not in st:
                     st["shift"] = a.mean(0)
                     st["sum"] = torch.zeros_like(st["shift"])
@@ -142,8 +143,11 @@ class NeuronLabeler:
                 st["sum"] += As.sum(0)
                 st["sq"] += As.pow(2).sum(0)
                 # the per-batch product in the compute dtype, accumulated in float64
-                st["cross"] += (As.to(self.ct).T @ cs.to(device=a.device, dtype=self.ct)).double()
+                if a.device not in cs_ct:
+                    cs_ct[a.device] = cs.to(device=a.device, dtype=self.ct)
+                st["cross"] += (As.to(self.ct).T @ cs_ct[a.device]).double()
             else:
+                a = t.to(self.ct)
                 idx = torch.arange(self.n, self.n + b, device=a.device)[:, None].expand_as(a)
                 if "vals" in st:
                     vals = torch.cat([st["vals"], a])
