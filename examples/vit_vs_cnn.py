@@ -34,8 +34,10 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vit", default="demo:vit", help="ViT model spec (default demo:vit)")
     p.add_argument("--cnn", default="demo:resnet", help="CNN model spec (default demo:resnet)")
-    p.add_argument("--layers-vit", nargs="*", default=None, help="modules/globs to hook")
-    p.add_argument("--layers-cnn", nargs="*", default=None, help="modules/globs to hook")
+    p.add_argument("--layers-vit", nargs="*", default=None,
+                   help="modules/globs/presets to hook (default: the 'sublayers' preset)")
+    p.add_argument("--layers-cnn", nargs="*", default=None,
+                   help="modules/globs/presets to hook (default: the model's blocks)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs for demo models (default 12 ViT / 6 ResNet, as flashcka demo; 0 = untrained)")
     p.add_argument("--input-shape", default=None, help="C,H,W of random inputs for non-demo models")
@@ -59,8 +61,10 @@ def main(argv=None) -> dict:
         shape = tuple(int(s) for s in a.input_shape.split(","))
         x = torch.randn(a.samples, *shape, generator=torch.Generator().manual_seed(0))
     loader = _shared.batches(x, a.batch_size)
-    lv = a.layers_vit or _shared.default_layers(a.vit)
-    lc = a.layers_cnn or _shared.default_layers(a.cnn)
+    # ViT: every block's attention branch, residual stream after attention (the input of
+    # norm2, what Raghu et al. plot), MLP branch and output; CNN: its blocks.
+    lv = a.layers_vit or "sublayers"
+    lc = a.layers_cnn or None
     kw = dict(tokens=a.tokens, progress=False)
     av, ac = _shared.adapter(vit), _shared.adapter(cnn)
     results = {"vit_vs_vit": flashcka.compare(vit, None, loader, layers_a=lv, inputs_a=av, **kw),
@@ -80,7 +84,7 @@ def main(argv=None) -> dict:
     print(f"uniformity (mean off-diagonal CKA): ViT {u['vit']:.3f}, CNN {u['cnn']:.3f}")
     bm = summary["best_match"]
     for layer, name, d in zip(bm["layers"], bm["names"], bm["depth_b"]):
-        print(f"  ViT {layer:>16s} -> CNN {name} (relative depth {d:.2f})")
+        print(f"  ViT {layer:>22s} -> CNN {name} (relative depth {d:.2f})")
     print(f"wrote {out}/ in {time.perf_counter() - t0:.1f} s")
     return {"results": results, "summary": summary}
 
