@@ -88,3 +88,39 @@ def test_rbf_zero_bandwidth_names_x():
     x[0] = 1.0
     with pytest.raises(ValueError, match=r"^x: the median heuristic gives sigma = 0"):
         flashcka.gram(x, "rbf")
+
+
+def _duplicated(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randn(2, 4, generator=g)
+    return b[torch.tensor([0, 1, 0, 1, 0, 1, 1])], torch.randn(7, 3, generator=g)
+
+
+@pytest.mark.parametrize("backend", ["torch"])
+def test_rbf_duplicated_rows_have_zero_distance(backend):
+    """Exact duplicates have distance 0, not the rounding noise of K_aa + K_bb − 2K_ab: with
+    most pairs duplicated the reference median is 0 and the median heuristic must say so
+    (it landed on 1e-15 noise and returned CKA = 0.477); with sigma given, the reference."""
+    y, x = _duplicated()
+    d = ref.gram_linear(y.double().numpy())
+    sq = np.diag(d)
+    assert np.median(np.maximum(sq[:, None] + sq[None, :] - 2 * d, 0) * (1 - np.eye(7))) == 0
+    with pytest.raises(ValueError, match="y: the median heuristic gives sigma = 0"):
+        flashcka.cka(x, y, kernel="rbf", dtype=torch.float64, backend=backend)
+    k = flashcka.gram(y, "rbf", sigma=1.0, dtype=torch.float64, backend=backend).numpy()
+    np.testing.assert_allclose(k, ref.gram_rbf(y.double().numpy(), sigma=1.0), rtol=0,
+                               atol=1e-15)
+    assert (k[np.equal.outer([0, 1, 0, 1, 0, 1, 1], [0, 1, 0, 1, 0, 1, 1])] == 1.0).all()
+
+
+@pytest.mark.parametrize("backend", ["torch"])
+def test_rbf_extreme_bandwidths(backend):
+    """2σ² under- or overflowing the compute dtype: K → I or 11ᵀ, never NaN."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, generator=g)
+    eye, ones = torch.eye(5), torch.ones(5, 5)
+    assert torch.equal(flashcka.gram(x, "rbf", sigma=1e-200, backend=backend), eye)
+    assert torch.equal(flashcka.gram(x, "rbf", sigma=1e200, backend=backend), ones)
+    assert torch.equal(flashcka.gram(x * 1e30, "rbf", sigma=0.5, backend=backend), eye)
+    const = torch.full((5, 2), 8.36e29)
+    assert torch.equal(flashcka.gram(const, "rbf", sigma=0.5, backend=backend), ones)

@@ -323,3 +323,24 @@ def test_half_inputs_centered_in_float32(poison, rng, xdt):
     want = xc @ xc.T
     err = (torch.triu(k).double().cpu() - torch.triu(want)).abs().max().item()
     assert err <= 8 * _eps(torch.float32) * want.diagonal().max().item()
+
+
+def test_rbf_duplicates_and_extreme_bandwidths():
+    """As the torch backend (tests/test_gram.py): duplicated rows have distance 0 (the
+    median heuristic then reports sigma = 0), 2σ² out of range gives I or 11ᵀ, not NaN."""
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(2, 4, generator=g)
+    y = b[torch.tensor([0, 1, 0, 1, 0, 1, 1])].to(DEV)
+    x = torch.randn(7, 3, generator=g).to(DEV)
+    with pytest.raises(ValueError, match="y: the median heuristic gives sigma = 0"):
+        flashcka.cka(x, y, kernel="rbf", dtype=torch.float64, backend="triton")
+    k = flashcka.gram(y, "rbf", sigma=1.0, dtype=torch.float64, backend="triton").cpu()
+    np.testing.assert_allclose(k.numpy(), ref.gram_rbf(y.double().cpu().numpy(), sigma=1.0),
+                               rtol=0, atol=1e-15)
+    xs = torch.randn(5, 3, generator=g).to(DEV)
+    eye, ones = torch.eye(5), torch.ones(5, 5)
+    assert torch.equal(flashcka.gram(xs, "rbf", sigma=1e-200, backend="triton").cpu(), eye)
+    assert torch.equal(flashcka.gram(xs, "rbf", sigma=1e200, backend="triton").cpu(), ones)
+    assert torch.equal(flashcka.gram(xs * 1e30, "rbf", sigma=0.5, backend="triton").cpu(), eye)
+    const = torch.full((5, 2), 8.36e29, device=DEV)
+    assert torch.equal(flashcka.gram(const, "rbf", sigma=0.5, backend="triton").cpu(), ones)

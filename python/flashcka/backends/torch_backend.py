@@ -1,6 +1,8 @@
 """The plain-PyTorch backend: the readable implementation, on any device and dtype."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import Backend, ZeroBandwidthError
@@ -11,11 +13,21 @@ def center_features(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     return (x.to(mu.dtype) - mu).reshape(x.shape[0], -1)
 
 
-def sq_distances(kc: torch.Tensor) -> torch.Tensor:
-    """Squared distances D_ab = K_aa + K_bb - 2 K_ab from a linear Gram (n, n); D_aa = 0."""
+def sq_distances(kc: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Squared distances D_ab = K_aa + K_bb − 2K_ab from a linear Gram (n, n) of ``dim``
+    features; D_aa = 0. A distance within the rounding noise of that formula,
+    D_ab ≤ noise_tol(dim, dtype)·(K_aa + K_bb), is set to 0: duplicated rows get exactly 0
+    (as ‖x_a − x_b‖² does), not noise that the median heuristic could land on."""
     diag = kc.diagonal()
-    d = (diag[:, None] + diag[None, :] - 2 * kc).clamp_(min=0)
+    scale = diag[:, None] + diag[None, :]
+    d = (scale - 2 * kc).clamp_(min=0)
+    d = d.masked_fill(d <= noise_tol(dim, kc.dtype) * scale, 0.0)
     return d.fill_diagonal_(0)
+
+
+def noise_tol(dim: int, dtype: torch.dtype) -> float:
+    """Relative rounding noise of K_aa + K_bb − 2K_ab: 4·sqrt(dim)·eps(dtype)."""
+    return 4.0 * math.sqrt(max(dim, 1)) * torch.finfo(dtype).eps
 
 
 def median_sq_distance(d: torch.Tensor) -> torch.Tensor:
@@ -35,11 +47,13 @@ def median_sq_distance(d: torch.Tensor) -> torch.Tensor:
     return (order_stat((total - 1) // 2) + order_stat(total // 2)) / 2
 
 
-def rbf_from_gram(kc: torch.Tensor, sigma, threshold: float) -> torch.Tensor:
-    """RBF kernel exp(-D / (2σ²)) from a linear Gram; σ² = sigma² or threshold²·median(D)."""
-    d = sq_distances(kc)
+def rbf_from_gram(kc: torch.Tensor, sigma, threshold: float, dim: int = 1) -> torch.Tensor:
+    """RBF kernel exp(-D / (2σ²)) from a linear Gram of ``dim`` features; σ² = sigma² or
+    threshold²·median(D). Any σ > 0: D = 0 gives exactly 1 (also when 2σ² under- or
+    overflows the Gram's dtype), D > 0 with 2σ² = 0 in that dtype gives 0."""
+    d = sq_distances(kc, dim)
     if sigma is not None:
-        two_s2 = 2.0 * float(sigma) ** 2
+        two_s2 = 2.0 * float(sigma) * float(sigma)
     else:
         med = median_sq_distance(d)
         if not bool(med > 0):
@@ -48,8 +62,9 @@ def rbf_from_gram(kc: torch.Tensor, sigma, threshold: float) -> torch.Tensor:
             raise ZeroBandwidthError(
                 "the median heuristic gives sigma = 0 (at least half of the squared "
                 "pairwise distances are zero, e.g. repeated samples); pass sigma=")
-        two_s2 = 2.0 * threshold ** 2 * med
-    return torch.exp(d.div_(-two_s2))
+        two_s2 = 2.0 * threshold * threshold * med
+    zero = d == 0
+    return torch.exp(d.div_(-two_s2)).masked_fill(zero, 1.0)
 
 
 def center(k: torch.Tensor, unbiased: bool) -> torch.Tensor:
@@ -83,7 +98,7 @@ class TorchBackend(Backend):
             return xf @ xf.T
         mu = x.to(ct).mean(0)
         xc = center_features(x, mu)
-        return rbf_from_gram(xc @ xc.T, sigma, threshold)
+        return rbf_from_gram(xc @ xc.T, sigma, threshold, xc.shape[1])
 
     def center(self, k, *, unbiased):
         return center(k, unbiased)
@@ -96,7 +111,7 @@ class TorchBackend(Backend):
         k = xc @ xc.T
         sq_norm = k.diagonal().sum()
         if kernel == "rbf":
-            k = rbf_from_gram(k, sigma, threshold)
+            k = rbf_from_gram(k, sigma, threshold, xc.shape[1])
         out.copy_(center(k, unbiased).reshape(-1))
         return sq_norm
 

@@ -73,7 +73,7 @@ class TritonBackend(Backend):
             mu = x.mean(0, dtype=ct)
         k, diag, _ = tl.gram_stats_triton(x, mu, allow_tf32=self.allow_tf32)
         if kernel == "rbf":
-            tl.rbf_triton(k, diag, sigma, threshold)
+            tl.rbf_triton(k, diag, sigma, threshold, x[0].numel())
         upper = torch.triu(k)
         return upper + torch.triu(k, 1).T
 
@@ -88,7 +88,7 @@ class TritonBackend(Backend):
         k, diag, rowsum = tl.gram_stats_triton(x, mu, allow_tf32=self.allow_tf32)
         sq_norm = diag.sum()
         if kernel == "rbf":
-            rowsum = tl.rbf_triton(k, diag, sigma, threshold)
+            rowsum = tl.rbf_triton(k, diag, sigma, threshold, x[0].numel())
         tl.center_pack_triton(k, rowsum, out, unbiased=unbiased)
         return sq_norm
 

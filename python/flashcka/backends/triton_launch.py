@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import triton
 
-from .torch_backend import median_sq_distance
+from .torch_backend import median_sq_distance, noise_tol
 from .base import ZeroBandwidthError
 
 POISON = False
@@ -124,7 +125,8 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     return k, diag, rowpart.sum(0)
 
 
-def rbf_triton(k: torch.Tensor, diag: torch.Tensor, sigma, threshold: float) -> torch.Tensor:
+def rbf_triton(k: torch.Tensor, diag: torch.Tensor, sigma, threshold: float,
+               dim: int = 1) -> torch.Tensor:
     """In place on the upper tiles of k (from gram_stats_triton): K -> exp(-D/(2σ²)),
     D_ab = ‖x_a − x_b‖². σ² = sigma², or threshold² · median of all n² entries of D
     (diagonal zeros included, numpy.median convention; computed on the device, one sync
@@ -136,23 +138,27 @@ def rbf_triton(k: torch.Tensor, diag: torch.Tensor, sigma, threshold: float) -> 
     nb = triton.cdiv(n, blk)
     rowpart = _scratch((nb, n), k.dtype, k.device)
     grid = (nb, nb)
+    tol = noise_tol(dim, k.dtype)
     if sigma is not None:
-        scale = torch.full((), -0.5 / float(sigma) ** 2, dtype=k.dtype, device=k.device)
-        _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0),
+        s = float(sigma)
+        two_s2 = 2.0 * s * s
+        inv = -math.inf if two_s2 == 0.0 else -1.0 / two_s2
+        scale = torch.full((), inv, dtype=torch.float64).to(device=k.device, dtype=k.dtype)
+        _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0), tol,
                              BLOCK=blk, DIST=True, EXP=True)
         return rowpart.sum(0)
-    _k._rbf_kernel[grid](k, diag, diag, rowpart, n, k.stride(0),
+    _k._rbf_kernel[grid](k, diag, diag, rowpart, n, k.stride(0), tol,
                          BLOCK=blk, DIST=True, EXP=False)
     med = median_sq_distance(k)  # reads only the strict upper triangle
     if bool(med > 0):
-        scale = (-0.5 / threshold ** 2) / med
+        scale = ((-0.5 / threshold) / threshold) / med
     elif not bool(_strict_upper(k).max() > 0):
         scale = torch.zeros((), dtype=k.dtype, device=k.device)  # constant: K = 11ᵀ
     else:
         raise ZeroBandwidthError(
             "the median heuristic gives sigma = 0 (at least half of the squared "
             "pairwise distances are zero, e.g. repeated samples); pass sigma=")
-    _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0),
+    _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0), 0.0,
                          BLOCK=blk, DIST=False, EXP=True)
     return rowpart.sum(0)
 
