@@ -121,14 +121,11 @@ def hsic(fa: Features, fb: Features, n: int, unbiased: bool) -> torch.Tensor:
     """Unnormalised HSIC of every pair (L_A, L_B) float64 in the inputs' units:
     n(n−3)·HSIC₁ (unbiased) or (n−1)²·HSIC₀ (biased), from the formulas in the module
     docstring; ‖X_cᵀY_c‖²_F of all pairs from one product of the concatenated features."""
-    A, B = torch.cat(fa.x, 1), torch.cat(fb.x, 1)
+    A = fa.x[0] if len(fa.x) == 1 else torch.cat(fa.x, 1)
+    B = fb.x[0] if len(fb.x) == 1 else torch.cat(fb.x, 1)
     m2 = (A.T @ B).to(torch.float64).square()
-    seg_a = _segments([x.shape[1] for x in fa.x], A.device)
-    seg_b = _segments([x.shape[1] for x in fb.x], A.device)
-    rows = torch.zeros(len(fa.x), m2.shape[1], dtype=torch.float64, device=A.device)
-    rows = rows.index_add(0, seg_a, m2)
-    out = torch.zeros(len(fa.x), len(fb.x), dtype=torch.float64, device=A.device)
-    out = out.index_add(1, seg_b, rows)
+    rows = torch.stack([blk.sum(0) for blk in m2.split([x.shape[1] for x in fa.x], 0)])
+    out = torch.stack([blk.sum(1) for blk in rows.split([x.shape[1] for x in fb.x], 1)], 1)
     k1a, dka, ssa = fa.k1, fa.dk, fa.ss
     k1b, dkb, ssb = fb.k1, fb.dk, fb.ss
     if unbiased:
@@ -145,8 +142,3 @@ def self_hsic(fs: Features, n: int, unbiased: bool) -> torch.Tensor:
     """Unnormalised HSIC(K_i, K_i) (L,) float64, one representation at a time."""
     return torch.stack([hsic(fs.one(i), fs.one(i), n, unbiased)[0, 0]
                         for i in range(len(fs.x))])
-
-
-def _segments(dims, device):
-    return torch.repeat_interleave(torch.arange(len(dims), device=device),
-                                   torch.tensor(dims, device=device))
