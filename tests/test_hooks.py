@@ -389,3 +389,22 @@ def test_pattern_point_whose_second_call_is_unusable_is_dropped_whole():
     m = Reuse()
     acts = [[m.out(m.lin(x))] for x in data]
     torch.testing.assert_close(r.matrix, ref_minibatch(acts, acts), rtol=0, atol=1e-10)
+
+
+def test_float32_layers_at_extreme_scales_give_the_unscaled_numbers():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(7)
+            self.lin, self.big, self.tiny = nn.Linear(5, 6), nn.Identity(), nn.Identity()
+
+        def forward(self, x):
+            h = torch.tanh(self.lin(x))
+            return self.big(h * 1e18), self.tiny(h * 1e-18)
+
+    m = Scaled()
+    g = torch.Generator().manual_seed(2)
+    data = [torch.randn(n, 5, generator=g) for n in (30, 23)]
+    r = compare(m, None, data, layers_a=["lin", "big", "tiny"], progress=False)
+    acts = [[m.lin(x), torch.tanh(m.lin(x)), torch.tanh(m.lin(x))] for x in data]
+    torch.testing.assert_close(r.matrix, ref_minibatch(acts, acts), rtol=0, atol=1e-5)

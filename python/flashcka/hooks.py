@@ -21,8 +21,6 @@ from . import _engine, _validate
 from .selection import Point, select_points  # noqa: F401  (re-exported)
 
 TOKEN_MODES = ("flatten", "cls", "mean")
-# gram_row writes each row's power-of-two scale (Rows.scale) when it takes scale_out
-_SCALED = "scale_out" in inspect.signature(_engine.gram_row).parameters
 
 
 # ------------------------------------------------------------------ hooked tensors
@@ -236,13 +234,8 @@ class GramRecorder:
                                  f"{self._want[label]} time(s) in this forward pass, unlike "
                                  f"in the first batch's")
             x = self._tensor(p, name, output, call)
-        if _SCALED:
-            sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {name}", self.g[i], self.n,
-                                        self.ctx.ct, self.ctx.settings,
-                                        scale_out=self.scale[i])
-        else:
-            sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {name}", self.g[i], self.n,
-                                        self.ctx.ct, self.ctx.settings)
+        sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {name}", self.g[i], self.n,
+                                    self.ctx.ct, self.ctx.settings, scale_out=self.scale[i])
         if first:
             self._sq_c.append(sq_c)
             self._sq.append(sq)
@@ -318,9 +311,7 @@ class GramRecorder:
         _engine.check_finite(sq_c, [f"layer {lb}" for lb in self.labels], self.ctx.ct)
         if self.g.dtype != self.ctx.ct:
             self.g = self.g.to(self.ctx.ct)
-        if _SCALED:
-            return _engine.Rows(self.g, sq_c, sq, self.scale)
-        return _engine.Rows(self.g, sq_c, sq)
+        return _engine.Rows(self.g, sq_c, sq, self.scale)
 
     def _fix_layers(self) -> None:
         """After the first batch: drop the points that never fired (an error for exact
