@@ -264,3 +264,45 @@ def test_sq_row_norms_in_double(dtype, L, m):
     got = native.sq_row_norms(g).numpy()
     assert got.dtype == np.float64 and got.shape == (L,)
     assert np.all(np.abs(got - want) <= 1e-13 * np.maximum(want, 1e-300))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_constant_layer_has_exactly_zero_centered_norm(backend, dtype):
+    """Every column constant (at offsets whose mean does not round back exactly in float64
+    sums): ‖X_c‖² is exactly 0, so the zero-variance test need not guess from ulps."""
+    offs = torch.tensor([1e8, 3.3, -2.7, 0.1, 5e-3, 1 / 3], dtype=torch.float64).to(dtype)
+    x = torch.zeros(97, 6, dtype=dtype) + offs
+    y = torch.randn(97, 4, dtype=dtype)
+    r = rows_of(get(backend), [x, y], dtype)
+    assert float(r.sq_c[0]) == 0.0 and float(r.sq_c[1]) > 0
+    assert abs(float(r.sq[0]) - 97 * float((offs.double() ** 2).sum())) <= 1e-6 * float(r.sq[0])
+    if backend == "native":
+        assert float(r.g[0].abs().max()) == 0.0
+
+
+def test_rbf_duplicated_rows_median_is_zero():
+    """Rows that are exact duplicates have distance 0, not the Gram's rounding noise:
+    with more than half the distances 0 the median heuristic raises instead of picking
+    σ² ≈ 1e-15 (issue 9, found by the fuzzer)."""
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(2, 4, generator=g)
+    y = b[torch.tensor([0, 1, 0, 1, 0, 1, 1])]
+    with pytest.raises(ValueError, match="sigma = 0"):
+        flashcka.cka(torch.randn(7, 3, generator=g), y, kernel="rbf", dtype=torch.float64,
+                     backend="native")
+    k = native.kernel_matrix(y, kernel="rbf", sigma=1.0, threshold=1.0, ct=torch.float64)
+    same = (y[:, None, :] == y[None, :, :]).all(-1)
+    assert torch.equal(k[same], torch.ones(int(same.sum()), dtype=torch.float64))
+
+
+def test_float32_near_max_mean_does_not_overflow():
+    """A float32 column mean summed in float32 overflows near float32's max; the row path
+    sums in float64 (native always; the others on the CPU)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(50, 4, generator=gen) * 1e37 + 2e38 / 3
+    y = torch.randn(50, 3, generator=gen)
+    want = cka(x.double().numpy(), y.double().numpy())
+    for backend in BACKENDS:
+        got = flashcka.cka_matrix([x], [y], backend=backend, route="gram")
+        assert abs(float(got[0, 0]) - want) < 1e-4, backend

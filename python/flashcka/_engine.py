@@ -184,8 +184,10 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor | Non
             sq_c = sq_raw / (scale * scale)
             return (torch.tensor(sq_c, dtype=torch.float64),
                     torch.tensor(sq_c + n * mu_sq, dtype=torch.float64))
-    mu = be.column_mean(x, ct)
-    amax = _max_abs_dev(x, mu, ct) if scale_out is not None else 0.0
+    # The mean in float64 on the CPU: a float32 sum of values near float32's max overflows.
+    mu = be.column_mean(x, torch.float64).to(ct) if x.device.type == "cpu" \
+        else be.column_mean(x, ct)
+    amax, constant = _max_abs_dev(x, mu, ct) if scale_out is not None else (0.0, False)
     scale = pow2_scale(amax, ct)
     xs, mus, sigma = x, mu, s.sigma
     if scale != 1.0:
@@ -197,16 +199,20 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor | Non
     except ZeroBandwidthError as e:
         raise ValueError(f"{name}: {e}") from None
     sq_c = sq_c.to(torch.float64) / (scale * scale)
+    if constant:  # every column constant: X_c = 0 exactly, whatever the rounding of μ
+        sq_c = torch.zeros_like(sq_c)
     if scale_out is not None:
         scale_out.fill_(scale if s.kernel == "linear" else 1.0)
     return sq_c, sq_c + n * mu.to(torch.float64).square().sum()
 
 
-def _max_abs_dev(x, mu, ct) -> float:
-    """max |x − μ| over all elements, from each column's min and max (one pass)."""
-    lo, hi = torch.aminmax(x.reshape(x.shape[0], -1), dim=0)
-    m = mu.reshape(-1)
-    return float(torch.maximum(hi.to(ct) - m, m - lo.to(ct)).max())
+def _max_abs_dev(x, mu, ct) -> tuple[float, bool]:
+    """(max |x − μ| over all elements, whether every column is constant), from each
+    column's min and max (one pass; no graph)."""
+    lo, hi = torch.aminmax(x.detach().reshape(x.shape[0], -1), dim=0)
+    m = mu.detach().reshape(-1)
+    amax = float(torch.maximum(hi.to(ct) - m, m - lo.to(ct)).max())
+    return amax, bool((hi == lo).all())
 
 
 def zero_variance(sq_c: torch.Tensor, sq: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
