@@ -306,3 +306,29 @@ def test_float32_near_max_mean_does_not_overflow():
     for backend in BACKENDS:
         got = flashcka.cka_matrix([x], [y], backend=backend, route="gram")
         assert abs(float(got[0, 0]) - want) < 1e-4, backend
+
+
+def _child_rows(q):
+    with threads(2):
+        x = torch.randn(130, 70000)
+        r = rows_of(native, [x, x[:, :5000]], torch.float32)
+    q.put(float(r.sq_c[0]) > 0)
+
+
+def test_pool_after_fork():
+    """The pool's threads do not exist in a forked child (DataLoader workers): the child
+    gets a pool of its own instead of waiting forever on the parent's."""
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    with threads(2):
+        rows_of(native, [torch.randn(130, 70000)], torch.float32)  # parent's pool started
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_rows, args=(q,))
+    p.start()
+    p.join(120)
+    if p.is_alive():
+        p.kill()
+        pytest.fail("the forked child hung in the native pool")
+    assert p.exitcode == 0 and q.get(timeout=5)
