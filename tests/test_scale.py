@@ -138,7 +138,7 @@ def test_pair_stage_overflow_raises_not_zero():
         _engine.hsic_from_rows(be, rows, rows, True, 8, True, ["a", "b"], ["a", "b"])
 
 
-@pytest.mark.parametrize("route", ["feature"])
+@pytest.mark.parametrize("route", ["gram", "feature"])
 @pytest.mark.parametrize("offset", [1e4, 1e8, 1e30])
 def test_float32_offset_with_spread_is_not_zero_variance(rng, route, offset):
     """float32 data at a large offset with a spread of some ulps is valid data (x − μ is
@@ -163,3 +163,18 @@ def test_constant_rows_are_zero_variance(route, value):
         m = flashcka.cka_matrix(xs, route=route)
     assert torch.isnan(m[1]).all() and torch.isnan(m[:, 1]).all()
     assert abs(m[0, 0].item() - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("route", ["gram", "feature"])
+@pytest.mark.parametrize("c", [123.456, 0.1, 1e8 + 8])
+def test_float32_one_varying_column_among_constants(rng, route, c):
+    """Thousands of constant columns at an awkward value (whose float32 mean is off by an
+    ulp) and one varying column: a valid representation, CKA as the reference's."""
+    n, d = 37, 3000
+    y = torch.full((n, d), c, dtype=torch.float32)
+    y[:, 0] += torch.tensor(rng.standard_normal(n) * 1e-3 * c, dtype=torch.float32)
+    x = torch.tensor(rng.standard_normal((n, 3)), dtype=torch.float32)
+    x[:, 0] += (y[:, 0].double() - c).float() / (1e-3 * c)
+    got = _quiet(lambda: flashcka.cka_matrix([x], [y], route=route)).item()
+    want = ref.cka(x.double().numpy(), y.double().numpy() - np.float32(c).item())
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)

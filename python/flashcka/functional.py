@@ -170,11 +170,22 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
         rb = ra if same else _engine.gram_rows(be, xb, nb, n, ct, s)
         cross, self_a, self_b = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased,
                                                        na, nb)
-        undefined_a = _engine.zero_variance(ra.sq_c, ra.sq, ct)
-        undefined_b = _engine.zero_variance(rb.sq_c, rb.sq, ct)
+        undefined_a = _constant_rows(xa)
+        undefined_b = undefined_a if same else _constant_rows(xb)
     if want == "hsic":
         return cross
     return _engine.cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, na, nb)
+
+
+def _constant_rows(tensors) -> torch.Tensor:
+    """(L,) bool: representations whose rows are all equal (every column's min equals its
+    max) — exactly those whose CKA is undefined (zero variance). An exact test, so data
+    whose spread is a few ulps of a large offset (x − μ is exact) is not called constant."""
+    flags = []
+    for x in tensors:
+        lo, hi = torch.aminmax(x.detach().reshape(x.shape[0], -1), dim=0)
+        flags.append(bool(torch.equal(lo, hi)))
+    return torch.tensor(flags, dtype=torch.bool, device=tensors[0].device)
 
 
 def _needs_grad(groups) -> bool:
