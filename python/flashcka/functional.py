@@ -5,6 +5,21 @@ hsic/cka/cka_matrix are float64 on the inputs' device. Compute dtype: float64 if
 (``dtype=torch.float64``) or if any input is float64, float32 otherwise (bf16/fp16 inputs
 are upcast). Features are centered (X − 1μᵀ) before any Gram: every estimator is exactly
 invariant to it and it removes float32 cancellation (DESIGN.md §1).
+
+Contract, the same on every route and backend:
+- Scale: each representation is multiplied by a power of two (exact) when its magnitude
+  is outside a safe range, and the scales are applied in float64, so float32 inputs at
+  any scale float32 holds (1e-30 … 1e30) give the same CKA; HSIC is returned in the
+  inputs' units. A pair stage that still overflows raises a ValueError.
+- Zero variance: a representation whose rows are all equal has undefined CKA: NaN and
+  one warning naming it. Nothing else is called constant.
+- ``backend=``: "auto" picks native (CPU) or Triton (CUDA) where usable, torch otherwise;
+  a named backend is used or refused (RuntimeError/ValueError), on either route. The
+  feature route (``route="feature"``, or chosen by ``route="auto"`` when cheaper) runs
+  torch operations, so it is taken only with backend "auto" or "torch".
+- Autograd: when an input requires grad (and grad mode is on) the result carries the
+  graph: "auto" then runs the torch backend; naming a backend that cannot differentiate
+  ("native", "triton") raises a ValueError.
 """
 from __future__ import annotations
 
