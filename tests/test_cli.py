@@ -259,6 +259,10 @@ def test_spec_errors_are_helpful(tmp_path, image_folder):
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "small.pt")
     with pytest.raises(SystemExit, match="does not fit ResNet"):
         main(["compare", "--model-a", "timm:resnet18", "--weights-a", str(tmp_path / "small.pt")])
+    with pytest.raises(SystemExit, match=r"create_model\('resnet18'\) with kwargs"):
+        main(["compare", "--model-a", "timm:resnet18", "--kwargs-a", '{"no_such_arg": 1}'])
+    with pytest.raises(SystemExit, match="--kwargs-a must be a JSON object"):
+        main(["compare", "--model-a", "timm:resnet18", "--kwargs-a", "[1]"])
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit, match="holds no images"):

@@ -103,7 +103,8 @@ def _timm(name, image_size, kwargs, arg):
         except TypeError:
             model = None                      # CNNs take any size and no img_size
     if model is None:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = _build(timm.create_model, name, kwargs, f"timm.create_model({name!r})", arg,
+                       pretrained=False)
     from timm.data import create_transform, resolve_model_data_config
     cfg = resolve_model_data_config(model)
     if image_size is not None:
@@ -128,7 +129,8 @@ def _torchvision(name, image_size, kwargs, arg):
         except TypeError:
             model = None
     if model is None:
-        model = models.get_model(name, weights=None, **kwargs)
+        model = _build(models.get_model, name, kwargs,
+                       f"torchvision.models.get_model({name!r})", arg, weights=None)
     try:
         default = models.get_model_weights(name).DEFAULT
         tf = default.transforms()
@@ -294,6 +296,13 @@ def _first(v):
 
 
 # ------------------------------------------------------------------ helpers
+
+def _build(fn, name, kwargs, desc, arg, **fixed):
+    try:
+        return fn(name, **fixed, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{arg}: {desc} with kwargs {kwargs} failed: {e}") from None
+
 
 def _import(name, arg):
     try:
