@@ -56,6 +56,17 @@ def test_self_and_default_tile(rng):
     assert float(fwd[0, 1]) == pytest.approx(ref, rel=1e-12)
 
 
+def test_from_grams(rng):
+    xs = [torch.tensor(rng.standard_normal((29, d))) for d in (2, 6)]
+    ys = [torch.tensor(rng.standard_normal((29, 3)))]
+    a = information_imbalance(xs, ys, k=2)
+    b = information_imbalance([x @ x.T for x in xs], [y @ y.T for y in ys], k=2, grams=True)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match=r"\(n, n\) = \(29, 29\)"):
+        information_imbalance(xs, grams=True)
+
+
 def test_ties_follow_index_order():
     # duplicates and equidistant points: order by (distance, index), self first
     x = torch.tensor([[0.0], [0.0], [1.0], [-1.0], [2.0], [0.0]], dtype=torch.float64)

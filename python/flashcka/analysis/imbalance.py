@@ -9,7 +9,8 @@ from .. import _validate
 from ._common import positive_int
 
 
-def information_imbalance(xs, ys=None, k: int = 1, *, dtype: torch.dtype | None = None,
+def information_imbalance(xs, ys=None, k: int = 1, *, grams: bool = False,
+                          dtype: torch.dtype | None = None,
                           tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Information imbalance of every layer pair, both directions.
 
@@ -27,6 +28,10 @@ def information_imbalance(xs, ys=None, k: int = 1, *, dtype: torch.dtype | None 
     (for k = 1 Glielmo et al.'s ``2/N ⟨r^B | r^A = 1⟩``; for k > 1 the mean rank over the
     k nearest neighbours, as DADApy's ``MetricComparisons`` does). Near 0: A's neighbours
     are neighbours in B (A predicts B); about 1: unrelated.
+
+    ``grams=True``: xs/ys are (n, n) kernel matrices K (e.g. ``flashcka.gram(x)``, or any
+    positive semi-definite similarity), and ``d²(i, j) = K_ii + K_jj − 2 K_ij`` is taken from
+    them directly (the feature-space distance of the kernel).
 
     Ties: neighbours are ordered by (distance, index): a point that is as far from i as
     another comes after it when its index is larger, and i itself always comes first
@@ -56,8 +61,14 @@ def information_imbalance(xs, ys=None, k: int = 1, *, dtype: torch.dtype | None 
         f = t.detach().reshape(n, -1).to(ct)
         if not bool(torch.isfinite(f).all()):
             _validate.raise_non_finite(t, name, ct)
-        f = f - f.mean(0, keepdim=True)
-        feats.append((f, f.pow(2).sum(1)))
+        if grams:
+            if t.shape != (n, n):
+                raise ValueError(f"{name} must be an (n, n) = ({n}, {n}) kernel matrix with "
+                                 f"grams=True, got shape {tuple(t.shape)}")
+            feats.append((f, f.diagonal().clone()))
+        else:
+            f = f - f.mean(0, keepdim=True)
+            feats.append((f, f.pow(2).sum(1)))
     L = len(feats)
     if tile is None:
         tile = max(1, min(n, (256 << 20) // (8 * n * L)))
@@ -69,7 +80,7 @@ def information_imbalance(xs, ys=None, k: int = 1, *, dtype: torch.dtype | None 
         rows = ar[r0:r1]
         ranks, nns = [], []
         for f, sq in feats:
-            d = sq[r0:r1, None] + sq[None, :] - 2.0 * (f[r0:r1] @ f.T)
+            d = sq[r0:r1, None] + sq[None, :] - 2.0 * (f[r0:r1] if grams else f[r0:r1] @ f.T)
             d[torch.arange(r1 - r0), rows] = -float("inf")      # i itself comes first
             order = torch.sort(d, dim=1, stable=True).indices
             rank = torch.empty_like(order).scatter_(1, order, ar.expand(r1 - r0, n))
