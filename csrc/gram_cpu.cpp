@@ -167,13 +167,20 @@ double center_chunk(T* buf, int64_t n, int64_t w, const T* mu, T s, Scratch<T>& 
   return m;
 }
 
-// Columns per chunk: a buffer of about 2 MiB; with several threads on one layer, at least
-// three chunks a thread where the width allows (they are pulled in turn, so a thread
-// slowed by another process's work takes fewer).
-int64_t chunk_width(int64_t n, int64_t d, int64_t nt, size_t item) {
-  int64_t w = std::max<int64_t>(256, (int64_t(2) << 20) / (int64_t(item) * n));
-  if (nt > 1) w = std::min(w, std::max<int64_t>(128, (d + 3 * nt - 1) / (3 * nt)));
-  return std::min(w, d);
+// Chunk boundaries (c0 of each chunk, then d): buffers of about 2 MiB. With several
+// threads on one layer the chunks shrink as the work runs out (guided: a chunk is about
+// 1/(2·nt) of what is left, at least 128 columns), so a thread slowed by another process
+// (or by torch's spinning OpenMP workers) holds the others up by one short chunk at most.
+std::vector<int64_t> chunk_starts(int64_t n, int64_t d, int64_t nt, size_t item) {
+  const int64_t wmax = std::min(d, std::max<int64_t>(256, (int64_t(2) << 20) / (int64_t(item) * n)));
+  std::vector<int64_t> starts;
+  for (int64_t c = 0; c < d;) {
+    starts.push_back(c);
+    const int64_t left = d - c;
+    c += nt > 1 ? std::min(left, std::min(wmax, std::max<int64_t>(128, left / (2 * nt)))) : std::min(left, wmax);
+  }
+  starts.push_back(d);
+  return starts;
 }
 
 struct Pass {
@@ -194,8 +201,10 @@ Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K
                       L.s2 == 1 && L.s0 >= d && L.s0 <= 0x7fffffff;
   // (direct: BLAS reads x as (n, d) with ld = s0; rows that overlap in memory, s0 < d as
   // from unfold/expand/as_strided, are loaded into the buffer instead.)
-  const int64_t w = chunk_width(n, d, nt, sizeof(T));
-  const int64_t chunks = (d + w - 1) / w;
+  const std::vector<int64_t> starts = chunk_starts(n, d, nt, sizeof(T));
+  const int64_t chunks = int64_t(starts.size()) - 1;
+  int64_t w = 0;  // the widest chunk: buffer sizes
+  for (int64_t q = 0; q < chunks; ++q) w = std::max(w, starts[size_t(q + 1)] - starts[size_t(q)]);
   nt = int(std::min<int64_t>(nt, chunks));
   std::atomic<int64_t> next{0};
   std::atomic<bool> stop{false};
@@ -207,7 +216,7 @@ Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K
     Pass& p = part[size_t(t)];
     T* Kmine = nullptr;
     for (int64_t ch; !stop.load(std::memory_order_relaxed) && (ch = next++) < chunks;) {
-      const int64_t c0 = ch * w, c1 = std::min(d, c0 + w), cw = c1 - c0;
+      const int64_t c0 = starts[size_t(ch)], c1 = starts[size_t(ch + 1)], cw = c1 - c0;
       const T* a = nullptr;
       int lda = int(cw);
       if (direct) {
@@ -420,9 +429,10 @@ LayerStats gram_layer_any(const Layer& ly, const GramArgs& args, int nt) {
   return gram_layer<double, T>(ly, args, nt);
 }
 
-// Under this many flops (n²d) a layer runs on one thread: waking a helper and adding its
-// triangle costs about as much as it saves.
-constexpr double kSplitFlops = double(int64_t(1) << 24);
+// Under this many flops (n²d) a layer runs on one thread. Measured right after a torch op
+// (the hooks' case; bench notes): below ~2²⁸ a helper thread, competing with torch's
+// spinning OpenMP workers, cost more than it saved (also the previous session's finding).
+constexpr double kSplitFlops = double(int64_t(1) << 28);
 
 template <class T>
 void rows_t(const Layer* layers, int64_t count, const GramArgs& args, LayerStats* stats) {

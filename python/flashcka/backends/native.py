@@ -115,10 +115,6 @@ def _layout(x: torch.Tensor, ct: torch.dtype):
     return x, _CODES[x.dtype], n, a, b, x.stride(0), s1, s2
 
 
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
-
-
 class NativeBackend(Backend):
     name = "native"
 
@@ -169,7 +165,7 @@ class NativeBackend(Backend):
             d = torch.tensor(desc, dtype=torch.int64)
             _load().centered_gram_rows(
                 d.data_ptr(), L, _CODES[ct], 1 if kernel == "rbf" else 0, self._sigma(sigma),
-                float(threshold), bool(unbiased), _threads(), mus is None,
+                float(threshold), bool(unbiased), self._threads(), mus is None,
                 1.0 if scale is None else float(scale), stats.data_ptr())
         if dst is not out:
             out.copy_(dst)
@@ -198,7 +194,7 @@ class NativeBackend(Backend):
         out = torch.empty(n, n, dtype=ct)
         status = _load().kernel_matrix(
             xk.data_ptr(), code, n, a, b, s0, s1, s2, out.data_ptr(), _CODES[ct],
-            1 if kernel == "rbf" else 0, self._sigma(sigma), float(threshold), _threads())
+            1 if kernel == "rbf" else 0, self._sigma(sigma), float(threshold), self._threads())
         if status == 1:
             raise ZeroBandwidthError(_ZERO_BW)
         return out
@@ -235,7 +231,7 @@ class NativeBackend(Backend):
             return (ga @ gb.T).to(torch.float64)
         out = torch.empty(la, lb, dtype=ga.dtype)
         _load().pair(ga.data_ptr(), la, ga.stride(0), gb.data_ptr(), lb, gb.stride(0), m,
-                     out.data_ptr(), _CODES[ga.dtype], _threads())
+                     out.data_ptr(), _CODES[ga.dtype], self._threads())
         return out.to(torch.float64)
 
     def sq_row_norms(self, g):
@@ -248,12 +244,19 @@ class NativeBackend(Backend):
         out = torch.empty(g.shape[0], dtype=torch.float64)
         if g.numel():
             _load().row_sq_norms(g.data_ptr(), g.shape[0], g.stride(0), g.shape[1],
-                                 _CODES[g.dtype], out.data_ptr(), _threads())
+                                 _CODES[g.dtype], out.data_ptr(), self._threads())
         else:
             out.zero_()
         return out
 
     # ------------------------------------------------------------------ helpers
+    # Worker threads of the native kernels (our own pool, not torch's OpenMP workers):
+    # None follows torch.get_num_threads(); an int fixes it.
+    threads: int | None = None
+
+    def _threads(self) -> int:
+        return max(1, self.threads or torch.get_num_threads())
+
     @staticmethod
     def _rows(g):
         """Rows with unit inner stride and a row stride BLAS accepts."""
