@@ -233,7 +233,7 @@ def test_scale_found_late_and_tiny(nthreads):
     abandoned and redone) and an all-tiny layer (found at the end): both scaled, both
     right against float64."""
     gen = torch.Generator().manual_seed(9)
-    n = 64
+    n = 90  # n²d > 2²⁸: with 2 threads the layer is split over both
     late = torch.randn(n, 40000, generator=gen)
     late[:, 30000:] *= 1e25
     tiny = torch.randn(n, 300, generator=gen) * 1e-25
