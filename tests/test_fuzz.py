@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import flashcka
@@ -56,6 +56,18 @@ SCALE = 10 if PROFILE == "deep" else 1      # examples per test: N[test] * SCALE
 TOL_C = 16.0
 # Known bugs owned by other helpers: input classes excluded until fixed (name -> reason).
 KNOWN_BUGS: dict[str, str] = {
+    "inf_column": "H1/H2 (bugs.md 20:00): a column that is entirely ±inf gives NaN 'zero "
+                  "variance' (or 'overflowed in the pair stage') instead of 'non-finite'",
+    "gram_rbf_scale": "H2 (bugs.md 19:50): gram(x, 'rbf') of float32 x at |x| > 1e26 raises "
+                      "'overflows' (the mean's rounding residue squared); K is 11ᵀ or I",
+    "pair_stage_overflow": "H2 (bugs.md 19:50): 'HSIC ... not finite (nan): float32 overflowed "
+                           "in the pair stage' for float32 inputs float32 holds",
+    "float32_near_max": "H1/H2 (bugs.md 19:45): float32 values within n·16 of float32's max "
+                        "overflow in the column mean (sum in float32) and raise 'overflows'",
+    "rbf_duplicate_noise": "H1/H2 (bugs.md 19:32): duplicated rows' squared distances come out "
+                           "as rounding noise, not 0, so the RBF median can be noise (garbage σ)",
+    "zero_variance_offset": "H2 (bugs.md 19:20 a): NaN 'zero variance' for float32 data at an "
+                            "offset (‖X_c‖ <= 64·eps·‖X‖) that float32 holds exactly",
     "gram_zero_bw_unnamed": "H2 (bugs.md): gram(x, 'rbf') with a zero median bandwidth raises "
                             "ZeroBandwidthError without naming x",
 }
@@ -70,7 +82,7 @@ except ImportError:
 
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 BAD_DTYPES = [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64]
-STATS = {"examples": 0, "errors": 0, "nan": 0, "max_err_over_tol": 0.0}
+STATS = {"calls": 0, "errors": 0, "nan": 0, "max_err_over_tol": 0.0}  # hypothesis examples: 2,000 (ci)
 
 
 HANG_S = 120  # one call running longer than this is a hang: the run dies with a traceback
@@ -247,12 +259,29 @@ def setting_errors(kw, route=None, backend="auto"):
     return errs
 
 
+class Excused(Exception):
+    """An input class excluded by KNOWN_BUGS: the example is not checked."""
+
+
+def excusable(test):
+    """Run test; an Excused input class (KNOWN_BUGS) ends the example unchecked."""
+    import functools
+
+    @functools.wraps(test)
+    def wrapper(data):
+        try:
+            return test(data)
+        except Excused:
+            return None
+    return wrapper
+
+
 class Rep:
     """The float64 reference's view of one representation (n, d)."""
 
     def __init__(self, x, name, kw):
         self.x, self.name = x, name
-        self._stats = {}
+        self._stats, self._dist = {}, None
         self.n = x.shape[0]
         self.d = x[0].numel() if self.n else 0
         self.errors = []
@@ -265,35 +294,65 @@ class Rep:
         self.x64 = x.detach().to(torch.float64).reshape(self.n, -1).numpy()
         if not np.isfinite(self.x64).all():
             self.errors.append((ValueError, [name]))
+            if "inf_column" in KNOWN_BUGS and (np.isinf(self.x64).all(0)).any():
+                STATS["excused"] = STATS.get("excused", 0) + 1
+                raise Excused()
             return
         self.xc = self.x64 - self.x64.mean(0)
         self.constant = bool((self.x64 == self.x64[:1]).all())
         self.sq_c = float((self.xc ** 2).sum())
         self.sq = float((self.x64 ** 2).sum())
         self.g = math.sqrt(self.d) + math.sqrt(self.n)
+        self.amax = float(np.abs(self.x64).max())
 
     def kernel(self, kw, u=0.0):
         """Reference kernel of the centered features (distances are invariant to it, and
-        float64 centering first keeps the reference exact at large offsets); the scale S."""
+        float64 centering first keeps the reference exact at large offsets), minus 11ᵀ for
+        RBF (``expm1``: both centerings remove 11ᵀ exactly, and an RBF kernel near 11ᵀ keeps
+        its digits), and the error scale S. (None, S) when the median bandwidth is 0."""
         if kw["kernel"] == "linear":
             k = self.xc @ self.xc.T
             # + the rounding residue of the column mean (a shift of every row by up to
             # g·u·|μ|: no change in exact arithmetic, but rounding is relative to it)
-            return k, self.sq_c + (self.g * u) ** 2 * self.sq
+            # (+ rounding a float64 input to a float32 compute dtype: X + E, |E| <= u|X|)
+            return k, self.sq_c + (self.g * u) ** 2 * self.sq + self._down(u) * 2 * math.sqrt(
+                self.sq_c * self.sq) / self.g
         sq = (self.xc ** 2).sum(1)
-        dist = np.maximum(sq[:, None] + sq[None, :] - 2 * self.xc @ self.xc.T, 0)
-        np.fill_diagonal(dist, 0)
+        dist = self.distances()
         s2 = kw["sigma"] ** 2 if kw["sigma"] is not None else \
-            kw["threshold"] ** 2 * np.median(dist)
+            kw["threshold"] ** 2 * np.median(dist)   # numpy's median of all n² entries
         if s2 == 0:
             if dist.max() == 0:      # constant representation: K = 11ᵀ
-                return np.ones((self.n, self.n)), float(self.n)
+                return np.zeros((self.n, self.n)), float(self.n)
             return None, max(sq.max(), 1e-300)
-        k = ref.gram_rbf(self.xc, kw["sigma"], kw["threshold"])
-        return k, float(np.linalg.norm(k)) * (1 + sq.max() / s2)
+        k1 = np.expm1(-dist / (2 * s2))
+        raw = (self.x64 ** 2).sum(1).max()
+        return k1, float(np.linalg.norm(k1 + 1)) * (
+            1 + (sq.max() + self.sq * u + self._down(u) * 2 * math.sqrt(sq.max() * raw)) / s2)
+
+    def _down(self, u):
+        """1 when the input is rounded to a narrower compute dtype (float64 -> float32)."""
+        return 1.0 if self.x.dtype == torch.float64 and u > 1e-10 else 0.0
+
+    def distances(self):
+        """Squared pairwise distances (n, n) of the float64 rows, exactly 0 between equal
+        rows (the formula ‖a‖² + ‖b‖² − 2a·b alone leaves rounding noise there)."""
+        if self._dist is None:
+            xc = self.xc
+            if self.n * self.n * self.d <= 4_000_000:
+                d = ((xc[:, None, :] - xc[None, :, :]) ** 2).sum(-1)
+            else:
+                sq = (xc ** 2).sum(1)
+                d = np.maximum(sq[:, None] + sq[None, :] - 2 * xc @ xc.T, 0)
+                _, inv = np.unique(self.x64, axis=0, return_inverse=True)
+                inv = inv.reshape(-1)
+                d[inv[:, None] == inv[None, :]] = 0
+            self._dist = d
+        return self._dist
 
     def stats(self, kw, u):
-        """(Û-norm, S, g) of this representation; None when the median bandwidth is 0."""
+        """Centered reference kernel C (Û or HKH), its norm U, error scale S and g;
+        None when the median bandwidth is 0."""
         key = (kw["kernel"], kw["sigma"], kw["threshold"], kw["unbiased"], u)
         if key not in self._stats:
             self._stats[key] = self._compute_stats(kw, u)
@@ -303,36 +362,48 @@ class Rep:
         k, s = self.kernel(kw, u)
         if k is None:
             return None
-        norm = ref.hsic_song(k, k) * self.n * (self.n - 3) if kw["unbiased"] else \
-            ref.hsic_biased(k, k) * (self.n - 1) ** 2
-        return dict(k=k, U=math.sqrt(max(norm, 0.0)), S=s, g=self.g)
+        c = ref.center_unbiased_fast(k) if kw["unbiased"] else ref.center_biased(k)
+        return dict(k=k, C=c, U=float(np.linalg.norm(c)), S=s, g=self.g)
+
+
+def ref_hsic(sa, sb, n, unbiased):
+    """Reference HSIC: ⟨Û_K, Û_L⟩_F / (n(n−3)) or ⟨HKH, HLH⟩_F / (n−1)²."""
+    return float(np.sum(sa["C"] * sb["C"])) / (n * (n - 3) if unbiased else (n - 1) ** 2)
 
 
 def group_errors(reps, kw):
-    """(must, may): errors a call on these representations must raise (any one of them,
-    the library may find them in any order), and errors it may raise."""
+    """(must, may): errors a call on these representations must raise (any one of them:
+    the library may find them in any order), and errors it may raise besides."""
     must = [e for r in reps for e in r.errors]
     ns = {r.n for r in reps}
     if len(ns) > 1:
         must.append((ValueError, ["samples"]))
     elif min(ns) < (4 if kw["unbiased"] else 2):
         must.append((ValueError, ["n = "]))
-    if must:
-        return must, []
-    may = []
+    bw_must, may = [], []
+    f32max = float(torch.finfo(torch.float32).max)
+    for r in reps:
+        if not r.errors and "pair_stage_overflow" in KNOWN_BUGS:
+            may.append((ValueError, ["pair stage"]))
+        if not r.errors and "float32_near_max" in KNOWN_BUGS and \
+                r.x.dtype != torch.float64 and r.amax * max(r.n, r.d) * 16 > f32max:
+            may.append((ValueError, [r.name, "overflow"]))
     if kw["kernel"] == "rbf" and kw["sigma"] is None:
         for r in reps:
-            sq = (r.xc ** 2).sum(1)
-            dist = np.maximum(sq[:, None] + sq[None, :] - 2 * r.xc @ r.xc.T, 0)
-            np.fill_diagonal(dist, 0)
+            if r.errors or r.n < 2:
+                continue
+            dist = r.distances()
             med = np.median(dist)
             if med == 0 and dist.max() > 0:
-                must.append((ValueError, [r.name, "sigma"]))
+                if not must and "rbf_duplicate_noise" in KNOWN_BUGS:  # no claim until fixed
+                    STATS["excused"] = STATS.get("excused", 0) + 1
+                    raise Excused()
+                bw_must.append((ValueError, [r.name, "sigma"]))
                 if "gram_zero_bw_unnamed" in KNOWN_BUGS:
-                    must.append((ValueError, ["sigma"]))
-            elif med <= 1e4 * np.finfo(np.float32).eps * max(sq.max(), 1e-300):
+                    bw_must.append((ValueError, ["sigma"]))
+            elif med <= 1e4 * np.finfo(np.float32).eps * max(dist.max(), 1e-300):
                 may.append((ValueError, [r.name, "sigma"]))  # float32 may round it to 0
-    return must, may
+    return must + bw_must, may
 
 
 def check_raises(call, errors):
@@ -352,11 +423,11 @@ def check_raises(call, errors):
 def run(call, must, may):
     """Run call: when errors are required check them; else return its value, or None when
     it raised an acceptable (may) error."""
-    STATS["examples"] += 1
+    STATS["calls"] += 1
     faulthandler.dump_traceback_later(HANG_S, exit=True)
     try:
         if must:
-            check_raises(call, must)
+            check_raises(call, must + may)
             return None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -393,11 +464,20 @@ def cka_tolerance(batches_k, batches_l, cka_ref, u):
     return e_num / math.sqrt(dk * dl) + c * (e_k / dk + e_l / dl)
 
 
-def check_cka_entry(got, want, tol, undefined_required, warned, what):
+def offset_dominated(reps, u):
+    """Known bug zero_variance_offset: the library's offset-relative zero-variance test."""
+    return "zero_variance_offset" in KNOWN_BUGS and any(
+        r.sq_c <= 4 * (64 * u) ** 2 * r.sq for r in reps)
+
+
+def check_cka_entry(got, want, tol, undefined_required, warned, what, excused=False):
     note(f"{what}: got {got!r} want {want!r} tol {tol:.3g}")
     if math.isnan(got):
         STATS["nan"] += 1
         assert warned, f"{what}: NaN without a FlashCKAWarning"
+        if excused:
+            STATS["excused"] = STATS.get("excused", 0) + 1
+            return
         assert undefined_required or not math.isfinite(tol) or not math.isfinite(want), \
             f"{what}: NaN for a well-conditioned pair (reference {want}, tol {tol:.3g})"
         return
@@ -414,8 +494,9 @@ def _backend(draw_backend, tiny):
     return draw_backend(st.sampled_from(BACKENDS + (["triton"] if TRITON and tiny else [])))
 
 
-@settings(max_examples=350 * SCALE)
+@settings(max_examples=400 * SCALE)
 @given(data=st.data())
+@excusable
 def test_fuzz_gram(data):
     tiny = TRITON and rare(data.draw, 10)
     n = data.draw(sizes(tiny))
@@ -446,14 +527,17 @@ def test_fuzz_gram(data):
                 must.append((ValueError, ["x", "overflow"]))
         if nrm.max() ** 2 > float(torch.finfo(ct).max) / 4:  # partial sums may overflow
             may.append((ValueError, ["x", "overflow"]))
+        if r.amax ** 2 * r.d < 1e4 * float(torch.finfo(ct).tiny):  # every product subnormal
+            may.append((ValueError, ["x", "underflow"]))
     else:
         k, s = r.kernel(kw, u)
         if k is None or must:
             return run(call, must, may)
-        want = k
-        tol = TOL_C * u * (math.sqrt(r.d) + 1) * s / max(np.linalg.norm(k), 1e-300) \
+        want = 1 + k
+        tol = TOL_C * u * (math.sqrt(r.d) + 1) * s / np.linalg.norm(want) \
             * np.ones_like(k)
-        if (r.xc ** 2).sum(1).max() > float(torch.finfo(ct).max) / 4:
+        if (r.xc ** 2).sum(1).max() > float(torch.finfo(ct).max) / 4 or (
+                "gram_rbf_scale" in KNOWN_BUGS and r.amax > 1e25 and ct == torch.float32):
             may.append((ValueError, ["x", "overflow"]))
     res = run(call, must, may)
     if res is None:
@@ -466,8 +550,9 @@ def test_fuzz_gram(data):
     assert (err <= tol).all(), f"gram: max err {err.max():.3g}, tol there {tol.flat[err.argmax()]:.3g}"
 
 
-@settings(max_examples=250 * SCALE)
+@settings(max_examples=300 * SCALE)
 @given(data=st.data())
+@excusable
 def test_fuzz_center(data):
     tiny = TRITON and rare(data.draw, 10)
     n = data.draw(sizes(tiny))
@@ -521,8 +606,9 @@ def _pair_inputs(data, tiny, count_a, count_b):
     return n, xa[:count_a], xa[count_a:]
 
 
-@settings(max_examples=400 * SCALE)
+@settings(max_examples=500 * SCALE)
 @given(data=st.data())
+@excusable
 def test_fuzz_hsic_cka(data):
     """hsic and cka of two representations against the float64 reference."""
     tiny = TRITON and rare(data.draw, 10)
@@ -545,8 +631,7 @@ def test_fuzz_hsic_cka(data):
         return run(call, [], may + [(ValueError, ["sigma"])])
     n = reps[0].n
     nrm = n * (n - 3) if kw["unbiased"] else (n - 1) ** 2
-    f = ref.hsic_song if kw["unbiased"] else ref.hsic_biased
-    h = f(sx["k"], sy["k"])
+    h = ref_hsic(sx, sy, n, kw["unbiased"])
     res = run(call, [], may)
     if res is None:
         return
@@ -556,19 +641,22 @@ def test_fuzz_hsic_cka(data):
     if fn == "hsic":
         assert math.isfinite(got), f"hsic {got}"
         tol = TOL_C * u * (sx["g"] * sx["S"] * sy["U"] + sy["g"] * sy["S"] * sx["U"]
-                           + n * sx["U"] * sy["U"]) / nrm
+                           + n * sx["U"] * sy["U"]
+                           + TOL_C * u * sx["g"] * sx["S"] * sy["g"] * sy["S"]) / nrm
         err = abs(got - h)
         STATS["max_err_over_tol"] = max(STATS["max_err_over_tol"], err / max(tol, 1e-300))
         assert err <= tol, f"hsic |{got} - {h}| = {err:.3g} > {tol:.3g}"
         return
-    want = h / math.sqrt(f(sx["k"], sx["k"]) * f(sy["k"], sy["k"])) \
+    want = h / (sx["U"] * sy["U"] / nrm) \
         if sx["U"] > 0 and sy["U"] > 0 else math.nan
     tol = cka_tolerance([(sx, n, nrm)], [(sy, n, nrm)], want, u)
-    check_cka_entry(got, want, tol, reps[0].constant or reps[1].constant, warned, "cka")
+    check_cka_entry(got, want, tol, reps[0].constant or reps[1].constant, warned, "cka",
+                    offset_dominated(reps, u))
 
 
-@settings(max_examples=350 * SCALE)
+@settings(max_examples=450 * SCALE)
 @given(data=st.data())
+@excusable
 def test_fuzz_cka_matrix(data):
     tiny = TRITON and rare(data.draw, 10)
     la = data.draw(st.integers(1, 3))
@@ -607,18 +695,18 @@ def test_fuzz_cka_matrix(data):
     assert got.shape == (la, len(reps_b)) and got.dtype == torch.float64
     n = reps_a[0].n
     nrm = n * (n - 3) if kw["unbiased"] else (n - 1) ** 2
-    f = ref.hsic_song if kw["unbiased"] else ref.hsic_biased
     for i, (ra, si) in enumerate(zip(reps_a, sa)):
         for j, (rb, sj) in enumerate(zip(reps_b, sb)):
-            want = f(si["k"], sj["k"]) / (si["U"] * sj["U"] / nrm) \
+            want = ref_hsic(si, sj, n, kw["unbiased"]) / (si["U"] * sj["U"] / nrm) \
                 if si["U"] > 0 and sj["U"] > 0 else math.nan
             tol = cka_tolerance([(si, n, nrm)], [(sj, n, nrm)], want, u)
             check_cka_entry(float(got[i, j]), want, tol, ra.constant or rb.constant, warned,
-                            f"cka_matrix[{i}, {j}]")
+                            f"cka_matrix[{i}, {j}]", offset_dominated([ra, rb], u))
 
 
-@settings(max_examples=300 * SCALE)
+@settings(max_examples=350 * SCALE)
 @given(data=st.data())
+@excusable
 def test_fuzz_minibatch(data):
     tiny = TRITON and rare(data.draw, 10)
     la = data.draw(st.integers(1, 3))
@@ -690,7 +778,6 @@ def test_fuzz_minibatch(data):
     assert m.num_batches == len(accepted)
     cts = [compute_dtype([r.x for r in a + b_], kw["dtype"]) for a, b_ in accepted]
     u = max(float(torch.finfo(c).eps) for c in cts)
-    f = ref.hsic_song if kw["unbiased"] else ref.hsic_biased
     for i in range(la):
         for j in range(lbb):
             per_k, per_l, num, dk, dl = [], [], 0.0, 0.0, 0.0
@@ -701,7 +788,7 @@ def test_fuzz_minibatch(data):
                 si, sj = ra[i].stats(kw, u), rb[j].stats(kw, u)
                 per_k.append((si, n, nrm))
                 per_l.append((sj, n, nrm))
-                num += f(si["k"], sj["k"])
+                num += ref_hsic(si, sj, n, kw["unbiased"])
                 dk += si["U"] ** 2 / nrm
                 dl += sj["U"] ** 2 / nrm
                 const_i &= ra[i].constant
@@ -709,7 +796,8 @@ def test_fuzz_minibatch(data):
             want = num / math.sqrt(dk * dl) if dk > 0 and dl > 0 else math.nan
             tol = cka_tolerance(per_k, per_l, want, u)
             check_cka_entry(float(got[i, j]), want, tol, const_i or const_j, warned,
-                            f"minibatch[{i}, {j}]")
+                            f"minibatch[{i}, {j}]",
+                            any(offset_dominated([ra[i], rb[j]], u) for ra, rb in accepted))
 
 
 def test_vectorised_reference_equals_the_definition():
