@@ -434,6 +434,16 @@ LayerStats gram_layer_any(const Layer& ly, const GramArgs& args, int nt) {
 // spinning OpenMP workers, cost more than it saved (also the previous session's finding).
 constexpr double kSplitFlops = double(int64_t(1) << 28);
 
+// Largest first onto the least-loaded of nt threads: the busiest thread's total.
+double lpt_makespan(const std::vector<double>& cost, const std::vector<int64_t>& order, int nt) {
+  std::vector<double> load(static_cast<size_t>(nt), 0.0);
+  for (int64_t i : order) *std::min_element(load.begin(), load.end()) += cost[size_t(i)];
+  return *std::max_element(load.begin(), load.end());
+}
+
+// Layers in parallel, one thread each (largest first), when that balances to within 15%
+// of the ideal. Otherwise the layers of at least kSplitFlops first, one after another with
+// their chunks shared out, then the rest in parallel, one thread each.
 template <class T>
 void rows_t(const Layer* layers, int64_t count, const GramArgs& args, LayerStats* stats) {
   const int nt = std::max(1, args.threads);
@@ -446,24 +456,23 @@ void rows_t(const Layer* layers, int64_t count, const GramArgs& args, LayerStats
   std::iota(order.begin(), order.end(), int64_t(0));
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t p, int64_t q) { return cost[size_t(p)] > cost[size_t(q)]; });
-  // Largest first onto the least-loaded thread: is the busiest within 15% of the ideal?
-  std::vector<double> load(static_cast<size_t>(nt), 0.0);
-  for (int64_t i : order) *std::min_element(load.begin(), load.end()) += cost[size_t(i)];
   const double total = std::accumulate(cost.begin(), cost.end(), 0.0);
-  const bool by_layer = nt > 1 && count >= nt &&
-                        *std::max_element(load.begin(), load.end()) <= 1.15 * total / nt;
-  if (by_layer) {
-    std::atomic<int64_t> next{0};
-    Pool::get().run(nt, [&](int) {
-      for (int64_t k; (k = next++) < count;) {
-        const int64_t i = order[size_t(k)];
-        stats[i] = gram_layer_any<T>(layers[i], args, 1);
-      }
-    });
-    return;
+  const bool balanced = lpt_makespan(cost, order, nt) <= 1.15 * total / nt;
+  std::vector<int64_t> rest;
+  for (int64_t i : order) {
+    if (nt > 1 && !balanced && cost[size_t(i)] >= kSplitFlops)
+      stats[i] = gram_layer_any<T>(layers[i], args, nt);
+    else
+      rest.push_back(i);
   }
-  for (int64_t i = 0; i < count; ++i)
-    stats[i] = gram_layer_any<T>(layers[i], args, cost[size_t(i)] < kSplitFlops ? 1 : nt);
+  std::atomic<int64_t> next{0};
+  const int64_t left = int64_t(rest.size());
+  Pool::get().run(int(std::min<int64_t>(nt, left)), [&](int) {
+    for (int64_t k; (k = next++) < left;) {
+      const int64_t i = rest[size_t(k)];
+      stats[i] = gram_layer_any<T>(layers[i], args, 1);
+    }
+  });
 }
 
 template <class I, class T>

@@ -332,3 +332,20 @@ def test_pool_after_fork():
         p.kill()
         pytest.fail("the forked child hung in the native pool")
     assert p.exitcode == 0 and q.get(timeout=5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_big_layer_split_then_small_in_parallel(dtype):
+    """One layer far bigger than the rest (no balanced assignment): it is split over the
+    threads, then the small ones run in parallel; every row against float64."""
+    gen = torch.Generator().manual_seed(17)
+    n = 130
+    xs = [torch.randn(n, 3, 10000, generator=gen, dtype=dtype)[:, :, ::2] + 1,    # 1.1e9 flops
+          torch.randn(n, 7, generator=gen, dtype=dtype),
+          torch.randn(n, 300, generator=gen, dtype=dtype).T.contiguous().T,
+          torch.randn(n, 1, generator=gen, dtype=dtype)]
+    with threads(2):
+        r = rows_of(native, xs, dtype)
+    tol = 1e-12 if dtype == torch.float64 else 5e-5
+    for i, ref in enumerate(ref_rows(xs, True)):
+        assert rel(unpack(r.g[i], n, True, True), ref) < tol, i
