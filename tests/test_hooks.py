@@ -135,6 +135,47 @@ def test_presets_and_input_suffix():
         select_points(m, "blocks.*.nrom2:input", "layers_a")
 
 
+class Head(nn.Module):
+    def __init__(self, dim, size):
+        super().__init__()
+        self.key, self.query, self.value = (nn.Linear(dim, size) for _ in range(3))
+
+
+class Expert(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.up, self.down = nn.Linear(dim, 8 * dim), nn.Linear(8 * dim, dim)
+
+
+class GPTBlock(nn.Module):
+    """nanoGPT-style: attention heads in a ModuleList inside each block; a MoE MLP whose
+    experts hold most of the block's parameters."""
+
+    def __init__(self, dim=8, moe=False):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.mha = nn.ModuleList([Head(dim, dim // 2) for _ in range(2)])   # 25% of params
+        self.proj = nn.Linear(dim, dim)
+        self.ffwd = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, dim))
+        self.experts = nn.ModuleList([Expert(dim) for _ in range(4)]) if moe else None
+
+
+def test_blocks_preset_is_not_fooled_by_lists_inside_blocks():
+    for moe in (False, True):
+        m = nn.Module()
+        m.embed = nn.Linear(3, 8)
+        m.blocks = nn.Sequential(*[GPTBlock(moe=moe) for _ in range(3)])
+        assert labels(m, "blocks") == ["blocks.0:input", "blocks.0", "blocks.1", "blocks.2"]
+    # a stage that is mostly its inner block list is descended into (ConvNeXt, Swin)
+    stage = nn.Module()
+    stage.downsample = nn.Linear(8, 8)
+    stage.blocks = nn.Sequential(GPTBlock(), GPTBlock())
+    m = nn.Module()
+    m.stages = nn.Sequential(stage, copy.deepcopy(stage))
+    assert labels(m, "blocks") == ["stages.0.blocks.0:input", "stages.0.blocks.0",
+                                   "stages.0.blocks.1", "stages.1.blocks.0", "stages.1.blocks.1"]
+
+
 def test_sublayers_match_the_residual_stream_by_hand():
     m = Tiny(depth=3).double()
     data = token_batches([11, 10])

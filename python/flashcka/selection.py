@@ -18,6 +18,7 @@ from . import _validate
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 PRESETS = ("blocks", "sublayers")
+_PARALLEL = ("heads", "experts")       # lists of parallel branches, not of blocks
 _GLOB_CHARS = set("*?[")
 
 # Per transformer block (relative names, first present wins): the attention branch before
@@ -79,25 +80,38 @@ def glob_regex(pattern: str) -> re.Pattern:
 def block_lists(model: nn.Module) -> list[str]:
     """Qualified names of the containers that hold a model's repeated blocks: an
     ``nn.Sequential``/``nn.ModuleList``/``nn.ModuleDict`` whose children all have
-    submodules and whose children hold no such container themselves (so a ConvNeXt's
-    ``stages`` is descended into and ``stages.0.blocks`` is one)."""
-    found: list[str] = []
+    submodules, unless one of its children is mostly (by parameter count) a block list
+    itself — then that inner list is the one (a ConvNeXt's ``stages.0.blocks``, not
+    ``stages``); a list inside a block that is a minor part of it (e.g. attention heads) is
+    part of the block. Lists named ``heads`` or ``experts`` (parallel branches) are never
+    block lists."""
 
-    def visit(module: nn.Module, name: str) -> bool:
-        """Visit the subtree; True when it holds a block list."""
-        inner = False
+    def visit(module: nn.Module, name: str) -> tuple[list[str], int]:
+        """(block lists of the subtree, its parameter count)."""
+        own = sum(p.numel() for p in module.parameters(recurse=False))
         kids = list(module.named_children())
+        found, per_child, total = [], [], own
         for child_name, child in kids:
-            inner |= visit(child, f"{name}.{child_name}" if name else child_name)
-        if inner:
-            return True
-        if isinstance(module, CONTAINERS) and kids and \
-                all(any(True for _ in child.children()) for _, child in kids):
-            found.append(name)
-            return True
-        return False
+            lists, count = visit(child, f"{name}.{child_name}" if name else child_name)
+            found += lists
+            per_child.append((lists, count))
+            total += count
+        candidate = isinstance(module, CONTAINERS) and kids and \
+            name.rsplit(".", 1)[-1] not in _PARALLEL and \
+            all(any(True for _ in child.children()) for _, child in kids)
+        if candidate and not any(lists and (count == 0 or _largest(lists) * 2 >= count)
+                                 for lists, count in per_child):
+            return [name], total
+        return found, total
 
-    visit(model, "")
+    counts: dict[str, int] = {}
+
+    def _largest(lists):
+        return max(counts[n] for n in lists)
+
+    for qual, mod in model.named_modules():
+        counts[qual] = sum(p.numel() for p in mod.parameters())
+    found, _ = visit(model, "")
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     return sorted(found, key=order.__getitem__)
 
