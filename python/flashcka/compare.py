@@ -72,7 +72,8 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             ``"blocks"`` (the input of the first block — the embedding/stem output — then
             every repeated block of ViTs, ResNets, ConvNeXt, Swin, HF encoders: the
             children of each ``nn.Sequential``/``nn.ModuleList``/``nn.ModuleDict`` whose
-            children are composite modules holding no such list themselves) or
+            children are composite modules, none of them mostly such a list itself; see
+            ``selection.block_lists``) or
             ``"sublayers"`` (per transformer block, Raghu et al. 2021: its input, the
             attention branch output, the residual stream after attention, the MLP branch
             output, its output). A name or pattern may end in ``":input"`` to hook the
