@@ -41,12 +41,19 @@ template <class T>
 struct Safe;
 template <>
 struct Safe<float> {
-  static constexpr double lo = 0x1p-16, hi = 0x1p16;
+  static constexpr double lo = 0x1p-16, hi = 0x1p16, pair = 0x1p50;
 };
 template <>
 struct Safe<double> {
-  static constexpr double lo = 0x1p-128, hi = 0x1p128;
+  static constexpr double lo = 0x1p-128, hi = 0x1p128, pair = 0x1p400;
 };
+
+// Largest max|x − μ| used unscaled: also max²·n·d ≤ `pair`, so that the pair stage's sums
+// (up to (n·d·max²)² ≈ 2^100 in float32) cannot overflow at any n and d.
+template <class T>
+double safe_hi(const Layout& L) {
+  return std::min(Safe<T>::hi, std::sqrt(Safe<T>::pair / (double(L.n) * double(L.a * L.b))));
+}
 
 // The power of two bringing amax into [0.5, 1); 1 when amax is in [lo, hi], 0, NaN or Inf.
 double pow2_scale(double amax, double lo, double hi) {
@@ -284,13 +291,14 @@ Pass gram_upper(const I* x, const Layout& L, const T* mu, bool center, const Gra
     return chunk_pass<I, T>(x, L, mu, center, T(args.scale), K, true,
                             std::numeric_limits<double>::infinity(), nt);
   }
-  Pass p = chunk_pass<I, T>(x, L, mu, center, T(1), K, true, Safe<T>::hi, nt);
+  const double hi = safe_hi<T>(L);
+  Pass p = chunk_pass<I, T>(x, L, mu, center, T(1), K, true, hi, nt);
   s_out = 1.0;
   if (p.aborted || (p.amax > 0 && p.amax < Safe<T>::lo)) {
     if (p.aborted)  // its max is partial: one statistics pass for the global one
       p = chunk_pass<I, T>(x, L, mu, center, T(1), K, false,
                            std::numeric_limits<double>::infinity(), nt);
-    s_out = pow2_scale(p.amax, Safe<T>::lo, Safe<T>::hi);
+    s_out = pow2_scale(p.amax, Safe<T>::lo, hi);
     p = chunk_pass<I, T>(x, L, mu, center, T(s_out), K, true,
                          std::numeric_limits<double>::infinity(), nt);
   }
@@ -327,10 +335,12 @@ T median_sq_distance(T* scr, int64_t n) {
 // In the upper triangle of K: linear Gram -> RBF kernel; dg (n) -> the kernel's diagonal.
 // `scr` holds ≥ n(n−1)/2 values (used for the median). Returns 1 on zero bandwidth.
 template <class T>
-int rbf_upper(T* K, T* dg, int64_t n, T* scr, const GramArgs& args) {
-  // D_ab = K_aa + K_bb − 2K_ab; below 64 ulps of K_aa + K_bb it is rounding noise (two
-  // equal rows), and is 0, so that the median of duplicated samples is exactly 0.
-  const T noise = T(64) * std::numeric_limits<T>::epsilon();
+int rbf_upper(T* K, T* dg, int64_t n, int64_t d, T* scr, const GramArgs& args) {
+  // D_ab = K_aa + K_bb − 2K_ab; at or below 4·sqrt(d)·eps of K_aa + K_bb it is rounding
+  // noise (two equal rows) and is 0, so that the median of duplicated samples is exactly
+  // 0 (the torch backend's noise_tol, the same rule).
+  const T noise = T(4.0 * std::sqrt(double(std::max<int64_t>(d, 1))) *
+                    double(std::numeric_limits<T>::epsilon()));
   for (int64_t i = 0; i < n; ++i) {
     T* Ki = K + i * n;
     for (int64_t j = i + 1; j < n; ++j) {
@@ -338,9 +348,9 @@ int rbf_upper(T* K, T* dg, int64_t n, T* scr, const GramArgs& args) {
       Ki[j] = v <= noise * (dg[i] + dg[j]) ? T(0) : v;
     }
   }
-  T two_s2;
+  double two_s2;  // in double: 2σ² of a tiny σ (x and σ scaled by 2^-100) underflows T
   if (args.sigma > 0) {  // sigma of the unscaled x: the kernel is that of x itself
-    two_s2 = T(2.0 * args.sigma * args.sigma * args.scale * args.scale);
+    two_s2 = 2.0 * args.sigma * args.sigma * args.scale * args.scale;
   } else {
     int64_t p = 0;
     for (int64_t i = 0; i < n; ++i)
@@ -359,12 +369,13 @@ int rbf_upper(T* K, T* dg, int64_t n, T* scr, const GramArgs& args) {
       }
       return 0;
     }
-    two_s2 = T(2.0 * args.threshold * args.threshold) * med;
+    two_s2 = 2.0 * args.threshold * args.threshold * double(med);
   }
-  const T neg = -two_s2;
+  const double neg = -1.0 / two_s2;  // D = 0 gives exactly 1 even when this is -inf
   for (int64_t i = 0; i < n; ++i) {
     T* Ki = K + i * n;
-    for (int64_t j = i + 1; j < n; ++j) Ki[j] = std::exp(Ki[j] / neg);
+    for (int64_t j = i + 1; j < n; ++j)
+      Ki[j] = Ki[j] == T(0) ? T(1) : T(std::exp(double(Ki[j]) * neg));
     dg[i] = T(1);
   }
   return 0;
@@ -418,7 +429,7 @@ LayerStats gram_layer(const Layer& ly, const GramArgs& args, int nt) {
   T* out = static_cast<T*>(ly.out);
   GramArgs a = args;
   a.scale = s;
-  if (args.kernel == 1 && rbf_upper(K, dg.data(), n, out, a) != 0) return {sq, p.mu_sq, s, 1};
+  if (args.kernel == 1 && rbf_upper(K, dg.data(), n, ly.lay.a * ly.lay.b, out, a) != 0) return {sq, p.mu_sq, s, 1};
   center_pack(K, dg.data(), n, args.unbiased, out);
   return {sq, p.mu_sq, s, 0};
 }
@@ -489,7 +500,7 @@ int kernel_matrix_t(const I* x, const Layout& L, T* out, const GramArgs& args) {
   for (int64_t i = 0; i < n; ++i) dg[i] = out[i * n + i];
   if (args.kernel == 1) {
     std::vector<T> scr(static_cast<size_t>(n * (n - 1) / 2 + 1));
-    if (rbf_upper(out, dg.data(), n, scr.data(), a) != 0) return 1;
+    if (rbf_upper(out, dg.data(), n, L.a * L.b, scr.data(), a) != 0) return 1;
   }
   for (int64_t i = 0; i < n; ++i) {
     out[i * n + i] = dg[i];

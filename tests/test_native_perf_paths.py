@@ -65,8 +65,9 @@ def test_power_of_two_scaling_gives_the_same_rows(backend, ct, k):
     big = rows_of(be, [x * f, y * f], ct)
     t = (big.scale * f).tolist()
     amax = [float((v - v.mean(0)).abs().max()) for v in (x, y)]
-    lo, hi = (2.0 ** -16, 2.0 ** 16) if ct == torch.float32 else (2.0 ** -128, 2.0 ** 128)
-    for ti, ai in zip(t, amax):
+    for v, ti, ai in zip((x, y), t, amax):
+        lo, hi = (2.0 ** -16, min(2.0 ** 16, (2.0 ** 50 / v.numel()) ** 0.5)) \
+            if ct == torch.float32 else (2.0 ** -128, 2.0 ** 128)
         if lo <= ai * f <= hi:
             assert ti == f                                # scale 1
         else:
@@ -349,3 +350,28 @@ def test_batched_big_layer_split_then_small_in_parallel(dtype):
     tol = 1e-12 if dtype == torch.float64 else 5e-5
     for i, ref in enumerate(ref_rows(xs, True)):
         assert rel(unpack(r.g[i], n, True, True), ref) < tol, i
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scale_keeps_the_pair_stage_finite_for_large_n_d(backend):
+    """max|X_c| = 2^15 is fine for one Gram entry but n²·d²·max⁴ would overflow float32
+    in the pair stage at this n·d: the scale rule also bounds max²·n·d (2^50)."""
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.rand(64, 65536, generator=gen) * 2 - 1) * 2.0 ** 15
+    r = rows_of(get(backend), [x], torch.float32)
+    assert float(r.scale[0]) < 1.0
+    assert float(r.scale[0]) ** 2 * float(x.abs().max()) ** 2 * x.numel() <= 2.0 ** 50
+    assert torch.isfinite(get(backend).pair(r.g, r.g)).all()
+
+
+def test_rbf_with_tiny_sigma_and_huge_constant_values():
+    """σ and x scaled by 2^-100 (public gram's RBF scaling): 2σ² underflows float32, which
+    must not turn exp(0) into NaN: a constant x gives the all-ones kernel."""
+    x = torch.full((4, 2), 8.36e29)
+    k = native.kernel_matrix(x, kernel="rbf", sigma=0.5 * 2.0 ** -100, threshold=1.0,
+                             ct=torch.float32)
+    assert torch.equal(k, torch.ones(4, 4))
+    y = torch.tensor([[0.0], [1.0], [3.0], [4.0]]) * 2.0 ** -100
+    k = native.kernel_matrix(y, kernel="rbf", sigma=2.0 ** -100, threshold=1.0, ct=torch.float32)
+    want = np.exp(-np.subtract.outer([0, 1, 3, 4], [0, 1, 3, 4]) ** 2 / 2.0)
+    assert rel(k, want) < 1e-6

@@ -16,9 +16,6 @@ import torch
 from . import _validate
 from .backends import ZeroBandwidthError
 
-# A representation whose centered features are within this many ulps of its raw values
-# (relative Frobenius norm) is constant up to rounding: its CKA is undefined.
-_ZERO_VARIANCE_ULPS = 64.0
 
 
 @dataclass
@@ -52,17 +49,20 @@ class Rows:
     scale: torch.Tensor | None = None  # (L,) float64
 
 
-# max |X − 1μᵀ| outside this range (per compute dtype) gets a power-of-two scale that
-# brings it into [0.5, 1): then n²·d²·max⁴-sized pair-stage sums neither overflow nor
-# underflow. Inside it, scale = 1 and the values are used as they are.
-_SAFE_RANGE = {torch.float64: (2.0 ** -128, 2.0 ** 128)}
-_SAFE_RANGE_F32 = (2.0 ** -16, 2.0 ** 16)
+# max |X − 1μᵀ| outside [lo, hi] (per compute dtype) gets a power-of-two scale that brings
+# it into [0.5, 1); inside, scale = 1 and the values are used as they are. hi also keeps
+# max²·n·d <= `pair`, so the pair stage's sums, up to (n·d·max²)², cannot overflow
+# (float32: 2^100). csrc/gram_cpu.cpp (Safe, safe_hi) applies the same rule.
+_SAFE_RANGE = {torch.float64: (2.0 ** -128, 2.0 ** 128, 2.0 ** 400)}
+_SAFE_RANGE_F32 = (2.0 ** -16, 2.0 ** 16, 2.0 ** 50)
 
 
-def pow2_scale(amax: float, ct: torch.dtype) -> float:
-    """The power of two by which X_c is multiplied before its Gram (1.0 for normal inputs,
-    zero, NaN or Inf); exact in binary floating point, so CKA does not change."""
-    lo, hi = _SAFE_RANGE.get(ct, _SAFE_RANGE_F32)
+def pow2_scale(amax: float, ct: torch.dtype, nd: int = 1) -> float:
+    """The power of two by which X_c (n·d = ``nd`` values) is multiplied before its Gram
+    (1.0 for normal inputs, zero, NaN or Inf); exact in binary floating point, so CKA
+    does not change."""
+    lo, hi, pair = _SAFE_RANGE.get(ct, _SAFE_RANGE_F32)
+    hi = min(hi, math.sqrt(pair / max(nd, 1)))
     if not math.isfinite(amax) or amax == 0.0 or lo <= amax <= hi:
         return 1.0
     return math.ldexp(1.0, -math.frexp(amax)[1])
@@ -119,26 +119,52 @@ def hsic_from_rows(be, ra: Rows, rb: Rows, same: bool, n: int, unbiased: bool,
     """(cross (L_A, L_B), self_a (L_A,), self_b (L_B,)) float64 HSICs of one batch's rows,
     in the inputs' own units.
 
-    Row i holds the centered Gram of scale_i·X_c (``Rows.scale``, float64 powers of two
-    chosen so that ct products neither overflow nor underflow), so
-    ``HSIC_ij = (g_i · g_j) / (norm · scale_i² · scale_j²)`` with norm = n(n−3) or (n−1)²:
-    cross from one product G_A G_Bᵀ (in ct, the backend's pair stage), the scales applied
-    in float64; self terms its diagonal (same) or the row norms. A non-finite product
-    (ct overflow) raises a ValueError naming the pair rather than returning 0 or NaN."""
+    Row i holds the centered Gram of scale_i·X_c (``Rows.scale``, float64 powers of two),
+    and a row whose largest |entry| is outside _ROW_SAFE is first multiplied by a power
+    of two t_i (in a copy): with f_i = scale_i²·t_i (float64),
+    ``HSIC_ij = (g_i · g_j) / (norm · f_i · f_j)``, norm = n(n−3) or (n−1)²: cross from
+    one product G_A G_Bᵀ in ct (the backend's pair stage), self terms its diagonal (same)
+    or the row norms accumulated in float64. A non-finite product raises a ValueError
+    naming the pair rather than returning 0 or NaN (DESIGN.md §6)."""
     norm = normaliser(n, unbiased)
-    sa2 = _row_scales(ra).square()
-    sb2 = sa2 if same else _row_scales(rb).square()
-    raw = be.pair(ra.g, rb.g)
-    _check_pair(raw, names_a, names_b, ra.g.dtype)
-    cross = raw / (norm * sa2[:, None] * sb2[None, :])
+    ga, fa = _safe_rows(ra)
+    gb, fb = (ga, fa) if same else _safe_rows(rb)
+    raw = be.pair(ga, gb)
+    _check_pair(raw, names_a, names_b, ga.dtype)
+    cross = raw / (norm * fa[:, None] * fb[None, :])
     if same:
         diag = cross.diagonal().clone()
         return cross, diag, diag
-    self_a = _sq_row_norms(ra.g) / (norm * sa2.square())
-    self_b = _sq_row_norms(rb.g) / (norm * sb2.square())
-    _check_pair(self_a[:, None], names_a, names_a, ra.g.dtype)
-    _check_pair(self_b[:, None], names_b, names_b, rb.g.dtype)
+    self_a = _sq_row_norms(be, ga) / (norm * fa.square())
+    self_b = _sq_row_norms(be, gb) / (norm * fb.square())
+    _check_pair(self_a[:, None], names_a, names_a, ga.dtype)
+    _check_pair(self_b[:, None], names_b, names_b, gb.dtype)
     return cross, self_a, self_b
+
+
+# Largest |entry| of a row that the pair stage multiplies as it is: sums of m products
+# then neither overflow nor lose the row to underflow in that dtype.
+_ROW_SAFE = {torch.float32: (2.0 ** -20, 2.0 ** 20), torch.float64: (2.0 ** -300, 2.0 ** 300)}
+
+
+def _safe_rows(r: Rows):
+    """(g, f): the rows (a power-of-two multiple t_i of a row whose largest |entry| is
+    outside _ROW_SAFE, in a copy; the rows themselves otherwise) and f (L,) float64 with
+    true centered Gram_i = g_i / f_i, f_i = scale_i²·t_i."""
+    f = _row_scales(r).square()
+    g = r.g
+    if g.numel() == 0 or g.dtype not in _ROW_SAFE:
+        return g, f
+    lo, hi = torch.aminmax(g.detach(), dim=1)
+    amax = torch.maximum(-lo, hi).to(torch.float64)
+    low, high = _ROW_SAFE[g.dtype]
+    bad = (amax > high) | ((amax < low) & (amax > 0))
+    if not bool(bad.any()):
+        return g, f
+    lim = 125 if g.dtype == torch.float32 else 1021
+    e = torch.frexp(amax)[1].clamp(-lim, lim)
+    t = torch.where(bad, torch.ldexp(torch.ones_like(amax), -e), torch.ones_like(amax))
+    return g * t.to(g.dtype)[:, None], f * t
 
 
 def _row_scales(r: Rows) -> torch.Tensor:
@@ -159,8 +185,16 @@ def _check_pair(raw: torch.Tensor, names_a, names_b, ct) -> None:
                          f"{ct} overflowed in the pair stage; pass dtype=torch.float64")
 
 
-def _sq_row_norms(g: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("lm,lm->l", g, g).to(torch.float64)
+def _sq_row_norms(be, g: torch.Tensor) -> torch.Tensor:
+    """‖g_i‖² (L,) accumulated in float64: the backend's ``sq_row_norms`` if it has one
+    (and no graph is needed), else row by row (a float64 copy of one row at a time)."""
+    fn = getattr(be, "sq_row_norms", None)
+    if fn is not None and not (torch.is_grad_enabled() and g.requires_grad):
+        return fn(g)
+    if g.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.float64, device=g.device)
+    return torch.stack([torch.linalg.vector_norm(row, dtype=torch.float64).square()
+                        for row in g])
 
 
 def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor | None = None):
@@ -188,7 +222,7 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor | Non
     mu = be.column_mean(x, torch.float64).to(ct) if x.device.type == "cpu" \
         else be.column_mean(x, ct)
     amax, constant = _max_abs_dev(x, mu, ct) if scale_out is not None else (0.0, False)
-    scale = pow2_scale(amax, ct)
+    scale = pow2_scale(amax, ct, x.numel())
     xs, mus, sigma = x, mu, s.sigma
     if scale != 1.0:
         xs, mus = x.to(ct) * scale, mu * scale
@@ -216,9 +250,12 @@ def _max_abs_dev(x, mu, ct) -> tuple[float, bool]:
 
 
 def zero_variance(sq_c: torch.Tensor, sq: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
-    """Layers whose centered features are rounding noise of their raw values (or zero)."""
-    eps = torch.finfo(ct).eps * _ZERO_VARIANCE_ULPS
-    return sq_c <= (eps * eps) * sq
+    """Layers whose rows are all equal: ``gram_rows``/``gram_row`` give them ‖X_c‖² = 0
+    exactly (every backend), and sums over batches keep it 0 only if every batch was
+    constant. Exact, not a threshold relative to ‖X‖² (a float32 offset of 1e8 with a
+    spread of 100 is valid data: x − μ is exact there). ``sq``/``ct`` are kept for the
+    callers' signature."""
+    return ~(sq_c > 0)
 
 
 def cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, names_a, names_b):
