@@ -128,14 +128,66 @@ def test_float64_offset_keeps_float64_accuracy(rng, offset, route, unbiased):
                                rtol=1e-11, atol=0)
 
 
-def test_pair_stage_overflow_raises_not_zero():
-    """A pair product that overflows ct raises, naming the layers (never CKA = 0)."""
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-8, 1e20, 1e30])
+@pytest.mark.parametrize("same", [True, False])
+def test_pair_stage_normalises_rows(rng, magnitude, same):
+    """Rows of any float32 magnitude (here built by hand, scale = 1): the pair stage
+    normalises them by powers of two first, so HSICs are the float64 products, not
+    inf/0 (1e20 rows overflowed, 1e-30 rows underflowed to 0)."""
     be = flashcka.backends.get("torch")
-    g = torch.full((2, 16), 1e20, dtype=torch.float32)
-    rows = _engine.Rows(g, torch.ones(2, dtype=torch.float64),
-                        torch.ones(2, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"HSIC of a and a is not finite.*overflowed"):
+    m = 40
+    ga = torch.tensor(rng.standard_normal((3, m)) * magnitude, dtype=torch.float32)
+    gb = torch.tensor(rng.standard_normal((2, m)), dtype=torch.float32)
+    one = torch.ones(3, dtype=torch.float64)
+    ra = _engine.Rows(ga, one, one)
+    rb = ra if same else _engine.Rows(gb, one[:2], one[:2])
+    cross, sa, sb = _engine.hsic_from_rows(be, ra, rb, same, 8, True)
+    a64 = ga.double()
+    b64 = a64 if same else gb.double()
+    np.testing.assert_allclose(cross.numpy(), (a64 @ b64.T).numpy() / 40, rtol=1e-5,
+                               atol=1e-6 * magnitude)
+    np.testing.assert_allclose(sa.numpy(), (a64 * a64).sum(1).numpy() / 40, rtol=1e-6, atol=0)
+
+
+def test_pair_stage_non_finite_raises_naming_the_layers():
+    """A non-finite pair product raises, naming the layers (never CKA = 0 or NaN)."""
+    be = flashcka.backends.get("torch")
+    g = torch.ones(2, 16, dtype=torch.float32)
+    g[1, 3] = float("nan")
+    one = torch.ones(2, dtype=torch.float64)
+    rows = _engine.Rows(g, one, one)
+    with pytest.raises(ValueError, match=r"HSIC of a and b is not finite"):
         _engine.hsic_from_rows(be, rows, rows, True, 8, True, ["a", "b"], ["a", "b"])
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+@pytest.mark.parametrize("route", ["gram", "feature"])
+def test_infinite_column_is_reported(kernel, route):
+    """A column of ±inf (e.g. fp16 activations that overflowed) is non-finite input, not
+    a "zero variance" layer and not a pair-stage overflow."""
+    if kernel == "rbf" and route == "feature":
+        pytest.skip("the feature route is linear")
+    x = torch.randn(8, 3)
+    x[:, 1] = float("-inf")
+    for backend in ("auto", "torch"):
+        with pytest.raises(ValueError, match=r"xs\[1\] holds non-finite values"):
+            flashcka.cka_matrix([torch.randn(8, 2), x], kernel=kernel, route=route,
+                                backend=backend)
+
+
+def test_minibatch_float32_offset_is_not_zero_variance(rng):
+    """H3's case through MinibatchCKA: float32 data at 1e8 ± 100 is valid data."""
+    acc = flashcka.MinibatchCKA(1, 1)
+    bx, by = [], []
+    for n in (64, 40):
+        x = torch.tensor(rng.standard_normal((n, 3)), dtype=torch.float32)
+        y = torch.tensor(1e8 + 100 * rng.standard_normal((n, 3)), dtype=torch.float32)
+        y[:, 0] += 100 * x[:, 0]
+        acc.update([x], [y])
+        bx.append([x.double().numpy()])
+        by.append([y.double().numpy() - 1e8])
+    got = _quiet(acc.compute)
+    np.testing.assert_allclose(got.numpy(), ref.minibatch_cka(bx, by), rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("route", ["gram", "feature"])

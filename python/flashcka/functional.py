@@ -167,6 +167,9 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
     use_feature = route == "feature" or (
         route == "auto" and not forced and s.kernel == "linear"
         and _feature.cheaper(dims_a, dims_b, n, same))
+    be = None if use_feature else backends.select(backend, xa[0], grad=grad)
+    const_a = _constant_rows(xa, na, ct)             # also raises on NaN/Inf inputs
+    const_b = const_a if same else _constant_rows(xb, nb, ct)
     norm = _engine.normaliser(n, s.unbiased)
 
     if use_feature:
@@ -178,27 +181,26 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
         else:
             self_a = _feature.self_hsic(fa, n, s.unbiased) / norm
             self_b = _feature.self_hsic(fb, n, s.unbiased) / norm
-        undefined_a, undefined_b = fa.constant, fb.constant
     else:
-        be = backends.select(backend, xa[0], grad=grad)
         ra = _engine.gram_rows(be, xa, na, n, ct, s)
         rb = ra if same else _engine.gram_rows(be, xb, nb, n, ct, s)
         cross, self_a, self_b = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased,
                                                        na, nb)
-        undefined_a = _constant_rows(xa)
-        undefined_b = undefined_a if same else _constant_rows(xb)
     if want == "hsic":
         return cross
-    return _engine.cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, na, nb)
+    return _engine.cka_from_hsic(cross, self_a, self_b, const_a, const_b, na, nb)
 
 
-def _constant_rows(tensors) -> torch.Tensor:
+def _constant_rows(tensors, names, ct) -> torch.Tensor:
     """(L,) bool: representations whose rows are all equal (every column's min equals its
     max) — exactly those whose CKA is undefined (zero variance). An exact test, so data
-    whose spread is a few ulps of a large offset (x − μ is exact) is not called constant."""
+    whose spread is a few ulps of a large offset (x − μ is exact) is not called constant.
+    A non-finite value (a column of ±inf included) raises, naming the representation."""
     flags = []
-    for x in tensors:
+    for x, name in zip(tensors, names):
         lo, hi = torch.aminmax(x.detach().reshape(x.shape[0], -1), dim=0)
+        if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+            _validate.raise_non_finite(x, name, ct)
         flags.append(bool(torch.equal(lo, hi)))
     return torch.tensor(flags, dtype=torch.bool, device=tensors[0].device)
 
