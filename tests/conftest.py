@@ -10,6 +10,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_sessionstart(session):
+    """CI sets FLASHCKA_REQUIRE_NATIVE=1: a missing or broken flashcka._C is then a failure,
+    not a quiet fallback (where backend='auto' would run the torch backend twice)."""
+    if os.environ.get("FLASHCKA_REQUIRE_NATIVE") == "1":
+        from flashcka.backends import get
+        ok, why = get("native").usable()
+        if not ok:
+            raise pytest.UsageError(f"FLASHCKA_REQUIRE_NATIVE=1 but the native backend is not "
+                                    f"usable: {why}")
+
+
 @pytest.fixture
 def rng():
     """Fresh random inputs on every run (the seed is printed on failure)."""

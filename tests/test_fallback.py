@@ -26,3 +26,28 @@ def test_missing_compiled_module_falls_back_to_torch_and_warns_once():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+def test_ci_fails_when_native_is_required_but_missing(tmp_path):
+    """FLASHCKA_REQUIRE_NATIVE=1 (set by .ci/run) turns a missing _C into a session error."""
+    import os
+    (tmp_path / "test_one.py").write_text("def test_ok():\n    pass\n")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["flashcka._C"] = None          # as if the extension were not built
+        import pytest
+        sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", {str(tmp_path)!r},
+                              "-c", {os.devnull!r}, "-p", "conftest",
+                              {str(tmp_path / "test_one.py")!r}]))
+    """)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, FLASHCKA_REQUIRE_NATIVE="1",
+               PYTHONPATH=tests_dir + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode != 0, out.stdout
+    assert "native backend is not usable" in out.stdout + out.stderr, out.stdout + out.stderr
+    env["FLASHCKA_REQUIRE_NATIVE"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
