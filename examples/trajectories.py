@@ -101,18 +101,28 @@ def main(argv=None) -> dict:
 
 @torch.no_grad()
 def _activations(model, x, names) -> dict:
-    """The named modules' outputs on x, flattened (fine at example sizes)."""
+    """The hooked tensors (``name``, ``name:input``, ``name#k`` for the k-th call) on x,
+    flattened (fine at example sizes)."""
     mods = dict(model.named_modules())
-    acts, hooks = {}, []
-    for nm in names:
-        hooks.append(mods[nm].register_forward_hook(
-            lambda m, i, o, nm=nm: acts.__setitem__(nm, _tensor(o).reshape(len(x), -1).float())))
+    calls, hooks = {}, []
+    for point in dict.fromkeys(nm.split("#")[0] for nm in names):
+        mod, _, kind = point.partition(":")
+        record = (lambda t, point=point:
+                  calls.setdefault(point, []).append(_tensor(t).reshape(len(x), -1).float()))
+        if kind == "input":
+            hooks.append(mods[mod].register_forward_pre_hook(lambda m, i, r=record: r(i)))
+        else:
+            hooks.append(mods[mod].register_forward_hook(lambda m, i, o, r=record: r(o)))
     try:
         _shared.forward(model, x)
     finally:
         for h in hooks:
             h.remove()
-    return {nm: acts[nm] for nm in names}
+    out = {}
+    for nm in names:
+        point, _, k = nm.partition("#")
+        out[nm] = calls[point][int(k) if k else 0]
+    return out
 
 
 def _tensor(o):
