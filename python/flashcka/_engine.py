@@ -119,52 +119,71 @@ def hsic_from_rows(be, ra: Rows, rb: Rows, same: bool, n: int, unbiased: bool,
     """(cross (L_A, L_B), self_a (L_A,), self_b (L_B,)) float64 HSICs of one batch's rows,
     in the inputs' own units.
 
-    Row i holds the centered Gram of scale_i·X_c (``Rows.scale``, float64 powers of two),
-    and a row whose largest |entry| is outside _ROW_SAFE is first multiplied by a power
-    of two t_i (in a copy): with f_i = scale_i²·t_i (float64),
-    ``HSIC_ij = (g_i · g_j) / (norm · f_i · f_j)``, norm = n(n−3) or (n−1)²: cross from
-    one product G_A G_Bᵀ in ct (the backend's pair stage), self terms its diagonal (same)
-    or the row norms accumulated in float64. A non-finite product raises a ValueError
-    naming the pair rather than returning 0 or NaN (DESIGN.md §6)."""
+    Row i holds the centered Gram of scale_i·X_c (``Rows.scale``, float64 powers of two):
+    with f_i = scale_i², ``HSIC_ij = (g_i · g_j) / (norm · f_i · f_j)``, norm = n(n−3) or
+    (n−1)²: cross from one product G_A G_Bᵀ in ct (the backend's pair stage), self terms
+    its diagonal (same) or the row norms accumulated in float64. If a product is not
+    finite or a squared row norm is outside _NORM_SAFE (overflow, or underflow that could
+    cost bits), the rows are normalised by powers of two t_i (a copy; f_i ← f_i·t_i) and
+    the products redone. A product still not finite raises a ValueError naming the pair
+    (DESIGN.md §6: normalise rows, keep the scales in float64)."""
     norm = normaliser(n, unbiased)
-    ga, fa = _safe_rows(ra)
-    gb, fb = (ga, fa) if same else _safe_rows(rb)
-    raw = be.pair(ga, gb)
+    fa = _row_scales(ra).square()
+    fb = fa if same else _row_scales(rb).square()
+    ga, gb = ra.g, rb.g
+    raw, qa, qb = _products(be, ga, gb, same)
+    if not _in_range(raw, (qa, ra.sq_c), (qb, rb.sq_c), ga.dtype):
+        ga, ta = _normalised(ga)
+        gb, tb = (ga, ta) if same else _normalised(gb)
+        fa, fb = fa * ta, fb * tb
+        raw, qa, qb = _products(be, ga, gb, same)
     _check_pair(raw, names_a, names_b, ga.dtype)
     cross = raw / (norm * fa[:, None] * fb[None, :])
     if same:
         diag = cross.diagonal().clone()
         return cross, diag, diag
-    self_a = _sq_row_norms(be, ga) / (norm * fa.square())
-    self_b = _sq_row_norms(be, gb) / (norm * fb.square())
-    _check_pair(self_a[:, None], names_a, names_a, ga.dtype)
-    _check_pair(self_b[:, None], names_b, names_b, gb.dtype)
-    return cross, self_a, self_b
+    _check_pair(qa[:, None], names_a, names_a, ga.dtype)
+    _check_pair(qb[:, None], names_b, names_b, gb.dtype)
+    return cross, qa / (norm * fa.square()), qb / (norm * fb.square())
 
 
-# Largest |entry| of a row that the pair stage multiplies as it is: sums of m products
-# then neither overflow nor lose the row to underflow in that dtype.
-_ROW_SAFE = {torch.float32: (2.0 ** -20, 2.0 ** 20), torch.float64: (2.0 ** -300, 2.0 ** 300)}
+def _products(be, ga, gb, same):
+    """(G_A G_Bᵀ (L_A, L_B), ‖g_a‖² (L_A,), ‖g_b‖² (L_B,)), float64, rows as given."""
+    raw = be.pair(ga, gb)
+    if same:
+        q = raw.diagonal()
+        return raw, q, q
+    return raw, _sq_row_norms(be, ga), _sq_row_norms(be, gb)
 
 
-def _safe_rows(r: Rows):
-    """(g, f): the rows (a power-of-two multiple t_i of a row whose largest |entry| is
-    outside _ROW_SAFE, in a copy; the rows themselves otherwise) and f (L,) float64 with
-    true centered Gram_i = g_i / f_i, f_i = scale_i²·t_i."""
-    f = _row_scales(r).square()
-    g = r.g
-    if g.numel() == 0 or g.dtype not in _ROW_SAFE:
-        return g, f
+# Squared row norms the pair stage accepts without normalising (zero rows always):
+# inside, no product overflowed and products that underflowed are below eps relative.
+_NORM_SAFE = {torch.float32: (2.0 ** -60, 2.0 ** 100), torch.float64: (2.0 ** -900, 2.0 ** 900)}
+
+
+def _in_range(raw, side_a, side_b, dtype) -> bool:
+    """All products finite, every squared row norm q inside _NORM_SAFE, or 0 for a row of
+    a constant layer (its ‖X_c‖² sq_c is 0: the row is exactly zero)."""
+    lo, hi = _NORM_SAFE.get(dtype, _NORM_SAFE[torch.float32])
+    if not bool(torch.isfinite(raw).all()):
+        return False
+    for q, sq_c in (side_a, side_b):
+        zero = (q == 0) & (sq_c.to(q.device) == 0)
+        if not bool((((q >= lo) & (q <= hi)) | zero).all()):
+            return False
+    return True
+
+
+def _normalised(g: torch.Tensor):
+    """(g·t (a copy), t (L,) float64): t_i a power of two with max |g_i·t_i| in [1/2, 1)
+    (1 for zero or non-finite rows)."""
     lo, hi = torch.aminmax(g.detach(), dim=1)
     amax = torch.maximum(-lo, hi).to(torch.float64)
-    low, high = _ROW_SAFE[g.dtype]
-    bad = (amax > high) | ((amax < low) & (amax > 0))
-    if not bool(bad.any()):
-        return g, f
     lim = 125 if g.dtype == torch.float32 else 1021
     e = torch.frexp(amax)[1].clamp(-lim, lim)
-    t = torch.where(bad, torch.ldexp(torch.ones_like(amax), -e), torch.ones_like(amax))
-    return g * t.to(g.dtype)[:, None], f * t
+    ok = torch.isfinite(amax) & (amax > 0)
+    t = torch.where(ok, torch.ldexp(torch.ones_like(amax), -e), torch.ones_like(amax))
+    return g * t.to(g.dtype)[:, None], t
 
 
 def _row_scales(r: Rows) -> torch.Tensor:
