@@ -27,8 +27,12 @@ def test_one_batch_equals_debiased_cka(rng, kernel):
     [xb] = batches(rng, [40], [5])
     m = flashcka.MinibatchCKA(2, 1, kernel=kernel)
     m.update(t(xa), t(xb))
-    want = flashcka.cka_matrix(t(xa), t(xb), kernel=kernel)
-    assert torch.allclose(m.compute(), want, rtol=1e-12)
+    # against the float64 reference (not cka_matrix: the same code), with atol=0
+    want = np.array([[ref.cka(a, b, kernel) for b in xb] for a in xa])
+    np.testing.assert_allclose(m.compute().numpy(), want, rtol=1e-10, atol=0)
+    # and equal to cka_matrix on the Gram route, which shares the rows and pair stage
+    same = flashcka.cka_matrix(t(xa), t(xb), kernel=kernel, route="gram")
+    torch.testing.assert_close(m.compute(), same, rtol=1e-12, atol=0)
     assert m.num_batches == 1 and m.num_samples == 40
 
 

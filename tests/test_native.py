@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import flashcka
+import reference
 from flashcka.backends import ZeroBandwidthError, get
 
 native = get("native")
@@ -74,6 +75,11 @@ def torch_row(x, unbiased, kernel="linear", sigma=None, ct=torch.float64):
     torch_be.centered_gram_row(x, mu, out, kernel=kernel, sigma=sigma, threshold=1.0,
                                unbiased=unbiased)
     return out
+
+
+def ref_cka(x, y, kernel, unbiased):
+    """tests/reference.py's CKA on float64 features centered first (exact invariance)."""
+    return reference.cka(x - x.mean(0), y - y.mean(0), kernel, unbiased)
 
 
 def rel(a, b):
@@ -272,7 +278,12 @@ def test_public_cka_matrix_native_equals_torch(kernel, unbiased, dtype):
         b = flashcka.cka_matrix(*args, kernel=kernel, unbiased=unbiased, backend="torch",
                                 route="gram")
         tol = 1e-12 if dtype == torch.float64 else 1e-4
-        assert torch.allclose(a, b, rtol=tol, atol=tol), (a, b)
+        assert torch.allclose(a, b, rtol=0, atol=tol), (a, b)
+        # and both against the float64 reference, not only each other
+        xr = [np.asarray(x.double().reshape(64, -1)) for x in args[0]]
+        yr = xr if len(args) == 1 else [np.asarray(y.double().reshape(64, -1)) for y in args[1]]
+        want = np.array([[ref_cka(p, q, kernel, unbiased) for q in yr] for p in xr])
+        np.testing.assert_allclose(a.numpy(), want, rtol=0, atol=10 * tol)
 
 
 def test_public_gram_center_and_minibatch():
@@ -282,12 +293,19 @@ def test_public_gram_center_and_minibatch():
     k = flashcka.gram(x, backend="torch")
     assert rel(flashcka.center(k, backend="native"), flashcka.center(k, backend="torch")) < 1e-12
     ms = {b: flashcka.MinibatchCKA(3, 2, backend=b) for b in ("native", "torch")}
+    seen = []
     for _ in range(2):
         xs = [torch.randn(40, 30, generator=gen, dtype=torch.float64) for _ in range(3)]
+        xs[1] = xs[1] + xs[0].square()           # related layers: CKA well away from 0
         ys = [torch.randn(40, 8, generator=gen, dtype=torch.float64) for _ in range(2)]
+        ys[0] = ys[0] + xs[0][:, :8]
+        seen.append((xs, ys))
         for m in ms.values():
             m.update(xs, ys)
-    assert torch.allclose(ms["native"].compute(), ms["torch"].compute(), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(ms["native"].compute(), ms["torch"].compute(), rtol=0, atol=1e-12)
+    want = reference.minibatch_cka([[x.numpy() for x in b[0]] for b in seen],
+                                   [[y.numpy() for y in b[1]] for b in seen])
+    np.testing.assert_allclose(ms["native"].compute().numpy(), want, rtol=0, atol=1e-12)
 
 
 def test_auto_picks_native_on_cpu():
