@@ -96,7 +96,7 @@ def _duplicated(seed=0):
     return b[torch.tensor([0, 1, 0, 1, 0, 1, 1])], torch.randn(7, 3, generator=g)
 
 
-@pytest.mark.parametrize("backend", ["torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_rbf_duplicated_rows_have_zero_distance(backend):
     """Exact duplicates have distance 0, not the rounding noise of K_aa + K_bb − 2K_ab: with
     most pairs duplicated the reference median is 0 and the median heuristic must say so
@@ -113,7 +113,7 @@ def test_rbf_duplicated_rows_have_zero_distance(backend):
     assert (k[np.equal.outer([0, 1, 0, 1, 0, 1, 1], [0, 1, 0, 1, 0, 1, 1])] == 1.0).all()
 
 
-@pytest.mark.parametrize("backend", ["torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_rbf_extreme_bandwidths(backend):
     """2σ² under- or overflowing the compute dtype: K → I or 11ᵀ, never NaN."""
     g = torch.Generator().manual_seed(1)

@@ -169,10 +169,11 @@ def test_infinite_column_is_reported(kernel, route):
         pytest.skip("the feature route is linear")
     x = torch.randn(8, 3)
     x[:, 1] = float("-inf")
-    for backend in ("auto", "torch"):
-        with pytest.raises(ValueError, match=r"xs\[1\] holds non-finite values"):
-            flashcka.cka_matrix([torch.randn(8, 2), x], kernel=kernel, route=route,
-                                backend=backend)
+    for bad in (x, torch.full((8,), float("-inf")), torch.full((8, 2), float("inf"))):
+        for backend in ("auto", "torch"):
+            with pytest.raises(ValueError, match=r"xs\[1\] holds non-finite values"):
+                flashcka.cka_matrix([torch.randn(8, 2), bad], kernel=kernel, route=route,
+                                    backend=backend)
 
 
 def test_minibatch_float32_offset_is_not_zero_variance(rng):

@@ -168,8 +168,6 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
         route == "auto" and not forced and s.kernel == "linear"
         and _feature.cheaper(dims_a, dims_b, n, same))
     be = None if use_feature else backends.select(backend, xa[0], grad=grad)
-    const_a = _constant_rows(xa, na, ct)             # also raises on NaN/Inf inputs
-    const_b = const_a if same else _constant_rows(xb, nb, ct)
     norm = _engine.normaliser(n, s.unbiased)
 
     if use_feature:
@@ -181,9 +179,12 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
         else:
             self_a = _feature.self_hsic(fa, n, s.unbiased) / norm
             self_b = _feature.self_hsic(fb, n, s.unbiased) / norm
+        const_a, const_b = fa.constant, fb.constant
     else:
         ra = _engine.gram_rows(be, xa, na, n, ct, s)
         rb = ra if same else _engine.gram_rows(be, xb, nb, n, ct, s)
+        const_a = _constant(ra, xa, na, ct)
+        const_b = const_a if same else _constant(rb, xb, nb, ct)
         cross, self_a, self_b = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased,
                                                        na, nb)
     if want == "hsic":
@@ -191,18 +192,17 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
     return _engine.cka_from_hsic(cross, self_a, self_b, const_a, const_b, na, nb)
 
 
-def _constant_rows(tensors, names, ct) -> torch.Tensor:
-    """(L,) bool: representations whose rows are all equal (every column's min equals its
-    max) — exactly those whose CKA is undefined (zero variance). An exact test, so data
-    whose spread is a few ulps of a large offset (x − μ is exact) is not called constant.
-    A non-finite value (a column of ±inf included) raises, naming the representation."""
-    flags = []
-    for x, name in zip(tensors, names):
-        lo, hi = torch.aminmax(x.detach().reshape(x.shape[0], -1), dim=0)
-        if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
-            _validate.raise_non_finite(x, name, ct)
-        flags.append(bool(torch.equal(lo, hi)))
-    return torch.tensor(flags, dtype=torch.bool, device=tensors[0].device)
+def _constant(rows, tensors, names, ct) -> torch.Tensor:
+    """(L,) bool: representations whose rows are all equal — gram_rows gives them
+    ‖X_c‖² = 0 exactly (_engine.zero_variance), and only them, so data whose spread is a
+    few ulps of a large offset is not called constant. Such a representation is one row
+    repeated: if that row holds ±inf/NaN (which centering would hide), raise."""
+    flags = _engine.zero_variance(rows.sq_c, rows.sq, ct)
+    for i in flags.nonzero().flatten().tolist():
+        x = tensors[i]
+        if not bool(torch.isfinite(x[:1]).all()):
+            _validate.raise_non_finite(x, names[i], ct)
+    return flags
 
 
 def _needs_grad(groups) -> bool:
