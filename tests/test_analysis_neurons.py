@@ -111,7 +111,8 @@ def test_label_neurons_on_a_model_and_categories(rng):
     assert list(out) == ["0", "3"]
     for name in out:
         assert out[name]["labels"].tolist() == ref[name]["labels"].tolist()
-        torch.testing.assert_close(out[name]["scores"], ref[name]["scores"], rtol=1e-6, atol=1e-9)
+        # both float32 products (streamed vs one batch): |r| <= 1, float32 rounding scale
+        torch.testing.assert_close(out[name]["scores"], ref[name]["scores"], rtol=0, atol=2e-5)
         cats_seen = {cats[cn] for cn in out[name]["distinct_concepts"]}
         assert set(out[name]["by_category"]) == cats_seen
         assert sum(out[name]["by_category"].values()) == out[name]["distinct"]
