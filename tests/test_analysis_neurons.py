@@ -118,6 +118,26 @@ def test_label_neurons_on_a_model_and_categories(rng):
         assert sum(out[name]["by_category"].values()) == out[name]["distinct"]
 
 
+def test_label_neurons_input_point_and_modes(rng):
+    model = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(9, 3))
+    model.train()
+    model[0].eval()
+    x = torch.tensor(rng.standard_normal((21, 6)), dtype=torch.float64)
+    c = torch.tensor(rng.uniform(0, 1, (21, 5)))
+    model.double()
+    out = label_neurons(model, [x[:10], x[10:]], c, layers=["3:input"], method="wpmi", top_k=6)
+    assert model.training and not model[0].training               # per-module modes restored
+    with torch.no_grad():
+        h = torch.relu(model[0](x))                               # Dropout is off in eval
+    ref = NeuronLabeler(5, "wpmi", top_k=6)
+    ref.update({"3:input": h}, c)
+    ref = ref.compute()["3:input"]
+    assert list(out) == ["3:input"]
+    assert out["3:input"]["labels"].tolist() == ref["labels"].tolist()
+    torch.testing.assert_close(out["3:input"]["scores"], ref["scores"], rtol=1e-12, atol=1e-12)
+
+
 def test_constant_unit_is_unlabelled(rng):
     lab = NeuronLabeler(3, "correlation")
     a = torch.tensor(rng.standard_normal((20, 2)))

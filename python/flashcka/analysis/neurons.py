@@ -33,7 +33,8 @@ class NeuronLabeler:
     method="wpmi": soft-WPMI of CLIP-Dissect (Oikarinen & Weng 2023, their released
     ``soft_wpmi``): ``P = softmax(alpha · concepts)`` over concepts per stimulus (or
     ``concepts`` as given with ``softmax=False``, e.g. 0/1 labels); for unit k, its
-    ``top_k`` most activating stimuli x_1..x_m (streamed top-k, ties as ``torch.topk``)
+    ``top_k`` most activating stimuli x_1..x_m (streamed top-k; equal activations: the
+    earlier stimulus first, so batching never changes the result)
     with inclusion probabilities ``p_r = p_start − (r/m)(p_start − p_end)``, r = 0..m−1;
 
         ``log p(c | k) = Σ_r log(1 + p_r (P_{x_r c} − 1) + 1e-7)``
@@ -154,9 +155,12 @@ class NeuronLabeler:
                     ids = torch.cat([st["ids"], idx])
                 else:
                     vals, ids = a, idx
+                # top_k by (value descending, stimulus index ascending): the kept rows are
+                # in that order and precede the batch, so a stable sort breaks ties by index
                 k = min(self.top_k, vals.shape[0])
-                top = torch.topk(vals, k, dim=0)
-                st["vals"], st["ids"] = top.values, ids.gather(0, top.indices)
+                top = torch.sort(vals, dim=0, descending=True, stable=True)
+                st["vals"] = top.values[:k]
+                st["ids"] = ids.gather(0, top.indices[:k])
         self.n += b
 
     @torch.no_grad()
@@ -232,7 +236,9 @@ def label_neurons(model: nn.Module, loader, concepts, *, layers=None, method: st
     ``loader`` yields batches (a tensor, ``(input, ...)`` tuples or dicts of tensors, as for
     ``compare``), in the order of the rows of ``concepts`` (n, C): batch b covers the next
     ``len(batch)`` rows. ``layers``: names, glob patterns or module types, as for
-    ``compare`` (None: the model's blocks). Each hooked output becomes per-unit activations
+    ``compare`` (None: the model's blocks; ``name:input`` hooks a module's input; a module
+    called several times per forward pass gives its last call). Each hooked output becomes
+    per-unit activations
     (b, units): (b, units) as is; (b, C, H, W) conv maps -> spatial mean per channel
     (as CLIP-Dissect); (b, T, D) tokens -> ``tokens="mean"`` over tokens, ``"cls"`` the first
     token, or a callable. ``inputs``: adapter from a tensor batch to the model's arguments
@@ -248,17 +254,23 @@ def label_neurons(model: nn.Module, loader, concepts, *, layers=None, method: st
     _validate.representation(concepts, "concepts")
     if concepts.dim() != 2:
         raise ValueError(f"concepts must be (n, C), got shape {tuple(concepts.shape)}")
-    points = [p.module for p in select_points(model, layers, "layers") if p.kind == "output"]
+    chosen = select_points(model, layers, "layers")
+    points = [p.label for p in chosen]
     labeler = NeuronLabeler(concepts.shape[1], method, concept_names=concept_names,
                             categories=categories, **kwargs)
     modules = dict(model.named_modules())
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     acts: dict[str, torch.Tensor] = {}
-    hooks = [modules[name].register_forward_hook(
-        lambda m, i, o, name=name: acts.__setitem__(name, _units(o, tokens, name)))
-        for name in points]
-    was_training = model.training
+    hooks = []
+    for p in chosen:
+        if p.kind == "input":
+            hooks.append(modules[p.module].register_forward_pre_hook(
+                lambda m, i, name=p.label: acts.__setitem__(name, _units(i, tokens, name))))
+        else:
+            hooks.append(modules[p.module].register_forward_hook(
+                lambda m, i, o, name=p.label: acts.__setitem__(name, _units(o, tokens, name))))
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     row = 0
     try:
@@ -281,7 +293,8 @@ def label_neurons(model: nn.Module, loader, concepts, *, layers=None, method: st
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
+        for m, flag in modes.items():
+            m.training = flag
     if row != concepts.shape[0]:
         raise ValueError(f"loader gave {row} stimuli but concepts has {concepts.shape[0]} rows")
     return labeler.compute()
