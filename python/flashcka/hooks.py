@@ -199,16 +199,12 @@ class GramRecorder:
         self.n, self.mask = n, mask
         self._calls = dict.fromkeys(self.handles, 0)
         first = self.labels is None
-        self._sq_c = [] if first else [None] * len(self.labels)
-        self._sq = [] if first else [None] * len(self.labels)
         if first:
             self._order: list[tuple[str, int]] = []
         m = self.ctx.row_length(n) if self.ctx.be is not None else None
         if not first and (self.g is None or self.g.shape[1] != m):
             self.g = None                                     # free the old rows first
             self.g = torch.empty(len(self.labels), m, dtype=self.ctx.ct, device=self.ctx.device)
-            self.scale = torch.ones(len(self.labels), dtype=torch.float64,
-                                    device=self.ctx.device)
         self.active = True
 
     def _record(self, p: Point, label: str, output, call) -> None:
@@ -236,11 +232,10 @@ class GramRecorder:
             x = self._tensor(p, name, output, call)
         sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {name}", self.g[i], self.n,
                                     self.ctx.ct, self.ctx.settings, scale_out=self.scale[i])
-        if first:
-            self._sq_c.append(sq_c)
-            self._sq.append(sq)
-        else:
-            self._sq_c[i], self._sq[i] = sq_c, sq
+        # into preallocated buffers: small tensors kept alive across the forward pass,
+        # between freed activations, would fragment the heap (+1 GB RSS over 960 layers)
+        self.sq_c[i] = sq_c
+        self.sq[i] = sq
 
     def _tensor(self, p: Point, name: str, output, call, first: bool = False):
         """The layer's (n, d) features. First batch: None (the point dropped, once, with
@@ -283,13 +278,14 @@ class GramRecorder:
             return
         cap = max(need, len(self.handles) if g is None else 2 * g.shape[0])
         new = torch.empty(cap, m, dtype=ct, device=x.device)
-        scale = torch.ones(cap, dtype=torch.float64, device=x.device)
+        stats = torch.ones(3, cap, dtype=torch.float64, device=x.device)
         if g is not None:
             done = len(self._order) - 1
             new[:done].copy_(g[:done])
-            scale[:done].copy_(self.scale[:done])
+            stats[:, :done].copy_(torch.stack([self.scale, self.sq_c, self.sq])[:, :done])
         self.g = None
-        self.g, self.scale = new, scale
+        self.g = new
+        self.scale, self.sq_c, self.sq = stats.unbind(0)
 
     def finish(self) -> None:
         """End a batch's forward pass: check the calls (first batch: fix the layers)."""
@@ -307,11 +303,10 @@ class GramRecorder:
     def rows(self) -> _engine.Rows:
         """The batch's Rows (after ``finish`` of every side: the other side may have
         widened the compute dtype on the first batch)."""
-        sq_c, sq = torch.stack(self._sq_c), torch.stack(self._sq)
-        _engine.check_finite(sq_c, [f"layer {lb}" for lb in self.labels], self.ctx.ct)
+        _engine.check_finite(self.sq_c, [f"layer {lb}" for lb in self.labels], self.ctx.ct)
         if self.g.dtype != self.ctx.ct:
             self.g = self.g.to(self.ctx.ct)
-        return _engine.Rows(self.g, sq_c, sq, self.scale)
+        return _engine.Rows(self.g, self.sq_c, self.sq, self.scale)
 
     def _fix_layers(self) -> None:
         """After the first batch: drop the points that never fired (an error for exact
@@ -339,8 +334,7 @@ class GramRecorder:
         if len(keep) < len(self._order):        # a later call of a point was unusable
             idx = torch.tensor(keep, device=self.g.device)
             self.g, self.scale = self.g[idx], self.scale[idx]
-            self._sq_c = [self._sq_c[j] for j in keep]
-            self._sq = [self._sq[j] for j in keep]
+            self.sq_c, self.sq = self.sq_c[idx], self.sq[idx]
             self._order = [self._order[j] for j in keep]
         if not self._order:
             raise ValueError(f"{self.side}: none of the {len(self.points)} hooked points "
@@ -349,7 +343,7 @@ class GramRecorder:
         self.labels = [f"{lb}#{k}" if self._want[lb] > 1 else lb for lb, k in self._order]
         self._index = {key: i for i, key in enumerate(self._order)}
         L = len(self._order)
-        self.scale = self.scale[:L]
+        self.scale, self.sq_c, self.sq = self.scale[:L], self.sq_c[:L], self.sq[:L]
         if self.g.dtype != self.ctx.ct:
             self.g = self.g[:L].to(self.ctx.ct)
         else:
