@@ -155,7 +155,10 @@ double center_chunk(T* buf, int64_t n, int64_t w, const T* mu, T s, Scratch<T>& 
     for (int64_t c = 0; c < w; ++c) m[c] = T(acc[c] / double(n));
     mu = m;
   }
-  for (int64_t c = 0; c < w; ++c) mu_sq += double(mu[c]) * double(mu[c]);
+  for (int64_t c = 0; c < w; ++c) {
+    mu_sq += double(mu[c]) * double(mu[c]);
+    if (!std::isfinite(mu[c])) varies = true;  // an all-±inf column is not "constant"
+  }
   T d0 = T(0);
   for (int64_t i = 0; i < n; ++i) {
     T* b = buf + i * w;

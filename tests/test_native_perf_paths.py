@@ -375,3 +375,16 @@ def test_rbf_with_tiny_sigma_and_huge_constant_values():
     k = native.kernel_matrix(y, kernel="rbf", sigma=2.0 ** -100, threshold=1.0, ct=torch.float32)
     want = np.exp(-np.subtract.outer([0, 1, 3, 4], [0, 1, 3, 4]) ** 2 / 2.0)
     assert rel(k, want) < 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_all_inf_column_is_not_a_constant_layer(backend, bad):
+    """A column entirely ±inf (e.g. float16 activations that overflowed) must surface as
+    non-finite (sq_c not finite -> the caller's clear error), not as a 'constant' layer."""
+    x = torch.randn(9, 3, dtype=torch.float64)
+    x[:, 1] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        rows_of(get(backend), [torch.full((9, 2), bad, dtype=torch.float64)], torch.float64)
+    with pytest.raises(ValueError, match="non-finite"):
+        rows_of(get(backend), [x], torch.float64)

@@ -265,7 +265,7 @@ def _max_abs_dev(x, mu, ct) -> tuple[float, bool]:
     lo, hi = torch.aminmax(x.detach().reshape(x.shape[0], -1), dim=0)
     m = mu.detach().reshape(-1)
     amax = float(torch.maximum(hi.to(ct) - m, m - lo.to(ct)).max())
-    return amax, bool((hi == lo).all())
+    return amax, bool((hi == lo).all()) and bool(torch.isfinite(lo).all())
 
 
 def zero_variance(sq_c: torch.Tensor, sq: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
