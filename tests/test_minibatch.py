@@ -242,3 +242,13 @@ def test_load_state_dict_of_an_empty_accumulator():
     assert r.num_batches == 0 and r.cross is None
     with pytest.raises(RuntimeError, match="before any update"):
         r.compute()
+
+
+def test_constant_infinite_layer_is_non_finite_not_zero_variance():
+    """A layer whose rows are all ±inf centers to NaN/0: it must be reported as non-finite
+    (found by tests/test_fuzz.py: float16 activations that overflowed)."""
+    m = flashcka.MinibatchCKA(2)
+    ok = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"xs\[1\] holds non-finite"):
+        m.update([ok, torch.full((6, 2), float("-inf")).half()])
+    assert m.num_batches == 0

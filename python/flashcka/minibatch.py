@@ -105,6 +105,8 @@ class MinibatchCKA:
         be = backends.select(self.backend, xa[0])
         ra = _engine.gram_rows(be, *groups[0], n, ct, s)
         rb = ra if self.same else _engine.gram_rows(be, *groups[1], n, ct, s)
+        for rows, (tensors, names) in zip((ra, rb), groups):
+            self._check_constant_rows(rows, tensors, names, ct)
         self.add_rows(be, ra, rb, n, ct)
         # Names from the first dict batch are adopted only once the batch is in.
         if adopt_a:
@@ -326,6 +328,14 @@ class MinibatchCKA:
             self.jackknife.all_reduce(group, self.cross.device)
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_constant_rows(rows, tensors, names, ct):
+        """A layer with ‖X_c‖² = 0 is one row repeated; centering hides ±inf/NaN in that
+        row (inf − inf), so look at the row itself: non-finite raises, naming the layer."""
+        for i in (rows.sq_c == 0).nonzero().flatten().tolist():
+            if not bool(torch.isfinite(tensors[i][:1]).all()):
+                _validate.raise_non_finite(tensors[i], names[i], ct)
+
     @staticmethod
     def _check_count(tensors, expected, arg):
         if len(tensors) != expected:
