@@ -1,6 +1,6 @@
 """One-off measures of ``flashcka.compare`` behind bench/results/cpu-2core/compare.md.
 
-    python bench/compare_measures.py real [n]        # timm ViT-S + torchvision ResNet-18
+    python bench/compare_measures.py real [n [backend]]   # timm ViT-S + torchvision ResNet-18
     python bench/compare_measures.py memory DIM DEPTH BACKEND
     python bench/compare_measures.py compiled
 
@@ -45,7 +45,7 @@ def forward_all(mods, loader, call=lambda m, x: m(x)):
     return run
 
 
-def real(n=32, batches=2):
+def real(n=32, backend="auto", batches=2):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from hub_models import load_torchvision
     tv = load_torchvision()
@@ -60,7 +60,7 @@ def real(n=32, batches=2):
 
     def cmp():
         return flashcka.compare(vit, res, loader, layers_a="blocks", layers_b="blocks",
-                                progress=False, jackknife=False)
+                                progress=False, jackknife=False, backend=backend)
     fwd_best, fwd_all = best(forward_all([vit, res], loader))
     cmp_best, cmp_all = best(cmp)
     spent = {"hooks": 0.0, "pair": 0.0}
@@ -80,7 +80,7 @@ def real(n=32, batches=2):
         total = time.perf_counter() - t
     finally:
         GramRecorder._record, MinibatchCKA.add_rows = rec, add
-    print(f"n={n} batches={batches} layers {tuple(r.matrix.shape)} threads "
+    print(f"backend={backend} n={n} batches={batches} layers {tuple(r.matrix.shape)} threads "
           f"{torch.get_num_threads()}: two forwards {fwd_best:.2f}s {[round(x, 2) for x in fwd_all]}, "
           f"compare {cmp_best:.2f}s {[round(x, 2) for x in cmp_all]}, ratio {cmp_best / fwd_best:.3f}; "
           f"attribution run {total:.2f}s: hooks {spent['hooks']:.3f}s "
@@ -148,7 +148,7 @@ def compiled(n=64, batches=3):
 if __name__ == "__main__":
     what, args = sys.argv[1], sys.argv[2:]
     if what == "real":
-        real(*map(int, args))
+        real(*(int(a) if a.isdigit() else a for a in args))
     elif what == "memory":
         memory(int(args[0]), int(args[1]), args[2])
     elif what == "compiled":
