@@ -4,8 +4,11 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
+
+import reference as ref
 
 from flashcka import CKAResult
 from flashcka.cli import main
@@ -68,7 +71,18 @@ def test_compare_self_biased(factories):
           "--biased", "--tokens", "mean", "--out", str(out), "--no-progress"])
     r = CKAResult.load(out / "cka.json")
     assert r.settings["unbiased"] is False and r.settings["same_model"] is True
-    torch.testing.assert_close(r.matrix.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert r.names_a == ["0", "1", "2"]
+    # every entry against the float64 biased minibatch estimator on the same activations
+    import cli_factories
+    model = cli_factories.model_a().double()
+    acts = []
+    for x, _ in cli_factories.data():
+        with torch.no_grad():
+            h0 = model[0](x.double())
+            acts.append([h0.numpy(), model[1](h0).numpy(), model[2](model[1](h0)).numpy()])
+    want = ref.minibatch_cka(acts, acts, unbiased=False)
+    np.testing.assert_allclose(r.matrix.numpy(), want, rtol=0, atol=1e-5)
+    assert abs(want[0, 2]) < 0.999  # an off-diagonal entry that says something
 
 
 def test_compare_bad_factory(factories):
@@ -94,9 +108,6 @@ def test_demo_quick(tmp_path, capsys):
 
 # ------------------------------------------------------------------ real models and data
 
-import numpy as np  # noqa: E402
-
-import reference as ref  # noqa: E402
 from hub_models import need_timm, need_torchvision, need_transformers  # noqa: E402
 
 
@@ -239,7 +250,32 @@ def test_bert_token_npz_uses_the_attention_mask(tmp_path):
                  "--no-progress"]) == 0
     r = CKAResult.load(out / "cka.json")
     assert r.settings["mask"] == "attention_mask" and r.num_samples == 24
-    torch.testing.assert_close(r.matrix.diagonal(), torch.ones(len(r.names_a), dtype=torch.float64))
+    # every entry against float64 minibatch CKA of the masked token means, hooked by hand
+    from flashcka.specs import load_model
+    lm = load_model(f"hf:{bert}")
+    mods = dict(lm.model.named_modules())
+    acts = []
+    for s in range(0, 24, 8):
+        got = {}
+        hs = []
+        for n in r.names_a:  # "name:input" points are a module's first positional input
+            mod, _, kind = n.partition(":")
+            if kind == "input":
+                hs.append(mods[mod].register_forward_pre_hook(
+                    lambda m, i, n=n: got.__setitem__(n, i[0])))
+            else:
+                hs.append(mods[mod].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(
+                    n, o[0] if isinstance(o, tuple) else getattr(o, "last_hidden_state", o))))
+        mb = torch.tensor(mask[s:s + 8])
+        with torch.no_grad():
+            lm.model.eval()(input_ids=torch.tensor(ids[s:s + 8]), attention_mask=mb)
+        for h in hs:
+            h.remove()
+        w = mb.double()[:, :, None]
+        acts.append([((got[n].double() * w).sum(1) / w.sum(1)).numpy() for n in r.names_a])
+    # float32 compute at n = 8 per batch: 2.6e-5 off; the unmasked mean is 1.1e-4 off
+    np.testing.assert_allclose(r.matrix.numpy(), ref.minibatch_cka(acts, acts), rtol=0,
+                               atol=5e-5)
 
 
 def test_spec_errors_are_helpful(tmp_path, image_folder):
