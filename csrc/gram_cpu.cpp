@@ -432,9 +432,12 @@ LayerStats gram_layer(const Layer& ly, const GramArgs& args, int nt) {
   T* out = static_cast<T*>(ly.out);
   GramArgs a = args;
   a.scale = s;
-  if (args.kernel == 1 && rbf_upper(K, dg.data(), n, ly.lay.a * ly.lay.b, out, a) != 0) return {sq, p.mu_sq, s, 1};
+  const double sq_c = sq / (s * s), row_scale = args.kernel == 1 ? 1.0 : s;
+  const LayerStats st{sq_c, sq_c + double(n) * p.mu_sq, row_scale, 0.0};
+  if (args.kernel == 1 && rbf_upper(K, dg.data(), n, ly.lay.a * ly.lay.b, out, a) != 0)
+    return {st.sq_c, st.sq, st.scale, 1.0};
   center_pack(K, dg.data(), n, args.unbiased, out);
-  return {sq, p.mu_sq, s, 0};
+  return st;
 }
 
 template <class T>

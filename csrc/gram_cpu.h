@@ -34,10 +34,11 @@ struct Layer {
   void* out;
 };
 
-// Per layer: ‖scale·(x − μ)‖²_F (trace of the linear Gram), Σ_c μ_c² (in x's units),
-// the scale used, and status (1 = zero RBF bandwidth).
+// Per layer, in x's own units: ‖x − 1μᵀ‖²_F and ‖x‖²_F = that + n·Σμ²; the row's scale
+// (the row is the centered Gram of scale·X_c; RBF rows are kernel values: 1), and status
+// (1 = zero RBF bandwidth).
 struct LayerStats {
-  double sq_norm, mu_sq, scale, status;  // four doubles: Python reads them as (count, 4)
+  double sq_c, sq, scale, status;  // four doubles: Python reads them as (count, 4)
 };
 static_assert(sizeof(LayerStats) == 4 * sizeof(double), "LayerStats is read as 4 doubles");
 

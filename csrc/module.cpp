@@ -62,7 +62,7 @@ PYBIND11_MODULE(_C, m) {
       py::call_guard<py::gil_scoped_release>(),
       "Packed centered Gram rows of `count` layers described by desc (int64 (count, 10): "
       "x, x_dtype, n, a, b, s0, s1, s2, mu or 0, out); stats: float64 (count, 4) receives "
-      "(||scale*(x - mu)||_F^2, sum mu^2, scale, status: 1 = zero bandwidth).");
+      "(||x - mu||_F^2, ||x||_F^2, the row's scale, status: 1 = zero bandwidth).");
   m.def(
       "kernel_matrix",
       [](std::uintptr_t x, int x_dtype, int64_t n, int64_t a, int64_t b, int64_t s0,

@@ -94,12 +94,7 @@ def _fused_rows(be, tensors, names, g, n, s: Settings):
                                    threshold=s.threshold, unbiased=s.unbiased)
     except ZeroBandwidthError as e:
         raise ValueError(f"{names[e.layer]}: {e}") from None
-    scale = st[:, 2].clone()
-    sq_c = st[:, 0] / scale.square()
-    sq = sq_c + n * st[:, 1]
-    if s.kernel != "linear":
-        scale.fill_(1.0)                          # RBF rows are kernel values
-    return sq_c, sq, scale
+    return st[:, 0], st[:, 1], st[:, 2]          # in x's units; RBF rows have scale 1
 
 
 def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
@@ -230,13 +225,11 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor | Non
                                        threshold=s.threshold, unbiased=s.unbiased)
         except ZeroBandwidthError as e:
             raise ValueError(f"{name}: {e}") from None
-        sq_raw, mu_sq, scale, _ = st[0].tolist()
-        if scale_out is not None or scale == 1.0:
-            if scale_out is not None:
-                scale_out.fill_(scale if s.kernel == "linear" else 1.0)
-            sq_c = sq_raw / (scale * scale)
-            return (torch.tensor(sq_c, dtype=torch.float64),
-                    torch.tensor(sq_c + n * mu_sq, dtype=torch.float64))
+        if scale_out is not None:
+            scale_out.copy_(st[0, 2])
+            return st[0, 0], st[0, 1]
+        if st.tolist()[0][2] == 1.0:
+            return st[0, 0], st[0, 1]
     # The mean in float64 on the CPU: a float32 sum of values near float32's max overflows.
     mu = be.column_mean(x, torch.float64).to(ct) if x.device.type == "cpu" \
         else be.column_mean(x, ct)

@@ -139,9 +139,10 @@ class NativeBackend(Backend):
         Without ``mus``, each column's mean is taken as its chunk of x is loaded (x read
         once), and ``scale`` is chosen per layer (a power of two, 1 for normal inputs:
         ``_engine.pow2_scale``'s rule); with ``mus`` (L tensors of x.shape[1:]) and
-        ``scale`` (a float), those are used. Returns float64 (L, 4):
-        [‖scale·(x − μ)‖²_F, Σμ² (x's units), scale, status]; a zero RBF bandwidth raises
-        ZeroBandwidthError with ``.layer``, the index of the first such layer."""
+        ``scale`` (a float), those are used. Returns float64 (L, 4) in x's units:
+        [‖x − 1μᵀ‖²_F, ‖x‖²_F (= that + n·Σμ²), the row's scale (the row is the centered
+        Gram of scale·X_c; 1 for RBF rows, which hold kernel values), status]; a zero RBF
+        bandwidth raises ZeroBandwidthError with ``.layer``, the first such layer."""
         ct = out.dtype
         L = len(xs)
         length = self.row_length(xs[0].shape[0], unbiased) if L else 0
@@ -178,7 +179,8 @@ class NativeBackend(Backend):
         return stats
 
     def centered_gram_row(self, x, mu, out, *, kernel, sigma, threshold, unbiased, scale=1.0):
-        """The backend contract (base.py): one row from a given μ, built from scale·(x − μ)."""
+        """The backend contract (base.py): one row from a given μ, built from scale·(x − μ);
+        returns ‖x − μ‖²_F (x's units) as a 0-d tensor."""
         length = self.row_length(x.shape[0], unbiased)
         if out.dim() != 1 or out.numel() != length or out.device.type != "cpu" \
                 or out.dtype not in _CODES:
