@@ -57,6 +57,8 @@ TOL_C = 16.0
 # Known bugs owned by other helpers: input classes excluded until fixed (name -> reason).
 KNOWN_BUGS: dict[str, str] = {
     # name: "owner (bugs.md): what is excluded"; the strategies below honour these names.
+    "center_overflow": "H2 (bugs.md 20:08): center() of a float32 matrix near float32's max "
+                       "returns inf/NaN (torch backend) instead of the value or an error",
     "cka_denominator_underflow": "H2 (bugs.md 19:58): sqrt(HSIC_KK·HSIC_LL) underflows for "
                                  "self-HSICs < 1e-154 (RBF kernels near I): inf or 1+1e-6",
     # Fixed by H1/H2 on 2026-11-23 and checked again: zero_variance_offset,
@@ -583,8 +585,11 @@ def test_fuzz_center(data):
     u = float(torch.finfo(ct).eps)
     want = ref.center_unbiased_fast(k64) if unbiased else ref.center_biased(k64)
     tol = TOL_C * u * (math.sqrt(n) + 2) * np.abs(k64).max() * np.ones_like(k64)
-    may = [(ValueError, ["k", "overflow"])] if np.abs(k64).max() * n > \
-        float(torch.finfo(ct).max) / 4 else []
+    near_max = np.abs(k64).max() * n > float(torch.finfo(ct).max) / 4
+    may = [(ValueError, ["k", "overflow"])] if near_max else []
+    if near_max and "center_overflow" in KNOWN_BUGS:
+        STATS["excused"] = STATS.get("excused", 0) + 1
+        raise Excused()
     res = run(call, [], may)
     if res is None:
         return
