@@ -1,4 +1,4 @@
-"""Gram + centering stage (DESIGN.md §2): about n²d flops per layer when one triangle is
+"""Gram + centering stage (docs/design.md §2): about n²d flops per layer when one triangle is
 computed (SYRK), 2n²d as a plain GEMM. Every case records ``flops_syrk = n²d`` and the rate
 achieved against it (GFLOP/s), so a symmetric kernel can show up to 2× over the
 ``torch.matmul(X, X.T)`` reference case."""

@@ -1,4 +1,4 @@
-"""Native CPU backend vs the torch backend, float32, same run (DESIGN.md §2 floors).
+"""Native CPU backend vs the torch backend, float32, same run (docs/design.md §2 floors).
 
 (a) centered Gram + U-centering of one layer, n=512, d=32768 (SYRK: n²d flops);
 (b) pair stage, 48 layers × n=512 (rows against themselves: one SYRK of packed rows);

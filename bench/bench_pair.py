@@ -1,4 +1,4 @@
-"""Pair stage (DESIGN.md §2): every cross HSIC of one minibatch is ``G_A G_Bᵀ`` over the
+"""Pair stage (docs/design.md §2): every cross HSIC of one minibatch is ``G_A G_Bᵀ`` over the
 stacked centered-Gram rows, ``2·L_A·L_B·m`` flops reading each row once — memory-bound
 unless L is large. Records GB/s of rows read and GFLOP/s."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Triton backend on a CUDA GPU (skipped without one): the floors of DESIGN.md §2.
+"""Triton backend on a CUDA GPU (skipped without one): the floors of docs/design.md §2.
 
 * ``test_gram_centering``: one layer's centered Gram row (fused centering, upper triangle,
   U-centering epilogue, packed row) for n ∈ {256, 1024}, d ∈ {16384, 151296} in fp32,

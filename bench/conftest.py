@@ -8,7 +8,7 @@
   ``minibatch_shape``), full or quick.
 * fixtures ``timeit(fn, *args)`` (pedantic timing, CUDA synchronized) and
   ``report(flops=..., bytes_read=...)``: the latter writes the achieved rate (GFLOP/s, GB/s)
-  against the floor of DESIGN.md §2 plus device name, versions and commit into
+  against the floor of docs/design.md §2 plus device name, versions and commit into
   ``benchmark.extra_info``: every recorded row says where it was measured.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# (quick, full) sizes per stage. Full sizes are those of DESIGN.md §2 and the issues.
+# (quick, full) sizes per stage. Full sizes are those of docs/design.md §2 and the issues.
 SIZES = {
     # (n, d)
     "gram": ([(64, 1024)], [(256, 16384), (512, 16384), (256, 32768), (512, 32768)]),

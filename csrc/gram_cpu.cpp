@@ -1,4 +1,4 @@
-// Fused centered Gram on the CPU (DESIGN.md §1-2).
+// Fused centered Gram on the CPU (docs/design.md §1-2).
 //
 //   x (n, a, b) strided  ->  K = X_c X_cᵀ, X_c = s·(x − 1μᵀ), upper triangle only: x is
 //   loaded in column chunks into a cache-sized buffer, each chunk's columns are centered

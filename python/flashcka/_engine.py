@@ -121,7 +121,7 @@ def hsic_from_rows(be, ra: Rows, rb: Rows, same: bool, n: int, unbiased: bool,
     finite or a squared row norm is outside _NORM_SAFE (overflow, or underflow that could
     cost bits), the rows are normalised by powers of two t_i (a copy; f_i ← f_i·t_i) and
     the products redone. A product still not finite raises a ValueError naming the pair
-    (DESIGN.md §6: normalise rows, keep the scales in float64)."""
+    (docs/design.md §6: normalise rows, keep the scales in float64)."""
     norm = normaliser(n, unbiased)
     fa = _row_scales(ra).square()
     fb = fa if same else _row_scales(rb).square()

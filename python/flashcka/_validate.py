@@ -1,4 +1,4 @@
-"""Input checks shared by every public entry point (DESIGN.md §6).
+"""Input checks shared by every public entry point (docs/design.md §6).
 
 Everything here runs before any native or Triton call: kernels receive only floating
 tensors of consistent sample count, on one device, with non-empty features.

@@ -4,7 +4,7 @@ Shapes: a representation is ``(n, ...)`` (n samples), flattened to ``(n, d)``. R
 hsic/cka/cka_matrix are float64 on the inputs' device. Compute dtype: float64 if asked
 (``dtype=torch.float64``) or if any input is float64, float32 otherwise (bf16/fp16 inputs
 are upcast). Features are centered (X − 1μᵀ) before any Gram: every estimator is exactly
-invariant to it and it removes float32 cancellation (DESIGN.md §1).
+invariant to it and it removes float32 cancellation (docs/design.md §1).
 
 Contract, the same on every route and backend:
 - Scale: each representation is multiplied by a power of two (exact) when its magnitude

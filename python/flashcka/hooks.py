@@ -3,7 +3,7 @@
 ``GramRecorder`` hooks the chosen ``Point``s (module outputs, or inputs through forward
 pre-hooks). Each hooked tensor becomes its centered Gram row inside the hook
 (``_engine.gram_row``) and is let go, so memory holds ``L`` Gram rows per model, never
-``L`` activations (DESIGN.md §5). One forward pass per batch: on the first batch rows are
+``L`` activations (docs/design.md §5). One forward pass per batch: on the first batch rows are
 written as the layers appear, into a buffer sized for every hooked point (grown if a
 module is called more often), and that order fixes the layers for the run.
 """

@@ -1,4 +1,4 @@
-"""Backend registry and selection (DESIGN.md §4).
+"""Backend registry and selection (docs/design.md §4).
 
 ``select(name, device)`` returns the backend for a call: ``"torch"`` (pure PyTorch, any
 device), ``"native"`` (flashcka._C: C++ CPU kernels), ``"triton"`` (GPU kernels; CPU

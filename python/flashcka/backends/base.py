@@ -1,4 +1,4 @@
-"""The backend contract (DESIGN.md §4). Every backend gives the torch backend's numbers.
+"""The backend contract (docs/design.md §4). Every backend gives the torch backend's numbers.
 
 All inputs arrive validated (see ``flashcka._validate``): floating tensors, one device,
 ``n`` samples, non-empty features. ``ct`` below is the compute dtype (float32/float64).
