@@ -409,6 +409,11 @@ def group_errors(reps, kw):
                     bw_must.append((ValueError, ["sigma"]))
             elif med <= 1e4 * np.finfo(np.float32).eps * max(dist.max(), 1e-300):
                 may.append((ValueError, [r.name, "sigma"]))  # float32 may round it to 0
+            elif kw.get("dtype") == torch.float32 and r.x.dtype == torch.float64 and \
+                    med <= 16 * r.d * (np.finfo(np.float32).eps * r.amax) ** 2:
+                # float64 input rounded to float32 (dtype=float32): its distinct rows may
+                # become duplicates, and the median of the rounded data 0
+                may.append((ValueError, [r.name, "sigma"]))
     return must + bw_must, may
 
 
