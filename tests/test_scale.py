@@ -231,3 +231,23 @@ def test_float32_one_varying_column_among_constants(rng, route, c):
     got = _quiet(lambda: flashcka.cka_matrix([x], [y], route=route)).item()
     want = ref.cka(x.double().numpy(), y.double().numpy() - np.float32(c).item())
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+def _wide_backends():
+    return [b for b in _backends() if b != "auto"]   # native: pending (bugs.md, H1)
+
+
+@pytest.mark.parametrize("backend", _wide_backends())
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_float64_input_computed_in_float32_is_centered_first(rng, backend, kernel):
+    """dtype=torch.float32 on float64 data at a 1e8 offset with unit spread: centering
+    happens in float64 and only the centered values are rounded, so the spread (below
+    float32's resolution of 1e8, which is 8) survives (it gave "sigma = 0" / NaN)."""
+    x = torch.tensor(rng.standard_normal((9, 3)), dtype=torch.float32)
+    y0 = rng.standard_normal((9, 2))
+    y0[:, 0] += x[:, 0].double().numpy()
+    y = torch.tensor(1e8 + y0)
+    want = ref.cka(x.double().numpy(), y.numpy() - 1e8, kernel)
+    got = _quiet(lambda: flashcka.cka_matrix([x], [y], kernel=kernel, dtype=torch.float32,
+                                             backend=backend, route="gram")).item()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)

@@ -16,7 +16,7 @@ import triton.language as tl
 def _gram_stats_kernel(x_ptr, mu_ptr, k_ptr, diag_ptr, rowpart_ptr,
                        n, T, C, stride_n, stride_t, stride_c, stride_k,
                        BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
-                       INPUT_PRECISION: tl.constexpr):
+                       INPUT_PRECISION: tl.constexpr, CENTER_WIDE: tl.constexpr = False):
     """Tile (bi, bj), bj >= bi, of K = X_c X_cᵀ with X_c = x - 1μᵀ, centered on load.
 
     x is converted to mu's dtype (float32 or float64) as it is loaded, centered and
@@ -24,6 +24,7 @@ def _gram_stats_kernel(x_ptr, mu_ptr, k_ptr, diag_ptr, rowpart_ptr,
     centering (x − μ of a valid fp16 column can exceed the fp16 range, and its rounding
     error would no longer be relative to the centered values).
     INPUT_PRECISION: "ieee", or "tf32" (float32 only) for TF32 tensor-core products.
+    CENTER_WIDE (x float64, mu float32): x − μ is taken in float64, then rounded.
     """
     bi = tl.program_id(0)
     bj = tl.program_id(1)
@@ -45,10 +46,16 @@ def _gram_stats_kernel(x_ptr, mu_ptr, k_ptr, diag_ptr, rowpart_ptr,
             col = t * stride_t + c.to(tl.int64)[None, :] * stride_c
             ma = mi[:, None] & mc[None, :]
             mb = mj[:, None] & mc[None, :]
-            a = tl.load(a_rows + col, mask=ma, other=0.0).to(mu.dtype)
-            b = tl.load(b_rows + col, mask=mb, other=0.0).to(mu.dtype)
-            a = tl.where(ma, a - mu[None, :], 0.0)
-            b = tl.where(mb, b - mu[None, :], 0.0)
+            a = tl.load(a_rows + col, mask=ma, other=0.0)
+            b = tl.load(b_rows + col, mask=mb, other=0.0)
+            if CENTER_WIDE:   # float64 x, float32 compute: subtract in float64, then round
+                a = (a - mu.to(tl.float64)[None, :]).to(mu.dtype)
+                b = (b - mu.to(tl.float64)[None, :]).to(mu.dtype)
+            else:
+                a = a.to(mu.dtype) - mu[None, :]
+                b = b.to(mu.dtype) - mu[None, :]
+            a = tl.where(ma, a, 0.0)
+            b = tl.where(mb, b, 0.0)
             acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
     k_tile = k_ptr + ri.to(tl.int64)[:, None] * stride_k + rj[None, :]
     tl.store(k_tile, acc.to(k_ptr.dtype.element_ty), mask=mi[:, None] & mj[None, :])

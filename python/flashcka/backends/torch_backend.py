@@ -9,7 +9,12 @@ from .base import Backend, ZeroBandwidthError
 
 
 def center_features(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """x (n, ...) minus its column mean mu (x.shape[1:]), flattened to (n, d) in mu's dtype."""
+    """x (n, ...) minus its column mean mu (x.shape[1:]), flattened to (n, d) in mu's dtype.
+    The subtraction is done in the wider of the two dtypes (a float64 input computed in
+    float32 is centered in float64, then rounded: its spread below float32's resolution
+    of the offset is kept)."""
+    if x.dtype == torch.float64 and mu.dtype != torch.float64:
+        return (x - mu.to(x.dtype)).to(mu.dtype).reshape(x.shape[0], -1)
     return (x.to(mu.dtype) - mu).reshape(x.shape[0], -1)
 
 

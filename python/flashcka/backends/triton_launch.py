@@ -121,7 +121,8 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     precision = "tf32" if (allow_tf32 and ct == torch.float32) else "ieee"
     _k._gram_stats_kernel[(nb, nb)](
         xv, mu_flat, k, diag, rowpart, n, T, C, st_n, st_t, st_c, k.stride(0),
-        INPUT_PRECISION=precision, **cfg)
+        INPUT_PRECISION=precision,
+        CENTER_WIDE=x.dtype == torch.float64 and ct == torch.float32, **cfg)
     return k, diag, rowpart.sum(0)
 
 
