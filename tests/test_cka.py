@@ -244,3 +244,19 @@ def test_numpy_bool_and_numbers_are_accepted(rng):
     assert got == pytest.approx(ref.cka(x, y, "rbf", False, sigma=2.0), rel=0, abs=1e-12)
     acc = flashcka.MinibatchCKA(1, unbiased=np.bool_(True))
     assert acc.state_dict()["settings"]["unbiased"] is True
+
+
+def test_tiny_self_hsic_denominator_does_not_underflow():
+    """Self-HSICs below 1e-154 (RBF with a narrow sigma): their product underflowed, so
+    CKA came out as 1.0000013 or inf; the reference's value instead."""
+    x = torch.randn(4, 56, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = x + 0.01 * torch.randn(4, 56, generator=torch.Generator().manual_seed(1),
+                                dtype=torch.float64)
+    for a, b in ((x, x), (x, y)):
+        got = flashcka.cka(a, b, kernel="rbf", sigma=0.5).item()
+        k, l = ref.gram_rbf(a.numpy(), sigma=0.5), ref.gram_rbf(b.numpy(), sigma=0.5)
+        # the reference's HSICs, each self term under its own sqrt (ref.cka multiplies
+        # them first and underflows too)
+        want = ref.hsic_song(k, l) / (np.sqrt(ref.hsic_song(k, k)) * np.sqrt(ref.hsic_song(l, l)))
+        assert ref.hsic_song(k, k) < 1e-154
+        assert abs(got - want) <= 1e-9 * abs(want) + 1e-12, (got, want)

@@ -124,3 +124,15 @@ def test_rbf_extreme_bandwidths(backend):
     assert torch.equal(flashcka.gram(x * 1e30, "rbf", sigma=0.5, backend=backend), eye)
     const = torch.full((5, 2), 8.36e29)
     assert torch.equal(flashcka.gram(const, "rbf", sigma=0.5, backend=backend), ones)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_center_near_float32_max_is_finite(backend, unbiased):
+    """Row/column sums of a finite float32 matrix near float32's max overflowed (inf/NaN
+    out of the torch backend); centering is linear, so it runs on k·2^-e and scales back."""
+    k = torch.tensor([[3e38, -3e38, 3e38, 1.0]] * 4)
+    got = flashcka.center(k, unbiased=unbiased, backend=backend).double().numpy()
+    kd = k.double().numpy()
+    want = ref.center_unbiased(kd) if unbiased else ref.center_biased(kd)
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * 1.2e-7 * 3e38)

@@ -285,7 +285,8 @@ def cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, names_a, name
             warnings.warn(f"CKA is undefined for {names[i]}: its representation has zero "
                           f"variance (or a non-positive unbiased self-HSIC); its entries are NaN",
                           _validate.FlashCKAWarning, stacklevel=4)
-    denom = torch.sqrt(self_a.clamp(min=0)[:, None] * self_b.clamp(min=0)[None, :])
+    # each self term its own sqrt: their product underflows float64 below ~1e-154
+    denom = torch.sqrt(self_a.clamp(min=0))[:, None] * torch.sqrt(self_b.clamp(min=0))[None, :]
     out = cross / denom
     if bool(bad_a.any()) or bool(bad_b.any()):
         keep = ~(bad_a[:, None] | bad_b[None, :])

@@ -84,8 +84,16 @@ def center(k: torch.Tensor, *, unbiased: bool = True, backend: str = "auto") -> 
         _validate.raise_non_finite(k, "k", k.dtype)
     if k.dtype not in _validate.COMPUTE_DTYPES:
         k = k.float()
-    return backends.select(backend, k, grad=_needs_grad([([k], ["k"])])).center(
-        k, unbiased=unbiased)
+    be = backends.select(backend, k, grad=_needs_grad([([k], ["k"])]))
+    amax = float(k.detach().abs().amax())
+    scale = 1.0 if amax == 0 or amax < 2.0 ** 60 else math.ldexp(1.0, -math.frexp(amax)[1])
+    out = be.center(k * scale if scale != 1.0 else k, unbiased=unbiased)  # linear in k
+    if scale != 1.0:
+        out = out / scale
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"the centered k overflows {k.dtype} (largest |k| {amax:.3g}); "
+                         f"pass k.double()")
+    return out
 
 
 def hsic(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "linear", unbiased: bool = True,
