@@ -23,7 +23,8 @@ contiguous/transposed/sliced/expanded/unfolded/zero-stride/permuted layouts, off
 Triton runs through the interpreter at tiny sizes only.
 
 Profiles: FLASHCKA_FUZZ unset or "ci": fixed seed (derandomize), >= 2,000 examples in all;
-FLASHCKA_FUZZ=deep: random seeds, >= 20,000 examples.
+FLASHCKA_FUZZ=deep: random seeds, >= 20,000 examples; "quick": fixed seed, 500 examples (CI's
+sanitizer run, .ci/sanitize).
 
 Exclusions of known bugs being fixed elsewhere are listed in KNOWN_BUGS (empty when all fixed).
 """
@@ -51,7 +52,8 @@ _common = dict(deadline=None, print_blob=True, database=None,
 settings.register_profile("ci", derandomize=True, **_common)
 settings.register_profile("deep", derandomize=False, **_common)
 settings.load_profile("deep" if PROFILE == "deep" else "ci")
-SCALE = 10 if PROFILE == "deep" else 1      # examples per test: N[test] * SCALE
+# examples per test: N[test] * SCALE ("quick": the sanitizer run in .ci/sanitize)
+SCALE = {"deep": 10, "quick": 0.25}.get(PROFILE, 1)
 
 TOL_C = 16.0
 # Known bugs owned by other helpers: input classes excluded until fixed (name -> reason).
@@ -59,11 +61,14 @@ KNOWN_BUGS: dict[str, str] = {
     # name: "owner (bugs.md): what is excluded"; the strategies below honour these names.
     "center_overflow": "H2 (bugs.md 20:08): center() of a float32 matrix near float32's max "
                        "returns inf/NaN (torch backend) instead of the value or an error",
+    "float32_near_max": "H1/H2 (bugs.md 20:15): RBF, torch backend, float32 compute of values "
+                        "near float32's max (7.7e37): 'overflows' from the mean's rounding residue",
     "cka_denominator_underflow": "H2 (bugs.md 19:58): sqrt(HSIC_KK·HSIC_LL) underflows for "
                                  "self-HSICs < 1e-154 (RBF kernels near I): inf or 1+1e-6",
     # Fixed by H1/H2 on 2026-11-23 and checked again: zero_variance_offset,
     # gram_zero_bw_unnamed, rbf_duplicate_noise, gram_rbf_scale, float32_near_max,
-    # pair_stage_overflow, inf_column.
+    # pair_stage_overflow, inf_column (float32_near_max: the row path; the RBF/torch case
+    # above is still open).
 }
 
 BACKENDS = ["auto", "torch"]
@@ -391,8 +396,9 @@ def group_errors(reps, kw):
     for r in reps:
         if not r.errors and "pair_stage_overflow" in KNOWN_BUGS:
             may.append((ValueError, ["pair stage"]))
+        f32 = r.x.dtype != torch.float64 or kw.get("dtype") == torch.float32
         if not r.errors and "float32_near_max" in KNOWN_BUGS and \
-                r.x.dtype != torch.float64 and r.amax * max(r.n, r.d) * 16 > f32max:
+                f32 and r.amax * max(r.n, r.d) * 16 > f32max:
             may.append((ValueError, [r.name, "overflow"]))
     if kw["kernel"] == "rbf" and kw["sigma"] is None:
         for r in reps:
@@ -504,7 +510,7 @@ def _backend(draw_backend, tiny):
     return draw_backend(st.sampled_from(BACKENDS + (["triton"] if TRITON and tiny else [])))
 
 
-@settings(max_examples=400 * SCALE)
+@settings(max_examples=int(400 * SCALE))
 @given(data=st.data())
 @excusable
 def test_fuzz_gram(data):
@@ -560,7 +566,7 @@ def test_fuzz_gram(data):
     assert (err <= tol).all(), f"gram: max err {err.max():.3g}, tol there {tol.flat[err.argmax()]:.3g}"
 
 
-@settings(max_examples=300 * SCALE)
+@settings(max_examples=int(300 * SCALE))
 @given(data=st.data())
 @excusable
 def test_fuzz_center(data):
@@ -619,7 +625,7 @@ def _pair_inputs(data, tiny, count_a, count_b):
     return n, xa[:count_a], xa[count_a:]
 
 
-@settings(max_examples=500 * SCALE)
+@settings(max_examples=int(500 * SCALE))
 @given(data=st.data())
 @excusable
 def test_fuzz_hsic_cka(data):
@@ -667,7 +673,7 @@ def test_fuzz_hsic_cka(data):
                     excused_pair(reps, kw))
 
 
-@settings(max_examples=450 * SCALE)
+@settings(max_examples=int(450 * SCALE))
 @given(data=st.data())
 @excusable
 def test_fuzz_cka_matrix(data):
@@ -717,7 +723,7 @@ def test_fuzz_cka_matrix(data):
                             f"cka_matrix[{i}, {j}]", excused_pair([ra, rb], kw))
 
 
-@settings(max_examples=350 * SCALE)
+@settings(max_examples=int(350 * SCALE))
 @given(data=st.data())
 @excusable
 def test_fuzz_minibatch(data):

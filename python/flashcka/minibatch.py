@@ -150,7 +150,8 @@ class MinibatchCKA:
         """Add one batch given its centered Gram rows (used by ``update`` and by the hooks
         of ``compare``, which build rows as each layer's output appears). ``index`` picks
         the batch's jackknife slot (default: the number of batches added so far)."""
-        cross, ha, hb = _engine.hsic_from_rows(be, ra, rb, self.same, n, self.settings.unbiased)
+        cross, ha, hb = _engine.hsic_from_rows(be, ra, rb, self.same, n, self.settings.unbiased,
+                                                self.names_a, self.names_b)
         if self.jackknife is not None:
             self.jackknife.add(self.num_batches if index is None else index, cross, ha, hb)
         if self.cross is None:
