@@ -61,8 +61,9 @@ KNOWN_BUGS: dict[str, str] = {
     # name: "owner (bugs.md): what is excluded"; the strategies below honour these names.
     "center_overflow": "H2 (bugs.md 20:08): center() of a float32 matrix near float32's max "
                        "returns inf/NaN (torch backend) instead of the value or an error",
-    "float32_near_max": "H1/H2 (bugs.md 20:15): RBF, torch backend, float32 compute of values "
-                        "near float32's max (7.7e37): 'overflows' from the mean's rounding residue",
+    "float32_near_max": "H1/H2 (bugs.md 20:15, 20:17): torch backend, float32 compute of values "
+                        "near float32's max (7.7e37), or of a constant layer at |x| > 1e25: "
+                        "'overflows' from the mean's rounding residue",
     "cka_denominator_underflow": "H2 (bugs.md 19:58): sqrt(HSIC_KK·HSIC_LL) underflows for "
                                  "self-HSICs < 1e-154 (RBF kernels near I): inf or 1+1e-6",
     # Fixed by H1/H2 on 2026-11-23 and checked again: zero_variance_offset,
@@ -397,8 +398,8 @@ def group_errors(reps, kw):
         if not r.errors and "pair_stage_overflow" in KNOWN_BUGS:
             may.append((ValueError, ["pair stage"]))
         f32 = r.x.dtype != torch.float64 or kw.get("dtype") == torch.float32
-        if not r.errors and "float32_near_max" in KNOWN_BUGS and \
-                f32 and r.amax * max(r.n, r.d) * 16 > f32max:
+        if not r.errors and "float32_near_max" in KNOWN_BUGS and f32 and (
+                r.amax * max(r.n, r.d) * 16 > f32max or (r.constant and r.amax > 1e25)):
             may.append((ValueError, [r.name, "overflow"]))
     if kw["kernel"] == "rbf" and kw["sigma"] is None:
         for r in reps:
