@@ -15,8 +15,13 @@ def t(a, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("kernel,unbiased", ESTIMATORS)
-def test_cka_of_itself_is_one(rng, kernel, unbiased):
+def test_cka_of_a_transform_matches_reference(rng, kernel, unbiased):
+    """cka(x, f(x)) for a nonlinear f against the reference (cka(x, x) = 1 alone holds for
+    any normalised estimator, right or wrong), and cka(x, x) = 1 beside it."""
     x = rng.standard_normal((37, 11)) + 4
+    fx = np.tanh(x @ rng.standard_normal((11, 5))) + 0.1 * rng.standard_normal((37, 5))
+    got = flashcka.cka(t(x), t(fx), kernel=kernel, unbiased=unbiased).item()
+    assert abs(got - ref.cka(x, fx, kernel, unbiased)) <= 1e-12
     assert flashcka.cka(t(x), t(x), kernel=kernel, unbiased=unbiased).item() == \
         pytest.approx(1.0, abs=1e-12)
 
@@ -142,14 +147,15 @@ def test_debiased_cka_is_not_clamped(rng):
 
 def test_zero_variance_layer_warned_once_within_one_set(rng):
     """cka_matrix(xs) (ys=None) compares xs with itself: one warning per dead layer."""
-    xs = {"ok": t(rng.standard_normal((12, 4))), "dead": torch.full((12, 3), 2.5,
-                                                                     dtype=torch.float64)}
+    a = rng.standard_normal((12, 4))
+    b = np.tanh(a[:, :2]) + 0.3 * rng.standard_normal((12, 2))
+    xs = {"ok": t(a), "dead": torch.full((12, 3), 2.5, dtype=torch.float64), "ok2": t(b)}
     for route in ("gram", "feature"):
         with pytest.warns(flashcka.FlashCKAWarning) as rec:
             m = flashcka.cka_matrix(xs, route=route)
         assert [str(w.message).count("dead") for w in rec] == [1], route
         assert torch.isnan(m[1]).all() and torch.isnan(m[:, 1]).all()
-        assert m[0, 0].item() == pytest.approx(1.0, abs=1e-12)
+        assert abs(m[0, 2].item() - ref.cka(a, b)) <= 1e-12
 
 
 def test_feature_route_honours_backend(rng, monkeypatch):
