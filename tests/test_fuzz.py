@@ -59,17 +59,13 @@ TOL_C = 16.0
 # Known bugs owned by other helpers: input classes excluded until fixed (name -> reason).
 KNOWN_BUGS: dict[str, str] = {
     # name: "owner (bugs.md): what is excluded"; the strategies below honour these names.
-    "center_overflow": "H2 (bugs.md 20:08): center() of a float32 matrix near float32's max "
-                       "returns inf/NaN (torch backend) instead of the value or an error",
     "float32_near_max": "H1/H2 (bugs.md 20:15, 20:17): torch backend, float32 compute of values "
                         "near float32's max (7.7e37), or of a constant layer at |x| > 1e25: "
                         "'overflows' from the mean's rounding residue",
-    "cka_denominator_underflow": "H2 (bugs.md 19:58): sqrt(HSIC_KK·HSIC_LL) underflows for "
-                                 "self-HSICs < 1e-154 (RBF kernels near I): inf or 1+1e-6",
     # Fixed by H1/H2 on 2026-11-23 and checked again: zero_variance_offset,
     # gram_zero_bw_unnamed, rbf_duplicate_noise, gram_rbf_scale, float32_near_max,
-    # pair_stage_overflow, inf_column (float32_near_max: the row path; the RBF/torch case
-    # above is still open).
+    # pair_stage_overflow, inf_column, center_overflow, cka_denominator_underflow
+    # (float32_near_max: the row path; the cases above are still open).
 }
 
 BACKENDS = ["auto", "torch"]
