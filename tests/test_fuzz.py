@@ -420,6 +420,14 @@ def group_errors(reps, kw):
     return must + bw_must, may
 
 
+def ref_cka(sa, sb):
+    """Reference CKA ⟨C_a/‖C_a‖, C_b/‖C_b‖⟩_F (normalised first: no underflow); NaN if a
+    centered kernel is 0."""
+    if not (sa["U"] > 0 and sb["U"] > 0):
+        return math.nan
+    return float(np.sum((sa["C"] / sa["U"]) * (sb["C"] / sb["U"])))
+
+
 def check_raises(call, errors):
     """The call must raise one of `errors` ((type, words): the message names every word of
     at least one of them)."""
@@ -475,7 +483,7 @@ def cka_tolerance(batches_k, batches_l, cka_ref, u):
     if not (e_k < dk / 4 and e_l < dl / 4):
         return math.inf
     c = abs(cka_ref) if math.isfinite(cka_ref) else 1.0
-    return e_num / math.sqrt(dk * dl) + c * (e_k / dk + e_l / dl)
+    return e_num / math.sqrt(dk) / math.sqrt(dl) + c * (e_k / dk + e_l / dl)
 
 
 def excused_pair(reps, kw):
@@ -663,8 +671,7 @@ def test_fuzz_hsic_cka(data):
         STATS["max_err_over_tol"] = max(STATS["max_err_over_tol"], err / max(tol, 1e-300))
         assert err <= tol, f"hsic |{got} - {h}| = {err:.3g} > {tol:.3g}"
         return
-    want = h / (sx["U"] * sy["U"] / nrm) \
-        if sx["U"] > 0 and sy["U"] > 0 else math.nan
+    want = ref_cka(sx, sy)
     tol = cka_tolerance([(sx, n, nrm)], [(sy, n, nrm)], want, u)
     check_cka_entry(got, want, tol, reps[0].constant or reps[1].constant, warned, "cka",
                     excused_pair(reps, kw))
@@ -713,8 +720,7 @@ def test_fuzz_cka_matrix(data):
     nrm = n * (n - 3) if kw["unbiased"] else (n - 1) ** 2
     for i, (ra, si) in enumerate(zip(reps_a, sa)):
         for j, (rb, sj) in enumerate(zip(reps_b, sb)):
-            want = ref_hsic(si, sj, n, kw["unbiased"]) / (si["U"] * sj["U"] / nrm) \
-                if si["U"] > 0 and sj["U"] > 0 else math.nan
+            want = ref_cka(si, sj)
             tol = cka_tolerance([(si, n, nrm)], [(sj, n, nrm)], want, u)
             check_cka_entry(float(got[i, j]), want, tol, ra.constant or rb.constant, warned,
                             f"cka_matrix[{i}, {j}]", excused_pair([ra, rb], kw))
@@ -814,7 +820,7 @@ def test_fuzz_minibatch(data):
                 dl += sj["U"] ** 2 / nrm
                 const_i &= ra[i].constant
                 const_j &= rb[j].constant
-            want = num / math.sqrt(dk * dl) if dk > 0 and dl > 0 else math.nan
+            want = num / math.sqrt(dk) / math.sqrt(dl) if dk > 0 and dl > 0 else math.nan
             tol = cka_tolerance(per_k, per_l, want, u)
             check_cka_entry(float(got[i, j]), want, tol, const_i or const_j, warned,
                             f"minibatch[{i}, {j}]",
