@@ -14,7 +14,8 @@ Error model (docs/design.md, "Accuracy"): with u = eps of the compute dtype, a
 representation's centered Gram Û_K has rounding error at most ``u·g·S_K`` where
 ``g = √d + √n`` (blocked sums) and ``S_K = ‖X_c‖²_F`` (linear) or
 ``‖K‖_F·(1 + max_a ‖x_a − μ‖²/σ²)`` (RBF). Then
-``|Δ⟨Û_K, Û_L⟩| ≤ C·u·(g_K S_K ‖Û_L‖ + g_L S_L ‖Û_K‖ + n ‖Û_K‖ ‖Û_L‖)`` and CKA's error follows
+``|Δ⟨Û_K, Û_L⟩| ≤ C·u·(g_K S_K ‖Û_L‖ + g_L S_L ‖Û_K‖ + n ‖Û_K‖ ‖Û_L‖ + n S_K S_L)`` (the last
+term: the linear feature route, whose debiasing terms cancel to first order), and CKA's error follows
 by dividing by ``‖Û_K‖ ‖Û_L‖`` (relative condition numbers ``κ = S/‖Û‖``); C = TOL_C.
 
 Inputs: n 0..200, d 0..2000 (plus extra dims), int/bool/complex/fp16/bf16/fp32/fp64,
@@ -473,10 +474,11 @@ def cka_tolerance(batches_k, batches_l, cka_ref, u):
     batch. inf when a self term is within its own error bound (CKA ill-conditioned)."""
     e_num = e_k = e_l = dk = dl = 0.0
     for (sk, n, norm), (sl, _, _) in zip(batches_k, batches_l):
+        # (+ n·S_K·S_L: the feature route's debiasing terms cancel to first order in S)
         e_num += (sk["g"] * sk["S"] * sl["U"] + sl["g"] * sl["S"] * sk["U"]
-                  + n * sk["U"] * sl["U"]) / norm
-        e_k += (2 * sk["g"] * sk["S"] * sk["U"] + n * sk["U"] ** 2) / norm
-        e_l += (2 * sl["g"] * sl["S"] * sl["U"] + n * sl["U"] ** 2) / norm
+                  + n * sk["U"] * sl["U"] + n * sk["S"] * sl["S"]) / norm
+        e_k += (2 * sk["g"] * sk["S"] * sk["U"] + n * sk["U"] ** 2 + n * sk["S"] ** 2) / norm
+        e_l += (2 * sl["g"] * sl["S"] * sl["U"] + n * sl["U"] ** 2 + n * sl["S"] ** 2) / norm
         dk += sk["U"] ** 2 / norm
         dl += sl["U"] ** 2 / norm
     e_num, e_k, e_l = TOL_C * u * e_num, TOL_C * u * e_k, TOL_C * u * e_l
@@ -665,7 +667,7 @@ def test_fuzz_hsic_cka(data):
     if fn == "hsic":
         assert math.isfinite(got), f"hsic {got}"
         tol = TOL_C * u * (sx["g"] * sx["S"] * sy["U"] + sy["g"] * sy["S"] * sx["U"]
-                           + n * sx["U"] * sy["U"]
+                           + n * sx["U"] * sy["U"] + n * sx["S"] * sy["S"]
                            + TOL_C * u * sx["g"] * sx["S"] * sy["g"] * sy["S"]) / nrm
         err = abs(got - h)
         STATS["max_err_over_tol"] = max(STATS["max_err_over_tol"], err / max(tol, 1e-300))

@@ -107,14 +107,20 @@ class MinibatchCKA:
         rb = ra if self.same else _engine.gram_rows(be, *groups[1], n, ct, s)
         for rows, (tensors, names) in zip((ra, rb), groups):
             self._check_constant_rows(rows, tensors, names, ct)
-        self.add_rows(be, ra, rb, n, ct)
-        # Names from the first dict batch are adopted only once the batch is in.
+        # Names from the first dict batch are adopted with it (messages of the pair stage
+        # name them) and only if the batch goes in.
+        before = (self.names_a, self.names_b, self.keyed_a, self.keyed_b)
         if adopt_a:
             self.names_a, self.keyed_a = list(na), True
             if self.same:
                 self.names_b, self.keyed_b = self.names_a, True
         if not self.same and adopt_b:
             self.names_b, self.keyed_b = list(nb), True
+        try:
+            self.add_rows(be, ra, rb, n, ct)
+        except Exception:
+            self.names_a, self.names_b, self.keyed_a, self.keyed_b = before
+            raise
 
     def _ordered(self, xs, arg, side):
         """xs as (tensors, names) in this accumulator's layer order, plus whether its dict
