@@ -251,3 +251,17 @@ def test_float64_input_computed_in_float32_is_centered_first(rng, backend, kerne
     got = _quiet(lambda: flashcka.cka_matrix([x], [y], kernel=kernel, dtype=torch.float32,
                                              backend=backend, route="gram")).item()
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_float64_input_computed_in_float32_is_centered_first(rng, backend, kernel):
+    """A float64 input at a 1e8 offset with unit spread, computed with dtype=float32: the
+    spread is below float32's resolution at 1e8, so it must be centered in float64 before
+    rounding (the native backend rounded first and called the layer zero-variance)."""
+    x, y = _pair(rng, n=40)
+    xo = torch.tensor(x + 1e8)
+    got = flashcka.cka_matrix([xo], [torch.tensor(y)], kernel=kernel, dtype=torch.float32,
+                              backend=backend, route="gram")
+    want = ref.cka(x, y, kernel)
+    assert abs(float(got[0, 0]) - want) < 1e-5

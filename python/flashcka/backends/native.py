@@ -150,8 +150,14 @@ class NativeBackend(Backend):
             raise ValueError(f"out must be a CPU float32/float64 tensor of shape ({L}, "
                              f"{length}), got {tuple(out.shape)} {out.dtype} on {out.device}")
         dst = out if out.is_contiguous() else torch.empty(L, length, dtype=ct)
-        keep, desc = [], []
+        keep, desc, shifted = [], [], []
         for i, x in enumerate(xs):
+            if mus is None and ct == torch.float32 and x.dtype == torch.float64:
+                # Centre in float64 before the kernels round x to float32: a spread far
+                # below the offset would round away (as the torch backend does).
+                mu64 = x.mean(0)
+                x = x - mu64
+                shifted.append((i, x.shape[0] * float(mu64.square().sum())))
             xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
             mu_ptr = 0
             if mus is not None:
@@ -168,6 +174,8 @@ class NativeBackend(Backend):
                 d.data_ptr(), L, _CODES[ct], 1 if kernel == "rbf" else 0, self._sigma(sigma),
                 float(threshold), bool(unbiased), self._threads(), mus is None,
                 1.0 if scale is None else float(scale), stats.data_ptr())
+        for i, n_mu_sq in shifted:  # ‖x‖² = ‖x − 1μᵀ‖² + n·Σμ², μ removed above
+            stats[i, 1] += n_mu_sq
         if dst is not out:
             out.copy_(dst)
         if kernel == "rbf":  # status is only ever set for RBF
