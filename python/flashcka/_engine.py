@@ -211,29 +211,26 @@ def _sq_row_norms(be, g: torch.Tensor) -> torch.Tensor:
                         for row in g])
 
 
-def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor | None = None):
+def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
     """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) float64
-    tensors in the input's units. With ``scale_out`` (a one-element float64 tensor, e.g.
-    ``Rows.scale[i]``) the row is the Gram of ``scale · X_c`` (``pow2_scale``) and scale is
-    written there; without it, scale = 1. The native backend computes μ, the scale and
-    the row in one call (``centered_gram_rows``, scaling as it loads x); the others get
-    ``scale · x`` (a copy, only when scale != 1). RBF rows are kernel values (σ scaled
-    with x), so their scale is 1."""
+    tensors in the input's units. The row is the Gram of ``scale · X_c`` (``pow2_scale``)
+    and scale is written into ``scale_out`` (a one-element float64 tensor, e.g.
+    ``Rows.scale[i]``). The native backend computes μ, the scale and the row in one call
+    (``centered_gram_rows``, scaling as it loads x); the others get ``scale · x`` (a copy,
+    only when scale != 1). RBF rows are kernel values (σ scaled with x), so their scale
+    is 1."""
     if hasattr(be, "centered_gram_rows"):       # native: one call, scalars from it
         try:
             st = be.centered_gram_rows([x], out.view(1, -1), kernel=s.kernel, sigma=s.sigma,
                                        threshold=s.threshold, unbiased=s.unbiased)
         except ZeroBandwidthError as e:
             raise ValueError(f"{name}: {e}") from None
-        if scale_out is not None:
-            scale_out.copy_(st[0, 2])
-            return st[0, 0], st[0, 1]
-        if st.tolist()[0][2] == 1.0:
-            return st[0, 0], st[0, 1]
+        scale_out.copy_(st[0, 2])
+        return st[0, 0], st[0, 1]
     # The mean in float64 on the CPU: a float32 sum of values near float32's max overflows.
     mu = be.column_mean(x, torch.float64).to(ct) if x.device.type == "cpu" \
         else be.column_mean(x, ct)
-    amax, constant = _max_abs_dev(x, mu, ct) if scale_out is not None else (0.0, False)
+    amax, constant = _max_abs_dev(x, mu, ct)
     scale = pow2_scale(amax, ct, x.numel())
     xs, mus, sigma = x, mu, s.sigma
     if scale != 1.0:
@@ -247,8 +244,7 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor | Non
     sq_c = sq_c.to(torch.float64) / (scale * scale)
     if constant:  # every column constant: X_c = 0 exactly, whatever the rounding of μ
         sq_c = torch.zeros_like(sq_c)
-    if scale_out is not None:
-        scale_out.fill_(scale if s.kernel == "linear" else 1.0)
+    scale_out.fill_(scale if s.kernel == "linear" else 1.0)
     return sq_c, sq_c + n * mu.to(torch.float64).square().sum()
 
 
