@@ -12,6 +12,7 @@ from flashcka import _engine
 from flashcka.backends import get
 
 from reference import center_biased, center_unbiased, cka, gram_linear
+from test_native import unpack  # packed row -> full (n, n) float64
 
 pytestmark = pytest.mark.native
 
@@ -21,21 +22,6 @@ BACKENDS = ["native", "torch"]
 def rel(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
-
-def unpack(row, n, unbiased, packed):
-    """A backend row -> the full centered Gram (n, n) in float64."""
-    row = np.asarray(row.to(torch.float64))
-    if not packed:
-        return row.reshape(n, n)
-    c = np.zeros((n, n))
-    iu = np.triu_indices(n, 1)
-    m = n * (n - 1) // 2
-    c[iu] = row[:m] / math.sqrt(2)
-    c = c + c.T
-    if not unbiased:
-        c[np.diag_indices(n)] = row[m:]
-    return c
 
 
 def rows_of(be, xs, ct, kernel="linear", unbiased=True, sigma=None):
@@ -144,7 +130,7 @@ def test_centered_rows_of_overlapping_rows(kind, unbiased):
     r = rows_of(get("native"), [x], torch.float64, unbiased=unbiased)
     k = gram_linear(x.numpy())
     ref = center_unbiased(k) if unbiased else center_biased(k)
-    assert rel(unpack(r.g[0], x.shape[0], unbiased, True), ref) < 1e-12
+    assert rel(unpack(r.g[0], x.shape[0], unbiased), ref) < 1e-12
 
 
 # ---------------------------------------------------------------- threaded and batched paths
@@ -194,8 +180,8 @@ def test_batched_rows_match_reference(nthreads, dtype, unbiased):
         single = [rows_of(native, [x], dtype, unbiased=unbiased) for x in xs]
     tol = 1e-12 if dtype == torch.float64 else 2e-5
     for i, (x, ref) in enumerate(zip(xs, ref_rows(xs, unbiased))):
-        assert rel(unpack(r.g[i], 97, unbiased, True), ref) < tol, i
-        assert rel(unpack(single[i].g[0], 97, unbiased, True), ref) < tol, i
+        assert rel(unpack(r.g[i], 97, unbiased), ref) < tol, i
+        assert rel(unpack(single[i].g[0], 97, unbiased), ref) < tol, i
         xd = x.double().reshape(97, -1)
         want_sq_c = float(((xd - xd.mean(0)) ** 2).sum())
         assert abs(float(r.sq_c[i]) - want_sq_c) <= 1e-5 * want_sq_c
@@ -225,7 +211,7 @@ def test_one_layer_split_over_threads(n, d, dtype):
         ref = kt - r[:, None] / (n - 2) - r[None, :] / (n - 2) + r.sum() / ((n - 1) * (n - 2))
         np.fill_diagonal(ref, 0)
     tol = 1e-12 if dtype == torch.float64 else 5e-5
-    assert rel(unpack(out, n, True, True), ref) < tol
+    assert rel(unpack(out, n, True), ref) < tol
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
@@ -243,7 +229,7 @@ def test_scale_found_late_and_tiny(nthreads):
     assert float(r.scale[0]) < 2.0 ** -70 and float(r.scale[1]) > 2.0 ** 70
     for i, x in enumerate((late, tiny)):
         ref = center_unbiased(gram_linear(x.double().numpy()))
-        got = unpack(r.g[i], n, True, True) / float(r.scale[i]) ** 2
+        got = unpack(r.g[i], n, True) / float(r.scale[i]) ** 2
         assert rel(got, ref) < 1e-4, i
 
 
@@ -349,7 +335,7 @@ def test_batched_big_layer_split_then_small_in_parallel(dtype):
         r = rows_of(native, xs, dtype)
     tol = 1e-12 if dtype == torch.float64 else 5e-5
     for i, ref in enumerate(ref_rows(xs, True)):
-        assert rel(unpack(r.g[i], n, True, True), ref) < tol, i
+        assert rel(unpack(r.g[i], n, True), ref) < tol, i
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
