@@ -98,3 +98,14 @@ def default_layers(spec: str):
 
 def batches(x, batch_size: int):
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+
+
+def images(parser, args, specs, data):
+    """The stimuli: the digits test images (demo models), else ``--samples`` seeded random
+    inputs of ``--input-shape C,H,W`` (required for non-demo models)."""
+    if args.input_shape is None:
+        if not all(s.startswith("demo:") for s in specs):
+            parser.error("--input-shape C,H,W is needed for non-demo models")
+        return data[2]
+    shape = tuple(int(s) for s in args.input_shape.split(","))
+    return torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(0))

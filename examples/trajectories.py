@@ -49,13 +49,7 @@ def main(argv=None) -> dict:
     for i, spec in enumerate(a.models):
         models.append(_shared.load_model(spec, epochs=a.epochs, data=data, seed=i))
         names.append(f"{spec.split(':')[-1]}{i}")
-    if a.input_shape is None:
-        if not all(s.startswith("demo:") for s in a.models):
-            p.error("--input-shape C,H,W is needed for non-demo models")
-        x = data[2]
-    else:
-        shape = tuple(int(s) for s in a.input_shape.split(","))
-        x = torch.randn(a.samples, *shape, generator=torch.Generator().manual_seed(0))
+    x = _shared.images(p, a, a.models, data)
     loader = _shared.batches(x, a.batch_size)
     layers = [BLOCKS.get(s) for s in a.models]
 

@@ -53,13 +53,7 @@ def main(argv=None) -> dict:
     data = _shared.digits(test_size=a.samples) if a.input_shape is None else None
     vit = _shared.load_model(a.vit, epochs=a.epochs, data=data, seed=0)
     cnn = _shared.load_model(a.cnn, epochs=a.epochs, data=data, seed=1)
-    if a.input_shape is None:
-        if not demo:
-            p.error("--input-shape C,H,W is needed for non-demo models")
-        x = data[2]
-    else:
-        shape = tuple(int(s) for s in a.input_shape.split(","))
-        x = torch.randn(a.samples, *shape, generator=torch.Generator().manual_seed(0))
+    x = _shared.images(p, a, [a.vit, a.cnn], data)
     loader = _shared.batches(x, a.batch_size)
     # ViT: every block's attention branch, residual stream after attention (the input of
     # norm2, what Raghu et al. plot), MLP branch and output; CNN: its blocks.
