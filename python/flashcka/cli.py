@@ -225,8 +225,13 @@ def _init_distributed():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or not dist.is_available():
         return 0, 1
+    import atexit
+
     import torch
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # We created the group, so we tear it down: a group left to the interpreter's exit can
+    # abort the process ("terminate called without an active exception") after a clean run.
+    atexit.register(dist.destroy_process_group)
     return dist.get_rank(), dist.get_world_size()
 
 
