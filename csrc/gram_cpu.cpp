@@ -31,6 +31,7 @@
 
 #include "blas.h"
 #include "pool.h"
+#include "simd_cpu.h"
 
 namespace flashcka {
 namespace {
@@ -131,7 +132,7 @@ class Buffer {
 // Per-thread buffers, kept between calls (the pool's threads live on).
 template <class T>
 struct Scratch {
-  Buffer<T> K, Kpart, buf, mu, amax, first;  // K: the layer's own; Kpart: helping another
+  Buffer<T> K, Kpart, buf, mu, amax, first, pan;  // K: the layer's own; Kpart: helping another
   Buffer<double> acc;
   static Scratch& mine() {
     thread_local Scratch s;
@@ -199,13 +200,133 @@ struct Pass {
   bool varies = false;  // some column is not constant (else X_c = 0 exactly: K is zeroed)
 };
 
+// chunk_pass on AVX-512 (simd_cpu.h): chunks of kChunk columns are centred and packed
+// into panels (straight from x when its rows are plain runs of T, else through load_chunk's
+// buffer) and multiplied by our own packed SYRK. Threads: with at least 4 chunks each,
+// they pull chunks in turn into their own triangles (as below); otherwise K's tile rows
+// are cut into nt bands of equal area, and a thread pulls a band and packs every chunk
+// for it, so that a small layer uses every thread too, with no partial triangles to add.
+template <class I, class T>
+Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s, T* K,
+                     bool syrk, double abort_above, int nt) {
+  constexpr int64_t P = simd::panel_rows<T>(), W = simd::kChunk;
+  const int64_t n = L.n, d = L.a * L.b, chunks = (d + W - 1) / W, panels = (n + P - 1) / P;
+  const bool direct = std::is_same<I, T>::value && L.a == 1 && L.s2 == 1;
+  nt = std::max(1, nt);
+  const bool by_chunk = nt > 1 && chunks >= 4 * int64_t(nt);
+  const int64_t bands = by_chunk || !syrk ? 1 : std::min<int64_t>(nt, panels);
+  if (!by_chunk) nt = int(bands);
+  std::vector<int64_t> band(size_t(bands) + 1, panels);  // tile rows [band[b], band[b+1])
+  band[0] = 0;
+  const double area = double(panels) * double(panels + 1) / 2;
+  double done = 0;
+  for (int64_t i = 0, b = 1; i < panels && b < bands; ++i) {
+    done += double(panels - i);
+    if (done >= area * double(b) / double(bands)) band[size_t(b++)] = i + 1;
+  }
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> stop{false};
+  std::vector<Pass> part(static_cast<size_t>(std::max<int64_t>(nt, bands)));
+  std::vector<T*> Kt(size_t(nt), nullptr);
+  // One sweep over the chunks: all of them for band b (by_chunk: those this thread pulls,
+  // into its own triangle, statistics into part[t]).
+  auto sweep = [&](int t, int64_t b) {
+    Scratch<T>& sc = Scratch<T>::mine();
+    Pass& p = part[size_t(by_chunk ? t : b)];
+    T* pan = sc.pan.get(size_t(panels * P * W));
+    T* Kmine = by_chunk ? nullptr : K;
+    bool first = true;
+    for (int64_t q = 0;; ++q) {
+      const int64_t ch = by_chunk ? next++ : q;
+      if (ch >= chunks || (by_chunk && stop.load(std::memory_order_relaxed))) break;
+      const int64_t c0 = ch * W, cw = std::min(W, d - c0);
+      const bool means = center && mu == nullptr;
+      double* acc = means ? sc.acc.get(size_t(W)) : nullptr;
+      const T* src;
+      int64_t ld;
+      if (direct) {
+        src = reinterpret_cast<const T*>(x) + c0;
+        ld = L.s0;
+        if (means) simd::column_sums<T>(src, ld, n, cw, acc);
+      } else {
+        T* buf = sc.buf.get(size_t(n * W));
+        load_chunk<I, T>(x, L, c0, c0 + cw, buf, acc);
+        src = buf;
+        ld = cw;
+      }
+      const T* m = mu != nullptr ? mu + c0 : nullptr;
+      if (means) {
+        T* mm = sc.mu.get(size_t(W));
+        for (int64_t c = 0; c < cw; ++c) mm[c] = T(acc[c] / double(n));
+        m = mm;
+      }
+      if (center)
+        for (int64_t c = 0; c < cw; ++c) {
+          p.mu_sq += double(m[c]) * double(m[c]);
+          if (!std::isfinite(m[c])) p.varies = true;  // an all-±inf column is not "constant"
+        }
+      bool varies = false;
+      const double amax = simd::pack<T>(src, ld, n, cw, center ? m : nullptr, s, pan, &varies);
+      if (center) {
+        p.varies = p.varies || varies;
+        p.amax = std::max(p.amax, amax);
+        if (amax > abort_above && std::isfinite(amax)) {
+          p.aborted = true;
+          stop = true;
+          break;
+        }
+      }
+      if (!syrk) continue;
+      if (by_chunk && Kmine == nullptr)
+        Kt[size_t(t)] = Kmine = t == 0 ? K : sc.Kpart.get(size_t(n * n));
+      simd::syrk_panels<T>(pan, n, cw, by_chunk ? 0 : band[size_t(b)],
+                           by_chunk ? panels : band[size_t(b) + 1], Kmine, n, !first);
+      first = false;
+    }
+  };
+  std::atomic<int64_t> next_band{0};
+  auto job = [&](int t) {
+    if (by_chunk) {
+      sweep(t, 0);
+    } else {
+      for (int64_t b; (b = next_band++) < bands;) sweep(t, b);
+    }
+  };
+  Pool::get().run(nt, job);
+  Pass r = part[0];  // bands: every band saw every chunk, so the statistics agree
+  if (by_chunk) {
+    r = Pass();
+    for (const Pass& p : part) {
+      r.amax = std::max(r.amax, p.amax);
+      r.mu_sq += p.mu_sq;
+      r.varies = r.varies || p.varies;
+    }
+  }
+  for (const Pass& p : part) r.aborted = r.aborted || p.aborted;
+  if (syrk && !r.aborted && (chunks == 0 || (center && !r.varies) || (by_chunk && Kt[0] == nullptr))) {
+    // constant x (X_c = 0, not rounding noise), no columns, or thread 0 got no chunk
+    for (int64_t i = 0; i < n; ++i) std::fill(K + i * n + i, K + (i + 1) * n, T(0));
+    if (chunks == 0 || (center && !r.varies)) return r;
+  }
+  if (syrk && !r.aborted && by_chunk)
+    for (size_t t = 1; t < Kt.size(); ++t) {
+      const T* Pt = Kt[t];
+      if (Pt == nullptr) continue;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = i; j < n; ++j) K[i * n + j] += Pt[i * n + j];
+    }
+  return r;
+}
+
 // Upper triangle of K (n, n) = Σ over column chunks of SYRK(chunk of X_c), X_c = s·(x − μ)
 // (center) or s·x. nt threads pull chunks in turn; thread t > 0 sums into its own
 // triangle, added to K at the end. syrk = false: statistics only. Stops early (aborted)
-// once a chunk's finite max |x − μ| exceeds abort_above.
+// once a chunk's finite max |x − μ| exceeds abort_above. On AVX-512: chunk_pass_simd.
 template <class I, class T>
 Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K, bool syrk,
                 double abort_above, int nt) {
+  if (simd::available())
+    return chunk_pass_simd<I, T>(x, L, mu, center, s, K, syrk, abort_above, nt);
   const int64_t n = L.n, d = L.a * L.b;
   const bool direct = !center && std::is_same<I, T>::value && s == T(1) && L.a == 1 &&
                       L.s2 == 1 && L.s0 >= d && L.s0 <= 0x7fffffff;
@@ -446,11 +567,6 @@ LayerStats gram_layer_any(const Layer& ly, const GramArgs& args, int nt) {
   return gram_layer<double, T>(ly, args, nt);
 }
 
-// Under this many flops (n²d) a layer runs on one thread. Measured right after a torch op
-// (the hooks' case; bench notes): below ~2²⁸ a helper thread, competing with torch's
-// spinning OpenMP workers, cost more than it saved (also the previous session's finding).
-constexpr double kSplitFlops = double(int64_t(1) << 28);
-
 // Largest first onto the least-loaded of nt threads: the busiest thread's total.
 double lpt_makespan(const std::vector<double>& cost, const std::vector<int64_t>& order, int nt) {
   std::vector<double> load(static_cast<size_t>(nt), 0.0);
@@ -459,8 +575,9 @@ double lpt_makespan(const std::vector<double>& cost, const std::vector<int64_t>&
 }
 
 // Layers in parallel, one thread each (largest first), when that balances to within 15%
-// of the ideal. Otherwise the layers of at least kSplitFlops first, one after another with
-// their chunks shared out, then the rest in parallel, one thread each.
+// of the ideal; otherwise one after another, each on every thread (the pool's threads are
+// the process's OpenMP team when torch is loaded, so even a small layer straight after a
+// torch op gains from them: pool.h).
 template <class T>
 void rows_t(const Layer* layers, int64_t count, const GramArgs& args, LayerStats* stats) {
   const int nt = std::max(1, args.threads);
@@ -475,18 +592,14 @@ void rows_t(const Layer* layers, int64_t count, const GramArgs& args, LayerStats
                    [&](int64_t p, int64_t q) { return cost[size_t(p)] > cost[size_t(q)]; });
   const double total = std::accumulate(cost.begin(), cost.end(), 0.0);
   const bool balanced = lpt_makespan(cost, order, nt) <= 1.15 * total / nt;
-  std::vector<int64_t> rest;
-  for (int64_t i : order) {
-    if (nt > 1 && !balanced && cost[size_t(i)] >= kSplitFlops)
-      stats[i] = gram_layer_any<T>(layers[i], args, nt);
-    else
-      rest.push_back(i);
+  if (nt > 1 && !balanced) {
+    for (int64_t i : order) stats[i] = gram_layer_any<T>(layers[i], args, nt);
+    return;
   }
   std::atomic<int64_t> next{0};
-  const int64_t left = int64_t(rest.size());
-  Pool::get().run(int(std::min<int64_t>(nt, left)), [&](int) {
-    for (int64_t k; (k = next++) < left;) {
-      const int64_t i = rest[size_t(k)];
+  Pool::get().run(int(std::min<int64_t>(nt, count)), [&](int) {
+    for (int64_t k; (k = next++) < count;) {
+      const int64_t i = order[size_t(k)];
       stats[i] = gram_layer_any<T>(layers[i], args, 1);
     }
   });

@@ -10,6 +10,8 @@
 
 #include "blas.h"
 #include "gram_cpu.h"
+#include "pool.h"
+#include "simd_cpu.h"
 
 namespace py = pybind11;
 using flashcka::GramArgs;
@@ -39,6 +41,10 @@ PYBIND11_MODULE(_C, m) {
   m.attr("has_cuda") = false;
   m.attr("has_cpu_kernels") = true;
   m.attr("blas") = std::string(scipy_openblas_get_config());
+  // Looked up now, while this is the process that imported us (pool.h: fork).
+  m.attr("threads") = flashcka::Gomp::get().usable() ? "GNU OpenMP (the process's libgomp)"
+                                                     : "own pool";
+  m.attr("simd") = flashcka::simd::available() ? "AVX-512 packed SYRK" : "OpenBLAS SYRK";
 
   m.def(
       "centered_gram_rows",

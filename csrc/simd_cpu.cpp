@@ -1,0 +1,241 @@
+// AVX-512 column sums, centre-and-pack and packed SYRK (see simd_cpu.h). Everything here
+// is compiled for AVX-512 through the pragma below and only ever called after available()
+// said yes; the standard headers come first, so that no inline function shared with the
+// other files is compiled for AVX-512.
+#include "simd_cpu.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include <immintrin.h>
+
+namespace flashcka {
+namespace simd {
+
+bool available() {
+  static const bool ok = [] {
+    const char* e = std::getenv("FLASHCKA_SIMD");
+    if (e != nullptr && std::strcmp(e, "0") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  }();
+  return ok;
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma")
+
+namespace {
+
+template <class T>
+struct V;
+
+template <>
+struct V<float> {
+  using R = __m512;
+  using M = __mmask16;
+  static constexpr int P = 16;
+  static M mask(int64_t k) { return k >= P ? M(0xFFFF) : M((1u << k) - 1u); }
+  static R zero() { return _mm512_setzero_ps(); }
+  static R load(const float* p) { return _mm512_load_ps(p); }
+  static R loadz(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static R set1(float v) { return _mm512_set1_ps(v); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R abs(R a) { return _mm512_abs_ps(a); }
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }  // b when a is NaN
+  static M neq(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_NEQ_OQ); }
+  static void store(float* p, R v) { _mm512_store_ps(p, v); }
+  static void stores(float* p, M m, R v) { _mm512_mask_storeu_ps(p, m, v); }
+  static double hmax(R v) { return double(_mm512_reduce_max_ps(v)); }
+
+  // r[i] = row i (16 columns) -> r[c] = column c (16 rows).
+  static void transpose(R* r) {
+    R t[16], u[16];
+    for (int k = 0; k < 8; ++k) {
+      t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; ++k) {  // u[4k + j], 128-bit lane L: column 4L + j, rows 4k..4k+3
+      u[4 * k] = _mm512_shuffle_ps(t[4 * k], t[4 * k + 2], 0x44);
+      u[4 * k + 1] = _mm512_shuffle_ps(t[4 * k], t[4 * k + 2], 0xEE);
+      u[4 * k + 2] = _mm512_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0x44);
+      u[4 * k + 3] = _mm512_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {  // 4 × 4 transpose of the 128-bit lanes
+      const R v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+      const R v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+      const R v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+      const R v3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+      r[j] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+      r[4 + j] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+      r[8 + j] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+      r[12 + j] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+  }
+};
+
+template <>
+struct V<double> {
+  using R = __m512d;
+  using M = __mmask8;
+  static constexpr int P = 8;
+  static M mask(int64_t k) { return k >= P ? M(0xFF) : M((1u << k) - 1u); }
+  static R zero() { return _mm512_setzero_pd(); }
+  static R load(const double* p) { return _mm512_load_pd(p); }
+  static R loadz(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static R set1(double v) { return _mm512_set1_pd(v); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
+  static R abs(R a) { return _mm512_abs_pd(a); }
+  static R max(R a, R b) { return _mm512_max_pd(a, b); }
+  static M neq(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_NEQ_OQ); }
+  static void store(double* p, R v) { _mm512_store_pd(p, v); }
+  static void stores(double* p, M m, R v) { _mm512_mask_storeu_pd(p, m, v); }
+  static double hmax(R v) { return _mm512_reduce_max_pd(v); }
+
+  static void transpose(R* r) {
+    R t[8];
+    for (int k = 0; k < 4; ++k) {  // t[2k + j], lane L: column 2L + j, rows 2k, 2k+1
+      t[2 * k] = _mm512_unpacklo_pd(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm512_unpackhi_pd(r[2 * k], r[2 * k + 1]);
+    }
+    for (int j = 0; j < 2; ++j) {
+      const R v0 = _mm512_shuffle_f64x2(t[j], t[2 + j], 0x88);
+      const R v1 = _mm512_shuffle_f64x2(t[j], t[2 + j], 0xDD);
+      const R v2 = _mm512_shuffle_f64x2(t[4 + j], t[6 + j], 0x88);
+      const R v3 = _mm512_shuffle_f64x2(t[4 + j], t[6 + j], 0xDD);
+      r[j] = _mm512_shuffle_f64x2(v0, v2, 0x88);
+      r[2 + j] = _mm512_shuffle_f64x2(v1, v3, 0x88);
+      r[4 + j] = _mm512_shuffle_f64x2(v0, v2, 0xDD);
+      r[6 + j] = _mm512_shuffle_f64x2(v1, v3, 0xDD);
+    }
+  }
+};
+
+// One P × P tile: C[r][c] (+)= Σ_k a[k·P + r] · b[k·P + c], rows < rows, columns in cm.
+template <class T, bool Acc>
+inline void tile(const T* a, const T* b, int64_t w, T* C, int64_t ldc, int64_t rows,
+                 typename V<T>::M cm) {
+  using W = V<T>;
+  constexpr int P = W::P;
+  typename W::R acc[P];
+#pragma GCC unroll 16
+  for (int r = 0; r < P; ++r) acc[r] = W::zero();
+  for (int64_t k = 0; k < w; ++k) {
+    const typename W::R bv = W::load(b + k * P);
+    const T* ak = a + k * P;
+#pragma GCC unroll 16
+    for (int r = 0; r < P; ++r) acc[r] = W::fma(W::set1(ak[r]), bv, acc[r]);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    T* cr = C + r * ldc;
+    W::stores(cr, cm, Acc ? W::add(W::loadz(cm, cr), acc[r]) : acc[r]);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void column_sums(const T* src, int64_t ld, int64_t n, int64_t w, double* acc) {
+  for (int64_t c = 0; c < w; ++c) acc[c] = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = src + i * ld;
+    int64_t c = 0;
+    if constexpr (sizeof(T) == 4) {
+      for (; c + 16 <= w; c += 16) {
+        const __m512 v = _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
+        const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        const __m512d hi = _mm512_cvtps_pd(
+            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c), lo));
+        _mm512_storeu_pd(acc + c + 8, _mm512_add_pd(_mm512_loadu_pd(acc + c + 8), hi));
+      }
+    } else {
+      for (; c + 8 <= w; c += 8)
+        _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c),
+                                                _mm512_loadu_pd(reinterpret_cast<const double*>(row) + c)));
+    }
+    for (; c < w; ++c) acc[c] += double(row[c]);
+  }
+}
+
+template <class T>
+double pack(const T* src, int64_t ld, int64_t n, int64_t w, const T* mu, T s, T* out,
+            bool* varies) {
+  using W = V<T>;
+  using R = typename W::R;
+  constexpr int P = W::P;
+  const int64_t panels = (n + P - 1) / P;
+  const R sv = W::set1(s);
+  R am = W::zero();
+  typename W::M diff = 0;
+  for (int64_t c0 = 0; c0 < w; c0 += P) {
+    const typename W::M cm = W::mask(w - c0);
+    const R mv = mu != nullptr ? W::loadz(cm, mu + c0) : W::zero();
+    const R x0 = W::loadz(cm, src + c0);  // row 0 of the chunk
+    for (int64_t p = 0; p < panels; ++p) {
+      R r[P];
+      const int64_t rows = n - p * P < P ? n - p * P : P;
+      for (int64_t i = 0; i < P; ++i) {
+        if (i < rows) {
+          const R b = W::loadz(cm, src + (p * P + i) * ld + c0);
+          diff |= W::neq(b, x0);
+          const R v = W::sub(b, mv);
+          am = W::max(W::abs(v), am);
+          r[i] = W::mul(v, sv);
+        } else {
+          r[i] = W::zero();
+        }
+      }
+      W::transpose(r);
+      T* o = out + p * w * P + c0 * P;
+      const int64_t cols = w - c0 < P ? w - c0 : P;
+      for (int64_t c = 0; c < cols; ++c) W::store(o + c * P, r[c]);
+    }
+  }
+  if (diff != 0) *varies = true;
+  return W::hmax(am);
+}
+
+template <class T>
+void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t i0, int64_t i1, T* C,
+                 int64_t ldc, bool accumulate) {
+  using W = V<T>;
+  constexpr int P = W::P;
+  const int64_t panels = (n + P - 1) / P;
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* a = packed + i * w * P;
+    const int64_t rows = n - i * P < P ? n - i * P : P;
+    for (int64_t j = i; j < panels; ++j) {
+      const T* b = packed + j * w * P;
+      T* c = C + i * P * ldc + j * P;
+      const typename W::M cm = W::mask(n - j * P);
+      if (accumulate)
+        tile<T, true>(a, b, w, c, ldc, rows, cm);
+      else
+        tile<T, false>(a, b, w, c, ldc, rows, cm);
+    }
+  }
+}
+
+template void column_sums<float>(const float*, int64_t, int64_t, int64_t, double*);
+template void column_sums<double>(const double*, int64_t, int64_t, int64_t, double*);
+template double pack<float>(const float*, int64_t, int64_t, int64_t, const float*, float,
+                            float*, bool*);
+template double pack<double>(const double*, int64_t, int64_t, int64_t, const double*, double,
+                             double*, bool*);
+template void syrk_panels<float>(const float*, int64_t, int64_t, int64_t, int64_t, float*,
+                                 int64_t, bool);
+template void syrk_panels<double>(const double*, int64_t, int64_t, int64_t, int64_t, double*,
+                                  int64_t, bool);
+
+#pragma GCC pop_options
+
+}  // namespace simd
+}  // namespace flashcka

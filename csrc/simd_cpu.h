@@ -1,0 +1,52 @@
+// AVX-512 pieces of the fused centered Gram (docs/design.md §8, "CPU kernels"): column
+// sums, centre-and-pack, and a packed SYRK, used by gram_cpu.cpp's chunk pass whenever
+// the CPU has AVX-512 (OpenBLAS's SSYRK is the portable fallback).
+//
+// Packed panels: the rows of a chunk (n rows × w columns) in panels of P rows (P = 16 for
+// float, 8 for double: one 64-byte vector), column-major inside a panel:
+//
+//     panel p, column c, row r  ->  out[p·w·P + c·P + r] = s·(x[pP + r][c] − μ_c)
+//
+// (0 for the rows past n). The product of panel i (each value broadcast) with panel j (a
+// vector of P columns) gives a P × P tile of K = X_c X_cᵀ with P² independent sums: one
+// fused multiply-add per vector, no horizontal sums, every operand from a 16 KiB panel.
+#pragma once
+#include <cstdint>
+
+namespace flashcka {
+namespace simd {
+
+// AVX-512 F/DQ/BW/VL on this CPU (and the OS saves the registers), unless the environment
+// variable FLASHCKA_SIMD=0 turns it off (tests use that to run the OpenBLAS path).
+bool available();
+
+template <class T>
+constexpr int64_t panel_rows() {
+  return int64_t(64 / sizeof(T));
+}
+
+// Columns per chunk: a panel is P·256 values = 16 KiB (float and double alike), so the
+// broadcast panel stays in L1 while the vector panels stream past it.
+constexpr int64_t kChunk = 256;
+
+// acc[c] = Σ_i src[i·ld + c] in double, in row order (as the scalar loop), c < w ≤ kChunk.
+template <class T>
+void column_sums(const T* src, int64_t ld, int64_t n, int64_t w, double* acc);
+
+// Panels (ceil(n/P) of w·P values) of s·(src − 1μᵀ) (μ = 0 when mu is null). Returns
+// max |src − μ| over the chunk (NaN-blind) and sets *varies when some value differs from
+// row 0's in its column (a constant column gives X_c = 0 exactly).
+template <class T>
+double pack(const T* src, int64_t ld, int64_t n, int64_t w, const T* mu, T s, T* out,
+            bool* varies);
+
+// For panel rows i in [i0, i1) and every j ≥ i: the tile rows [iP, iP+P) × columns
+// [jP, jP+P) of C (row-major, ld ldc) = (accumulate: +=) the product of the panels.
+// Tiles are clipped at n; a diagonal tile is written whole (the strict lower part of C
+// inside it too; callers read the upper triangle only).
+template <class T>
+void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t i0, int64_t i1, T* C,
+                 int64_t ldc, bool accumulate);
+
+}  // namespace simd
+}  // namespace flashcka
