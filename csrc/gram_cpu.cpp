@@ -132,7 +132,7 @@ class Buffer {
 // Per-thread buffers, kept between calls (the pool's threads live on).
 template <class T>
 struct Scratch {
-  Buffer<T> K, Kpart, buf, mu, amax, first, pan;  // K: the layer's own; Kpart: helping another
+  Buffer<T> K, Kpart, buf, mu, amax, first, pan, pan2;  // K: the layer's own; Kpart: helping another
   Buffer<double> acc;
   static Scratch& mine() {
     thread_local Scratch s;
@@ -656,8 +656,55 @@ void center_full_t(const T* k, T* out, int64_t n, bool unbiased) {
 template <class T>
 void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64_t ldb,
             int64_t m, T* out, int threads) {
-  set_blas_threads(1);
   const bool same = ga == gb && la == lb && lda == ldb;
+  if (simd::available()) {  // the same split, over chunks of packed panels
+    constexpr int64_t P = simd::panel_rows<T>(), W = simd::kChunk;
+    const int64_t chunks = (m + W - 1) / W;
+    int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
+    if (la * lb * m < (int64_t(1) << 20)) nt = 1;
+    // Threads pull blocks of consecutive chunks (about 4 blocks a thread): the next chunk's
+    // rows are prefetched while one is multiplied.
+    const int64_t block = std::max<int64_t>(1, std::min<int64_t>(16, chunks / (4 * nt)));
+    std::vector<std::vector<T>> partial(static_cast<size_t>(nt));
+    std::vector<char> used(size_t(nt), 0);
+    std::atomic<int64_t> next{0};
+    Pool::get().run(nt, [&](int t) {
+      Scratch<T>& sc = Scratch<T>::mine();
+      T* pa = sc.pan.get(size_t((la + P - 1) / P * P * W));
+      T* pb = same ? pa : sc.pan2.get(size_t((lb + P - 1) / P * P * W));
+      T* o = out;
+      if (t > 0) {
+        partial[size_t(t)].resize(size_t(la * lb));
+        o = partial[size_t(t)].data();
+      }
+      for (int64_t blk; (blk = next++) * block < chunks;)
+        for (int64_t ch = blk * block; ch < std::min(chunks, (blk + 1) * block); ++ch) {
+        const int64_t c0 = ch * W, cw = std::min(W, m - c0);
+        if (ch + 1 < std::min(chunks, (blk + 1) * block)) {
+          const int64_t nw = std::min(W, m - c0 - W);
+          simd::prefetch_rows<T>(ga + c0 + W, lda, la, nw);
+          if (!same) simd::prefetch_rows<T>(gb + c0 + W, ldb, lb, nw);
+        }
+        simd::pack_plain<T>(ga + c0, lda, la, cw, pa);
+        if (same) {
+          simd::syrk_panels<T>(pa, la, cw, 0, (la + P - 1) / P, o, la, used[size_t(t)] != 0);
+        } else {
+          simd::pack_plain<T>(gb + c0, ldb, lb, cw, pb);
+          simd::gemm_panels<T>(pa, la, pb, lb, cw, o, lb, used[size_t(t)] != 0);
+        }
+        used[size_t(t)] = 1;
+      }
+    });
+    if (!used[0]) std::fill(out, out + la * lb, T(0));
+    for (int t = 1; t < nt; ++t)
+      if (used[size_t(t)])
+        for (int64_t i = 0; i < la * lb; ++i) out[i] += partial[size_t(t)][size_t(i)];
+    if (same)
+      for (int64_t i = 0; i < la; ++i)
+        for (int64_t j = i + 1; j < la; ++j) out[j * la + i] = out[i * la + j];
+    return;
+  }
+  set_blas_threads(1);
   int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, m / 4096)));
   if (la * lb * m < (int64_t(1) << 20)) nt = 1;
   const int64_t slices = nt == 1 ? 1 : 4 * nt;

@@ -165,9 +165,9 @@ void column_sums(const T* src, int64_t ld, int64_t n, int64_t w, double* acc) {
   }
 }
 
-template <class T>
-double pack(const T* src, int64_t ld, int64_t n, int64_t w, const T* mu, T s, T* out,
-            bool* varies) {
+template <class T, bool Stats>
+double pack_t(const T* src, int64_t ld, int64_t n, int64_t w, const T* mu, T s, T* out,
+              bool* varies) {
   using W = V<T>;
   using R = typename W::R;
   constexpr int P = W::P;
@@ -183,14 +183,16 @@ double pack(const T* src, int64_t ld, int64_t n, int64_t w, const T* mu, T s, T*
       R r[P];
       const int64_t rows = n - p * P < P ? n - p * P : P;
       for (int64_t i = 0; i < P; ++i) {
-        if (i < rows) {
+        if (i >= rows) {
+          r[i] = W::zero();
+        } else if (Stats) {
           const R b = W::loadz(cm, src + (p * P + i) * ld + c0);
           diff |= W::neq(b, x0);
           const R v = W::sub(b, mv);
           am = W::max(W::abs(v), am);
           r[i] = W::mul(v, sv);
         } else {
-          r[i] = W::zero();
+          r[i] = W::loadz(cm, src + (p * P + i) * ld + c0);
         }
       }
       W::transpose(r);
@@ -201,6 +203,44 @@ double pack(const T* src, int64_t ld, int64_t n, int64_t w, const T* mu, T s, T*
   }
   if (diff != 0) *varies = true;
   return W::hmax(am);
+}
+
+template <class T>
+double pack(const T* src, int64_t ld, int64_t n, int64_t w, const T* mu, T s, T* out,
+            bool* varies) {
+  return pack_t<T, true>(src, ld, n, w, mu, s, out, varies);
+}
+
+template <class T>
+void prefetch_rows(const T* src, int64_t ld, int64_t n, int64_t w) {
+  if (n * w * int64_t(sizeof(T)) > (int64_t(256) << 10)) return;
+  const char* base = reinterpret_cast<const char*>(src);
+  const int64_t bytes = w * int64_t(sizeof(T)), stride = ld * int64_t(sizeof(T));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(base + i * stride + b, _MM_HINT_T1);
+}
+
+template <class T>
+void pack_plain(const T* src, int64_t ld, int64_t n, int64_t w, T* out) {
+  pack_t<T, false>(src, ld, n, w, nullptr, T(1), out, nullptr);
+}
+
+template <class T>
+void gemm_panels(const T* pa, int64_t na, const T* pb, int64_t nb, int64_t w, T* C,
+                 int64_t ldc, bool accumulate) {
+  using W = V<T>;
+  constexpr int P = W::P;
+  for (int64_t i = 0; i * P < na; ++i) {
+    const int64_t rows = na - i * P < P ? na - i * P : P;
+    for (int64_t j = 0; j * P < nb; ++j) {
+      const typename W::M cm = W::mask(nb - j * P);
+      T* c = C + i * P * ldc + j * P;
+      if (accumulate)
+        tile<T, true>(pa + i * w * P, pb + j * w * P, w, c, ldc, rows, cm);
+      else
+        tile<T, false>(pa + i * w * P, pb + j * w * P, w, c, ldc, rows, cm);
+    }
+  }
 }
 
 template <class T>
@@ -230,6 +270,14 @@ template double pack<float>(const float*, int64_t, int64_t, int64_t, const float
                             float*, bool*);
 template double pack<double>(const double*, int64_t, int64_t, int64_t, const double*, double,
                              double*, bool*);
+template void prefetch_rows<float>(const float*, int64_t, int64_t, int64_t);
+template void prefetch_rows<double>(const double*, int64_t, int64_t, int64_t);
+template void pack_plain<float>(const float*, int64_t, int64_t, int64_t, float*);
+template void pack_plain<double>(const double*, int64_t, int64_t, int64_t, double*);
+template void gemm_panels<float>(const float*, int64_t, const float*, int64_t, int64_t, float*,
+                                 int64_t, bool);
+template void gemm_panels<double>(const double*, int64_t, const double*, int64_t, int64_t,
+                                  double*, int64_t, bool);
 template void syrk_panels<float>(const float*, int64_t, int64_t, int64_t, int64_t, float*,
                                  int64_t, bool);
 template void syrk_panels<double>(const double*, int64_t, int64_t, int64_t, int64_t, double*,

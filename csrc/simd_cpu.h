@@ -44,6 +44,22 @@ double pack(const T* src, int64_t ld, int64_t n, int64_t w, const T* mu, T s, T*
 // [jP, jP+P) of C (row-major, ld ldc) = (accumulate: +=) the product of the panels.
 // Tiles are clipped at n; a diagonal tile is written whole (the strict lower part of C
 // inside it too; callers read the upper triangle only).
+// Asks for the next chunk's rows (n × w at src, ld) to be brought into L2 while this one is
+// worked on (row pieces of 1 KiB are too short for the hardware prefetcher); only when
+// they fit, with room to spare (at most 256 KiB).
+template <class T>
+void prefetch_rows(const T* src, int64_t ld, int64_t n, int64_t w);
+
+// Panels of src (n rows × w columns, ld) as they are: no centring, no statistics (the
+// pair stage's rows).
+template <class T>
+void pack_plain(const T* src, int64_t ld, int64_t n, int64_t w, T* out);
+
+// C (na × nb, row-major, ld ldc) = (accumulate: +=) the product of a's and b's panels.
+template <class T>
+void gemm_panels(const T* pa, int64_t na, const T* pb, int64_t nb, int64_t w, T* C,
+                 int64_t ldc, bool accumulate);
+
 template <class T>
 void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t i0, int64_t i1, T* C,
                  int64_t ldc, bool accumulate);

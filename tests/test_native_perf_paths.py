@@ -374,3 +374,89 @@ def test_all_inf_column_is_not_a_constant_layer(backend, bad):
         rows_of(get(backend), [torch.full((9, 2), bad, dtype=torch.float64)], torch.float64)
     with pytest.raises(ValueError, match="non-finite"):
         rows_of(get(backend), [x], torch.float64)
+
+
+# ------------------------------------------------- packed SYRK (csrc/simd_cpu.cpp) edges
+# Panels hold 16 float / 8 double rows and chunks 256 columns: n and d on each side of those,
+# and threads that give each split (bands of tile rows for few chunks, chunks pulled in
+# turn for many: 2305 columns = 10 chunks, >= 4 a thread at 2 threads, not at 3).
+@pytest.mark.parametrize("n", [15, 16, 17, 33, 130])
+@pytest.mark.parametrize("d", [1, 256, 257, 2305])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_gram_at_panel_and_chunk_edges(n, d, nthreads, dtype):
+    gen = torch.Generator().manual_seed(1000 * n + d + nthreads)
+    x = torch.randn(n, d, generator=gen, dtype=dtype) * 2 + 3
+    xt = torch.randn(n, 2, d + 1, generator=gen, dtype=dtype)[:, 1, 1:]  # strided rows
+    with threads(nthreads):
+        r = rows_of(native, [x, xt], dtype, unbiased=n >= 4)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for i, v in enumerate((x, xt)):
+        k = gram_linear(v.double().numpy())
+        ref = center_unbiased(k) if n >= 4 else center_biased(k)
+        assert rel(unpack(r.g[i] * float(r.scale[i]), n, n >= 4), ref) < tol, i
+
+
+def _rows_in_thread(x, out, i):
+    out[i] = rows_of(native, [x], torch.float32).g[0].clone()
+
+
+def test_concurrent_python_threads_each_get_the_right_rows():
+    """Python threads inside the native kernels at once (each on an OpenMP team of its own,
+    or, without one, on our pool or alone when it is busy): every row against float64."""
+    import threading
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(65 + 16 * i, 300 + 500 * i, generator=gen) + i for i in range(4)]
+    out = [None] * len(xs)
+    with threads(2):
+        ts = [threading.Thread(target=_rows_in_thread, args=(x, out, i)) for i, x in enumerate(xs)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    for x, g in zip(xs, out):
+        ref = center_unbiased(gram_linear(x.double().numpy()))
+        assert rel(unpack(g, x.shape[0], True), ref) < 2e-5
+
+
+@pytest.mark.parametrize("la,lb", [(1, 1), (15, 17), (16, 16), (40, 3)])
+@pytest.mark.parametrize("m", [1, 255, 257, 70001])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pair_at_panel_and_chunk_edges(la, lb, m, dtype):
+    """pair(A, B) and pair(A, A) against float64 products, within the rounding bound of a
+    length-m dot product, |err| <= γ_m Σ|a||b| (γ_m = m·u / (1 − m·u))."""
+    gen = torch.Generator().manual_seed(la * lb + m)
+    a = torch.randn(la, m, generator=gen, dtype=dtype)
+    b = torch.randn(lb, m, generator=gen, dtype=dtype)
+    u = 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53
+    gamma = m * u / (1 - m * u)
+    an, bn = a.double().numpy(), b.double().numpy()
+    for got, p, q in ((native.pair(a, b), an, bn), (native.pair(a, a), an, an)):
+        err = np.abs(got.numpy() - p @ q.T)
+        assert (err <= gamma * (np.abs(p) @ np.abs(q).T) + 1e-300).all()
+
+
+def test_openblas_fallback_is_reported_and_correct():
+    """FLASHCKA_SIMD=0 (or a CPU without AVX-512) runs the OpenBLAS path; CI runs the native
+    test files once more that way (.ci/run). Here: the switch is seen, and the rows agree
+    with the float64 reference."""
+    import subprocess
+    import sys
+    code = ("import torch, flashcka, numpy as np; from flashcka.backends.native import _load;"
+            "from flashcka.backends import get; be = get('native'); print(_load().simd);"
+            "x = torch.randn(37, 700, dtype=torch.float64) + 2;"
+            "out = torch.empty(be.row_length(37, True), dtype=torch.float64);"
+            "be.centered_gram_rows([x], out.view(1, -1), kernel='linear', sigma=None, "
+            "threshold=1.0, unbiased=True); torch.save((x, out), __import__('sys').argv[1])")
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rows.pt")
+        env = dict(os.environ, FLASHCKA_SIMD="0")
+        r = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "OpenBLAS SYRK"
+        x, out = torch.load(path)
+    ref = center_unbiased(gram_linear(x.numpy()))
+    assert rel(unpack(out, 37, True), ref) < 1e-12

@@ -18,7 +18,7 @@ def capabilities() -> dict:
     try:
         from . import _C
         info["native"] = {k: getattr(_C, k) for k in dir(_C)
-                          if k.startswith(("has_", "blas")) and not callable(getattr(_C, k))}
+                          if k.startswith(("has_", "blas", "simd", "threads")) and not callable(getattr(_C, k))}
     except ImportError as e:
         info["native"] = {"error": str(e)}
     try:
