@@ -1,10 +1,11 @@
 """One-off measures of ``flashcka.compare`` behind bench/results/cpu-2core/compare.md.
 
-    python bench/compare_measures.py real [n [backend]]   # timm ViT-S + torchvision ResNet-18
+    python bench/compare_measures.py real [n [backend [batches]]]   # timm ViT-S + torchvision ResNet-18
     python bench/compare_measures.py memory DIM DEPTH BACKEND
     python bench/compare_measures.py compiled
 
-``real``: the two forward passes alone and compare() (best of 3, interleaved), and the share
+``real`` (defaults: n = 64, 3 batches, as issue 8 asks): the two forward passes alone and
+compare() (best of 3, timed alternately after a warm-up of each), and the share
 of compare's time spent inside the hooks and in the pair stage (timers around
 ``GramRecorder._record`` and ``MinibatchCKA.add_rows``), which is the reliable figure on a
 shared machine. Needs timm and torchvision (loaded as tests/hub_models.py does).
@@ -45,7 +46,7 @@ def forward_all(mods, loader, call=lambda m, x: m(x)):
     return run
 
 
-def real(n=32, backend="auto", batches=2):
+def real(n=64, backend="auto", batches=3):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from hub_models import load_torchvision
     tv = load_torchvision()
@@ -61,8 +62,15 @@ def real(n=32, backend="auto", batches=2):
     def cmp():
         return flashcka.compare(vit, res, loader, layers_a="blocks", layers_b="blocks",
                                 progress=False, jackknife=False, backend=backend)
-    fwd_best, fwd_all = best(forward_all([vit, res], loader))
-    cmp_best, cmp_all = best(cmp)
+    fwd = forward_all([vit, res], loader)
+    fwd(), cmp()                                      # warm-up
+    fwd_all, cmp_all = [], []
+    for _ in range(3):                                # alternately: load hits both alike
+        for fn, times in ((fwd, fwd_all), (cmp, cmp_all)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    fwd_best, cmp_best = min(fwd_all), min(cmp_all)
     spent = {"hooks": 0.0, "pair": 0.0}
     rec, add = GramRecorder._record, MinibatchCKA.add_rows
 

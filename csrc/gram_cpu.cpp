@@ -508,6 +508,7 @@ int rbf_upper(T* K, T* dg, int64_t n, int64_t d, T* scr, const GramArgs& args) {
 // Packed centered row from the upper triangle of a symmetric kernel K and its diagonal.
 template <class T>
 void center_pack(const T* K, const T* dg, int64_t n, bool unbiased, T* out) {
+  if (simd::available()) return simd::center_pack<T>(K, dg, n, unbiased, out);
   std::vector<double> r(size_t(n), 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const T* Ki = K + i * n;

@@ -48,11 +48,12 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "centered_gram_rows",
-      [](std::uintptr_t desc, int64_t count, int ct, int kernel, double sigma,
+      [](const std::vector<int64_t>& desc, int ct, int kernel, double sigma,
          double threshold, bool unbiased, int threads, bool auto_scale, double scale,
          std::uintptr_t stats) {
-        // desc: int64 (count, 10) rows [x, x_dtype, n, a, b, s0, s1, s2, mu (0: none), out]
-        const int64_t* d = reinterpret_cast<const int64_t*>(desc);
+        // desc: count × 10 values [x, x_dtype, n, a, b, s0, s1, s2, mu (0: none), out]
+        const int64_t count = int64_t(desc.size() / 10);
+        const int64_t* d = desc.data();
         std::vector<Layer> layers(static_cast<size_t>(count));
         for (int64_t i = 0; i < count; ++i, d += 10)
           layers[size_t(i)] = Layer{cptr(std::uintptr_t(d[0])), int(d[1]),
@@ -66,8 +67,8 @@ PYBIND11_MODULE(_C, m) {
                                      reinterpret_cast<LayerStats*>(stats));
       },
       py::call_guard<py::gil_scoped_release>(),
-      "Packed centered Gram rows of `count` layers described by desc (int64 (count, 10): "
-      "x, x_dtype, n, a, b, s0, s1, s2, mu or 0, out); stats: float64 (count, 4) receives "
+      "Packed centered Gram rows of the layers described by desc (a list of 10 ints a "
+      "layer: x, x_dtype, n, a, b, s0, s1, s2, mu or 0, out); stats: float64 (count, 4) receives "
       "(||x - mu||_F^2, ||x||_F^2, the row's scale, status: 1 = zero bandwidth).");
   m.def(
       "kernel_matrix",

@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include <immintrin.h>
 
@@ -282,6 +283,76 @@ template void syrk_panels<float>(const float*, int64_t, int64_t, int64_t, int64_
                                  int64_t, bool);
 template void syrk_panels<double>(const double*, int64_t, int64_t, int64_t, int64_t, double*,
                                   int64_t, bool);
+
+
+namespace {
+
+// 16 floats or 8 doubles at p (masked) as two vectors of 8 doubles (lo, hi).
+inline void load_pd(const float* p, __mmask16 m, __m512d& lo, __m512d& hi) {
+  const __m512 v = _mm512_maskz_loadu_ps(m, p);
+  lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+  hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+inline void load_pd(const double* p, __mmask16 m, __m512d& lo, __m512d& hi) {
+  lo = _mm512_maskz_loadu_pd(__mmask8(m & 0xFF), p);
+  hi = _mm512_maskz_loadu_pd(__mmask8(m >> 8), p + 8);
+}
+inline void store_pd(float* p, __mmask16 m, __m512d lo, __m512d hi) {
+  const __m256 a = _mm512_cvtpd_ps(lo), b = _mm512_cvtpd_ps(hi);
+  const __m512 v = _mm512_castpd_ps(
+      _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
+  _mm512_mask_storeu_ps(p, m, v);
+}
+inline void store_pd(double* p, __mmask16 m, __m512d lo, __m512d hi) {
+  _mm512_mask_storeu_pd(p, __mmask8(m & 0xFF), lo);
+  _mm512_mask_storeu_pd(p + 8, __mmask8(m >> 8), hi);
+}
+
+}  // namespace
+
+template <class T>
+void center_pack(const T* K, const T* dg, int64_t n, bool unbiased, T* out) {
+  std::vector<double> r(size_t(n) + 16, 0.0), m(size_t(n) + 16, 0.0);
+  for (int64_t i = 0; i < n; ++i) {  // r: row sums of the symmetric K without its diagonal
+    const T* Ki = K + i * n;
+    __m512d ri = _mm512_setzero_pd();
+    for (int64_t j = i + 1; j < n; j += 16) {
+      const __mmask16 mk = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1u);
+      __m512d lo, hi;
+      load_pd(Ki + j, mk, lo, hi);
+      ri = _mm512_add_pd(ri, _mm512_add_pd(lo, hi));
+      _mm512_storeu_pd(&r[size_t(j)], _mm512_add_pd(_mm512_loadu_pd(&r[size_t(j)]), lo));
+      _mm512_storeu_pd(&r[size_t(j) + 8], _mm512_add_pd(_mm512_loadu_pd(&r[size_t(j) + 8]), hi));
+    }
+    r[size_t(i)] += _mm512_reduce_add_pd(ri) + (unbiased ? 0.0 : double(dg[i]));
+  }
+  double S = 0.0;
+  for (int64_t i = 0; i < n; ++i) S += r[size_t(i)];
+  const double dn = double(n);
+  for (int64_t i = 0; i < n; ++i)
+    m[size_t(i)] = unbiased ? r[size_t(i)] / (dn - 2) - S / (2 * (dn - 1) * (dn - 2))
+                            : r[size_t(i)] / dn - S / (2 * dn * dn);
+  const __m512d s2 = _mm512_set1_pd(1.4142135623730951);
+  T* o = out;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* Ki = K + i * n;
+    const __m512d mi = _mm512_set1_pd(m[size_t(i)]);
+    for (int64_t j = i + 1; j < n; j += 16) {
+      const __mmask16 mk = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1u);
+      __m512d lo, hi;
+      load_pd(Ki + j, mk, lo, hi);
+      lo = _mm512_mul_pd(s2, _mm512_sub_pd(_mm512_sub_pd(lo, mi), _mm512_loadu_pd(&m[size_t(j)])));
+      hi = _mm512_mul_pd(s2, _mm512_sub_pd(_mm512_sub_pd(hi, mi), _mm512_loadu_pd(&m[size_t(j) + 8])));
+      store_pd(o + (j - i - 1), mk, lo, hi);
+    }
+    o += n - i - 1;
+  }
+  if (!unbiased)
+    for (int64_t i = 0; i < n; ++i) *o++ = T(double(dg[i]) - 2 * m[size_t(i)]);
+}
+
+template void center_pack<float>(const float*, const float*, int64_t, bool, float*);
+template void center_pack<double>(const double*, const double*, int64_t, bool, double*);
 
 #pragma GCC pop_options
 

@@ -64,5 +64,11 @@ template <class T>
 void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t i0, int64_t i1, T* C,
                  int64_t ldc, bool accumulate);
 
+// gram_cpu.cpp's center_pack on AVX-512: the packed U-centred (or HKH) row of the upper
+// triangle of K (n × n, ld n) and its diagonal dg, the same double-precision formulas
+// (row sums r, m_i, then √2·(K_ij − m_i − m_j) rounded once to T).
+template <class T>
+void center_pack(const T* K, const T* dg, int64_t n, bool unbiased, T* out);
+
 }  // namespace simd
 }  // namespace flashcka

@@ -212,8 +212,8 @@ def _sq_row_norms(be, g: torch.Tensor) -> torch.Tensor:
 
 
 def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
-    """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) float64
-    tensors in the input's units. The row is the Gram of ``scale · X_c`` (``pow2_scale``)
+    """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) in the
+    input's units (Python floats from the native backend, float64 0-d tensors otherwise). The row is the Gram of ``scale · X_c`` (``pow2_scale``)
     and scale is written into ``scale_out`` (a one-element float64 tensor, e.g.
     ``Rows.scale[i]``). The native backend computes μ, the scale and the row in one call
     (``centered_gram_rows``, scaling as it loads x); the others get ``scale · x`` (a copy,
@@ -225,8 +225,9 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
                                        threshold=s.threshold, unbiased=s.unbiased)
         except ZeroBandwidthError as e:
             raise ValueError(f"{name}: {e}") from None
-        scale_out.copy_(st[0, 2])
-        return st[0, 0], st[0, 1]
+        sq_c, sq, scale, _ = st.tolist()[0]     # (indexing a tensor costs µs a time)
+        scale_out.fill_(scale)
+        return sq_c, sq
     # The mean in float64 on the CPU: a float32 sum of values near float32's max overflows.
     mu = be.column_mean(x, torch.float64).to(ct) if x.device.type == "cpu" \
         else be.column_mean(x, ct)

@@ -165,13 +165,12 @@ class NativeBackend(Backend):
                 keep.append(mu_c)
                 mu_ptr = mu_c.data_ptr()
             keep.append(xk)
-            desc.append((xk.data_ptr(), code, n, a, b, s0, s1, s2, mu_ptr,
-                         dst[i].data_ptr()))
+            desc += (xk.data_ptr(), code, n, a, b, s0, s1, s2, mu_ptr,
+                     dst.data_ptr() + i * dst.stride(0) * dst.element_size())
         stats = torch.empty(L, 4, dtype=torch.float64)
         if L:
-            d = torch.tensor(desc, dtype=torch.int64)
             _load().centered_gram_rows(
-                d.data_ptr(), L, _CODES[ct], 1 if kernel == "rbf" else 0, self._sigma(sigma),
+                desc, _CODES[ct], 1 if kernel == "rbf" else 0, self._sigma(sigma),
                 float(threshold), bool(unbiased), self._threads(), mus is None,
                 1.0 if scale is None else float(scale), stats.data_ptr())
         for i, n_mu_sq in shifted:  # ‖x‖² = ‖x − 1μᵀ‖² + n·Σμ², μ removed above
