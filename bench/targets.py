@@ -12,8 +12,9 @@ The (n, T, C) input is ``(n, T + 1, C)[:, 1:]`` (CLS token dropped: no merge to 
 Target: ratio = t(matmul) / t(native) >= 1.4 everywhere.
 
 pair: ``native.pair(G, G)`` and ``native.pair(G_A, G_B)`` on packed rows against the GEMM
-rate of ``torch.matmul`` on square 2048 matrices, measured in the same run. Target: the
-pair stage's rate (2·L_A·L_B·m flops, the GEMM-equivalent count) >= 80% of it.
+rate of ``torch.matmul`` on square 2048 matrices, measured in the same run, warm (rows in
+cache) and cold (caches flushed), the cold ones also against the memory roofline. Target:
+the pair stage's rate (2·L_A·L_B·m flops, the GEMM-equivalent count) >= 80% of it.
 
 Timings are interleaved (native, torch, native, ...) and the median of each is taken,
 so that load from other processes hits both sides alike; every table says the device,
@@ -124,26 +125,47 @@ def gemm_rate(budget: float) -> float:
     return 2 * 2048 ** 3 / t / 1e9
 
 
+def stream_rate(budget: float) -> float:
+    """Bytes a second of torch's sum over 256 MiB (far beyond the caches): the rate at which
+    this machine reads memory."""
+    x = torch.ones(64 * 2 ** 20)
+    t, _, _ = interleaved(lambda: x.sum(), lambda: None, budget)
+    return x.numel() * 4 / t / 1e9
+
+
 def pair(args) -> list[str]:
+    """The pair stage warm (rows in cache, as right after the Gram stage wrote them) and
+    cold (after a 64 MiB write has evicted them), against the GEMM rate and against the
+    roofline min(GEMM rate, flops/byte x memory rate): with few layers the pair stage reads
+    (L_A + L_B)·m values for 2·L_A·L_B·m flops and no code can beat the memory."""
     be = get("native")
-    rows = ["### Pair stage (native `pair`) vs the machine's GEMM rate", "", header(), "",
-            "| L_A | L_B | n | same rows | ms | GFLOP/s (2·L_A·L_B·m) | GEMM GFLOP/s | % of GEMM |",
-            "|---|---|---|---|---|---|---|---|"]
+    gemm, bw = gemm_rate(args.budget), stream_rate(args.budget)
+    rows = ["### Pair stage (native `pair`) vs the machine's GEMM rate and the memory roofline",
+            "", header(), "",
+            f"GEMM rate (torch.matmul, 2048², float32): {gemm:.0f} GFLOP/s; memory read rate "
+            f"(torch sum over 256 MiB): {bw:.1f} GB/s.", "",
+            "| L_A | L_B | n | same rows | warm ms | warm GFLOP/s | warm % of GEMM | cold ms | "
+            "cold GFLOP/s | roofline GFLOP/s | cold % of roofline |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(rows), flush=True)
     gen = torch.Generator().manual_seed(1)
-    for la, lb, n in ((48, 48, 512), (24, 24, 256), (12, 12, 256), (100, 100, 256)):
+    evict = torch.empty(16 * 2 ** 20)
+    for la, lb, n in ((12, 12, 256), (24, 24, 256), (48, 48, 512), (100, 100, 256),
+                      (1000, 1000, 64)):
         m = be.row_length(n, True)
         ga = torch.randn(la, m, generator=gen)
         gb = torch.randn(lb, m, generator=gen)
-        a = torch.randn(2048, 2048, generator=gen)
         for same in (True, False):
             other = ga if same else gb
-            tp, tg, _ = interleaved(lambda: be.pair(ga, other), lambda: torch.matmul(a, a),
-                                    args.budget)
-            rate = 2 * la * lb * m / tp / 1e9
-            gemm = 2 * 2048 ** 3 / tg / 1e9
-            line = (f"| {la} | {lb} | {n} | {same} | {tp * 1e3:.2f} | {rate:.0f} | {gemm:.0f} | "
-                    f"{100 * rate / gemm:.0f}% |")
+            tw, _, _ = interleaved(lambda: be.pair(ga, other), lambda: None, args.budget)
+            tc, _, _ = interleaved(lambda: be.pair(ga, other), lambda: evict.fill_(1.0),
+                                   args.budget)
+            flops = 2 * la * lb * m
+            bytes_ = (la if same else la + lb) * m * 4
+            roof = min(gemm, flops / bytes_ * bw)
+            line = (f"| {la} | {lb} | {n} | {same} | {tw * 1e3:.2f} | {flops / tw / 1e9:.0f} | "
+                    f"{100 * flops / tw / 1e9 / gemm:.0f}% | {tc * 1e3:.2f} | "
+                    f"{flops / tc / 1e9:.0f} | {roof:.0f} | {100 * flops / tc / 1e9 / roof:.0f}% |")
             rows.append(line)
             print(line, flush=True)
     return rows

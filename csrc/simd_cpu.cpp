@@ -119,25 +119,44 @@ struct V<double> {
   }
 };
 
-// One P × P tile: C[r][c] (+)= Σ_k a[k·P + r] · b[k·P + c], rows < rows, columns in cm.
-template <class T, bool Acc>
-inline void tile(const T* a, const T* b, int64_t w, T* C, int64_t ldc, int64_t rows,
-                 typename V<T>::M cm) {
+// One tile: C[r][c] (+)= Σ_k a[k·P + r] · b[k·P + c] for rows r < R (the panel's live rows:
+// padded rows cost nothing) and the columns in cm.
+template <class T, bool Acc, int R>
+inline void tile(const T* a, const T* b, int64_t w, T* C, int64_t ldc, typename V<T>::M cm) {
   using W = V<T>;
   constexpr int P = W::P;
-  typename W::R acc[P];
+  typename W::R acc[R];
 #pragma GCC unroll 16
-  for (int r = 0; r < P; ++r) acc[r] = W::zero();
+  for (int r = 0; r < R; ++r) acc[r] = W::zero();
   for (int64_t k = 0; k < w; ++k) {
     const typename W::R bv = W::load(b + k * P);
     const T* ak = a + k * P;
 #pragma GCC unroll 16
-    for (int r = 0; r < P; ++r) acc[r] = W::fma(W::set1(ak[r]), bv, acc[r]);
+    for (int r = 0; r < R; ++r) acc[r] = W::fma(W::set1(ak[r]), bv, acc[r]);
   }
-  for (int64_t r = 0; r < rows; ++r) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
     T* cr = C + r * ldc;
     W::stores(cr, cm, Acc ? W::add(W::loadz(cm, cr), acc[r]) : acc[r]);
   }
+}
+
+template <class T, bool Acc, int R = V<T>::P>
+inline void tile_rows(int64_t rows, const T* a, const T* b, int64_t w, T* C, int64_t ldc,
+                      typename V<T>::M cm) {
+  if constexpr (R > 1) {
+    if (rows < R) return tile_rows<T, Acc, R - 1>(rows, a, b, w, C, ldc, cm);
+  }
+  tile<T, Acc, R>(a, b, w, C, ldc, cm);
+}
+
+template <class T>
+inline void tile_any(bool acc, int64_t rows, const T* a, const T* b, int64_t w, T* C,
+                     int64_t ldc, typename V<T>::M cm) {
+  if (acc)
+    tile_rows<T, true>(rows, a, b, w, C, ldc, cm);
+  else
+    tile_rows<T, false>(rows, a, b, w, C, ldc, cm);
 }
 
 }  // namespace
@@ -235,11 +254,8 @@ void gemm_panels(const T* pa, int64_t na, const T* pb, int64_t nb, int64_t w, T*
     const int64_t rows = na - i * P < P ? na - i * P : P;
     for (int64_t j = 0; j * P < nb; ++j) {
       const typename W::M cm = W::mask(nb - j * P);
-      T* c = C + i * P * ldc + j * P;
-      if (accumulate)
-        tile<T, true>(pa + i * w * P, pb + j * w * P, w, c, ldc, rows, cm);
-      else
-        tile<T, false>(pa + i * w * P, pb + j * w * P, w, c, ldc, rows, cm);
+      tile_any<T>(accumulate, rows, pa + i * w * P, pb + j * w * P, w, C + i * P * ldc + j * P,
+                  ldc, cm);
     }
   }
 }
@@ -256,11 +272,7 @@ void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t i0, int64_t i1, 
     for (int64_t j = i; j < panels; ++j) {
       const T* b = packed + j * w * P;
       T* c = C + i * P * ldc + j * P;
-      const typename W::M cm = W::mask(n - j * P);
-      if (accumulate)
-        tile<T, true>(a, b, w, c, ldc, rows, cm);
-      else
-        tile<T, false>(a, b, w, c, ldc, rows, cm);
+      tile_any<T>(accumulate, rows, a, b, w, c, ldc, W::mask(n - j * P));
     }
   }
 }
