@@ -203,9 +203,9 @@ struct Pass {
 // chunk_pass on AVX-512 (simd_cpu.h): chunks of kChunk columns are centred and packed
 // into panels (straight from x when its rows are plain runs of T, else through load_chunk's
 // buffer) and multiplied by our own packed SYRK. Threads: with at least 4 chunks each,
-// they pull chunks in turn into their own triangles (as below); otherwise K's tile rows
-// are cut into nt bands of equal area, and a thread pulls a band and packs every chunk
-// for it, so that a small layer uses every thread too, with no partial triangles to add.
+// they pull chunks in turn into their own triangles (as below); otherwise K's tiles are
+// cut into nt bands of equal count, and a thread pulls a band and packs every chunk for
+// it, so that a small layer uses every thread too, with no partial triangles to add.
 template <class I, class T>
 Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s, T* K,
                      bool syrk, double abort_above, int nt) {
@@ -214,16 +214,10 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
   const bool direct = std::is_same<I, T>::value && L.a == 1 && L.s2 == 1;
   nt = std::max(1, nt);
   const bool by_chunk = nt > 1 && chunks >= 4 * int64_t(nt);
-  const int64_t bands = by_chunk || !syrk ? 1 : std::min<int64_t>(nt, panels);
+  const int64_t tiles = panels * (panels + 1) / 2;
+  const int64_t bands = by_chunk || !syrk ? 1 : std::min<int64_t>(nt, tiles);
   if (!by_chunk) nt = int(bands);
-  std::vector<int64_t> band(size_t(bands) + 1, panels);  // tile rows [band[b], band[b+1])
-  band[0] = 0;
-  const double area = double(panels) * double(panels + 1) / 2;
-  double done = 0;
-  for (int64_t i = 0, b = 1; i < panels && b < bands; ++i) {
-    done += double(panels - i);
-    if (done >= area * double(b) / double(bands)) band[size_t(b++)] = i + 1;
-  }
+  // band b: the tiles [tiles·b/bands, tiles·(b+1)/bands) in syrk_panels' numbering
   std::atomic<int64_t> next{0};
   std::atomic<bool> stop{false};
   std::vector<Pass> part(static_cast<size_t>(std::max<int64_t>(nt, bands)));
@@ -279,8 +273,8 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
       if (!syrk) continue;
       if (by_chunk && Kmine == nullptr)
         Kt[size_t(t)] = Kmine = t == 0 ? K : sc.Kpart.get(size_t(n * n));
-      simd::syrk_panels<T>(pan, n, cw, by_chunk ? 0 : band[size_t(b)],
-                           by_chunk ? panels : band[size_t(b) + 1], Kmine, n, !first);
+      simd::syrk_panels<T>(pan, n, cw, tiles * b / bands, tiles * (b + 1) / bands, Kmine, n,
+                           !first);
       first = false;
     }
   };
@@ -688,7 +682,7 @@ void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64
         }
         simd::pack_plain<T>(ga + c0, lda, la, cw, pa);
         if (same) {
-          simd::syrk_panels<T>(pa, la, cw, 0, (la + P - 1) / P, o, la, used[size_t(t)] != 0);
+          simd::syrk_panels<T>(pa, la, cw, 0, INT64_MAX, o, la, used[size_t(t)] != 0);
         } else {
           simd::pack_plain<T>(gb + c0, ldb, lb, cw, pb);
           simd::gemm_panels<T>(pa, la, pb, lb, cw, o, lb, used[size_t(t)] != 0);

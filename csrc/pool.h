@@ -118,7 +118,7 @@ class Pool {
       Gomp::ThreadNum thread_num;
       std::atomic<bool> failed{false};
       std::exception_ptr error;
-    } call{&f, g.thread_num};
+    } call{&f, g.thread_num, {false}, nullptr};
     g.parallel(
         [](void* p) {
           Call& c = *static_cast<Call*>(p);

@@ -261,18 +261,23 @@ void gemm_panels(const T* pa, int64_t na, const T* pb, int64_t nb, int64_t w, T*
 }
 
 template <class T>
-void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t i0, int64_t i1, T* C,
+void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t t0, int64_t t1, T* C,
                  int64_t ldc, bool accumulate) {
   using W = V<T>;
   constexpr int P = W::P;
   const int64_t panels = (n + P - 1) / P;
-  for (int64_t i = i0; i < i1; ++i) {
+  int64_t t = 0;
+  for (int64_t i = 0; i < panels && t < t1; ++i) {
+    if (t + (panels - i) <= t0) {  // the whole tile row is before t0
+      t += panels - i;
+      continue;
+    }
     const T* a = packed + i * w * P;
     const int64_t rows = n - i * P < P ? n - i * P : P;
-    for (int64_t j = i; j < panels; ++j) {
-      const T* b = packed + j * w * P;
-      T* c = C + i * P * ldc + j * P;
-      tile_any<T>(accumulate, rows, a, b, w, c, ldc, W::mask(n - j * P));
+    for (int64_t j = i; j < panels && t < t1; ++j, ++t) {
+      if (t < t0) continue;
+      tile_any<T>(accumulate, rows, a, packed + j * w * P, w, C + i * P * ldc + j * P, ldc,
+                  W::mask(n - j * P));
     }
   }
 }

@@ -40,10 +40,6 @@ template <class T>
 double pack(const T* src, int64_t ld, int64_t n, int64_t w, const T* mu, T s, T* out,
             bool* varies);
 
-// For panel rows i in [i0, i1) and every j ≥ i: the tile rows [iP, iP+P) × columns
-// [jP, jP+P) of C (row-major, ld ldc) = (accumulate: +=) the product of the panels.
-// Tiles are clipped at n; a diagonal tile is written whole (the strict lower part of C
-// inside it too; callers read the upper triangle only).
 // Asks for the next chunk's rows (n × w at src, ld) to be brought into L2 while this one is
 // worked on (row pieces of 1 KiB are too short for the hardware prefetcher); only when
 // they fit, with room to spare (at most 256 KiB).
@@ -60,8 +56,13 @@ template <class T>
 void gemm_panels(const T* pa, int64_t na, const T* pb, int64_t nb, int64_t w, T* C,
                  int64_t ldc, bool accumulate);
 
+// The upper-triangle tiles (i, j ≥ i) of panel rows and columns, numbered row by row
+// (0 ≤ t < panels·(panels+1)/2), for t in [t0, t1): the tile rows [iP, iP+P) × columns
+// [jP, jP+P) of C (row-major, ld ldc) = (accumulate: +=) the product of the panels. Tiles
+// are clipped at n; a diagonal tile is written whole (the strict lower part of C inside it
+// too; callers read the upper triangle only).
 template <class T>
-void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t i0, int64_t i1, T* C,
+void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t t0, int64_t t1, T* C,
                  int64_t ldc, bool accumulate);
 
 // gram_cpu.cpp's center_pack on AVX-512: the packed U-centred (or HKH) row of the upper

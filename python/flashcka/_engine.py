@@ -221,7 +221,7 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
     is 1."""
     if hasattr(be, "centered_gram_rows"):       # native: one call, scalars from it
         try:
-            st = be.centered_gram_rows([x], out.view(1, -1), kernel=s.kernel, sigma=s.sigma,
+            st = be.centered_gram_rows([x], out, kernel=s.kernel, sigma=s.sigma,
                                        threshold=s.threshold, unbiased=s.unbiased)
         except ZeroBandwidthError as e:
             raise ValueError(f"{name}: {e}") from None

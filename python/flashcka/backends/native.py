@@ -95,7 +95,7 @@ def _layout(x: torch.Tensor, ct: torch.dtype):
         x = x.to(ct)
     n = x.shape[0]
     if x.is_contiguous():
-        d = x[0].numel() if n else math.prod(x.shape[1:])
+        d = math.prod(x.shape[1:])
         return x, _CODES[x.dtype], n, 1, d, d, 0, 1
     dims = [(s, st) for s, st in zip(x.shape[1:], x.stride()[1:]) if s != 1]
     merged: list[list[int]] = []
@@ -133,7 +133,8 @@ class NativeBackend(Backend):
     # ---------------------------------------------------------------- Gram rows
     def centered_gram_rows(self, xs, out, *, kernel, sigma, threshold, unbiased, mus=None,
                            scale=None):
-        """Packed centered rows of the representations ``xs`` into ``out`` (L, m), in one
+        """Packed centered rows of the representations ``xs`` into ``out`` (L, m) (or (m,)
+        for one layer), in one
         call (layers in parallel where that balances, see csrc/gram_cpu.cpp).
 
         Without ``mus``, each column's mean is taken as its chunk of x is loaded (x read
@@ -146,6 +147,8 @@ class NativeBackend(Backend):
         ct = out.dtype
         L = len(xs)
         length = self.row_length(xs[0].shape[0], unbiased) if L else 0
+        if L == 1 and out.dim() == 1:  # one row: (m,) as well as (1, m)
+            out = out.view(1, -1)
         if out.shape != (L, length) or out.device.type != "cpu" or ct not in _CODES:
             raise ValueError(f"out must be a CPU float32/float64 tensor of shape ({L}, "
                              f"{length}), got {tuple(out.shape)} {out.dtype} on {out.device}")
