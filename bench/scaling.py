@@ -69,7 +69,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     p.add_argument("--backends", nargs="*", default=["native", "torch"])
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", type=Path, default=HERE / "results" / "cpu-2core")
     p.add_argument("--gemm-rate", type=float, default=None,
                    help="GFLOP/s for the floor (default: measured now)")
@@ -81,6 +81,7 @@ def main(argv=None):
     res = {"header": header(), "gemm_gflops": rate, "d": d, "by_L": {}, "by_n": {}}
     print(res["header"], f"\nGEMM rate {rate:.0f} GFLOP/s", flush=True)
     for be in a.backends:
+        point(L_fixed, n_fixed, d, be, 1)  # warm-up: thread team, scratch pages, allocator
         res["by_L"][be] = []
         for L in Ls:
             if be == "torch" and L > 100 and not a.quick:

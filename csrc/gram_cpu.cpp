@@ -1,10 +1,10 @@
 // Fused centered Gram on the CPU (docs/design.md §1-2).
 //
 //   x (n, a, b) strided  ->  K = X_c X_cᵀ, X_c = s·(x − 1μᵀ), upper triangle only: x is
-//   loaded in column chunks into a cache-sized buffer, each chunk's columns are centered
-//   by their own means (or a given μ) and scaled as they arrive, and a single-threaded
-//   SYRK adds the chunk to K. So x is read once, no (n, d) copy is made, and μ, Σμ² and
-//   max |x − μ| come for free. Then in one pass over the triangle: optional RBF
+//   read in column chunks, each chunk's columns are centered by their own means (or a
+//   given μ) and scaled as they arrive, and a SYRK adds the chunk to K (our own packed
+//   AVX-512 tiles, simd_cpu.h; else OpenBLAS on one thread). So x is read once, no (n, d)
+//   copy is made, and μ, Σμ² and max |x − μ| come for free. Then in one pass over the triangle: optional RBF
 //   (D_ab = K_aa + K_bb − 2K_ab, median by selection, exp), and U-centering / HKH written
 //   straight into the packed row [√2·strict upper (n(n−1)/2, row-major)] (+ [diag (n)]
 //   when biased), so that a plain dot product of two rows is ⟨C_a, C_b⟩_F.
@@ -13,9 +13,10 @@
 // safe range of the compute dtype ([2^-16, 2^16] float32, [2^-128, 2^128] float64); then
 // the Gram is rebuilt with s bringing it into [0.5, 1) (only such inputs pay the extra pass).
 //
-// Threads: several layers run in parallel, one thread each, when that balances (largest
-// first); otherwise layers run one after another with their chunks shared out. OpenBLAS
-// itself always runs on one thread (its own pool degrades badly on shared cores).
+// Threads (pool.h: the process's OpenMP team when torch is loaded): several layers run in
+// parallel, one thread each, when that balances (largest first); otherwise layers run one
+// after another, each split over the threads (chunk_pass_simd). OpenBLAS itself always
+// runs on one thread (its own pool degrades badly on shared cores).
 #include "gram_cpu.h"
 
 #include <algorithm>

@@ -1,6 +1,6 @@
-// AVX-512 pieces of the fused centered Gram (docs/design.md §8, "CPU kernels"): column
-// sums, centre-and-pack, and a packed SYRK, used by gram_cpu.cpp's chunk pass whenever
-// the CPU has AVX-512 (OpenBLAS's SSYRK is the portable fallback).
+// AVX-512 pieces of the fused centered Gram (docs/design.md §4, "The native CPU kernels"):
+// column sums, centre-and-pack, packed SYRK/GEMM tiles and the U-centring epilogue, used by
+// gram_cpu.cpp whenever the CPU has AVX-512 (OpenBLAS is the portable fallback).
 //
 // Packed panels: the rows of a chunk (n rows × w columns) in panels of P rows (P = 16 for
 // float, 8 for double: one 64-byte vector), column-major inside a panel:
