@@ -52,6 +52,7 @@ struct V<float> {
   static void store(float* p, R v) { _mm512_store_ps(p, v); }
   static void stores(float* p, M m, R v) { _mm512_mask_storeu_ps(p, m, v); }
   static double hmax(R v) { return double(_mm512_reduce_max_ps(v)); }
+  static float hsum(R v) { return _mm512_reduce_add_ps(v); }
 
   // r[i] = row i (16 columns) -> r[c] = column c (16 rows).
   static void transpose(R* r) {
@@ -99,6 +100,7 @@ struct V<double> {
   static void store(double* p, R v) { _mm512_store_pd(p, v); }
   static void stores(double* p, M m, R v) { _mm512_mask_storeu_pd(p, m, v); }
   static double hmax(R v) { return _mm512_reduce_max_pd(v); }
+  static double hsum(R v) { return _mm512_reduce_add_pd(v); }
 
   static void transpose(R* r) {
     R t[8];
@@ -281,6 +283,56 @@ void syrk_panels(const T* packed, int64_t n, int64_t w, int64_t t0, int64_t t1, 
     }
   }
 }
+
+template <class T>
+void dot_rows(const T* a, int64_t lda, int64_t la, const T* b, int64_t ldb, int64_t lb,
+              int64_t w, T* C, int64_t ldc, bool accumulate, bool upper) {
+  using W = V<T>;
+  using R = typename W::R;
+  constexpr int P = W::P;
+  for (int64_t ia = 0; ia < la; ia += 4) {
+    const T* ar[4];
+    for (int r = 0; r < 4; ++r) ar[r] = a + (ia + r < la ? ia + r : la - 1) * lda;
+    for (int64_t ib = upper ? ia : 0; ib < lb; ib += 4) {
+      const T* br[4];
+      for (int c = 0; c < 4; ++c) br[c] = b + (ib + c < lb ? ib + c : lb - 1) * ldb;
+      R acc[4][4];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) acc[r][c] = W::zero();
+      auto step = [&](int64_t k, typename W::M m) {
+        R av[4], bv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) av[r] = W::loadz(m, ar[r] + k);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) bv[c] = W::loadz(m, br[c] + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 4
+          for (int c = 0; c < 4; ++c) acc[r][c] = W::fma(av[r], bv[c], acc[r][c]);
+      };
+      int64_t k = 0;
+      for (; k + P <= w; k += P) step(k, W::mask(P));
+      if (k < w) step(k, W::mask(w - k));
+      T sum[4][4];  // (fixed indices: the accumulators stay in registers in the loop above)
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) sum[r][c] = W::hsum(acc[r][c]);
+      for (int r = 0; r < 4 && ia + r < la; ++r)
+        for (int c = 0; c < 4 && ib + c < lb; ++c) {
+          T* o = C + (ia + r) * ldc + ib + c;
+          *o = accumulate ? *o + sum[r][c] : sum[r][c];
+        }
+    }
+  }
+}
+
+template void dot_rows<float>(const float*, int64_t, int64_t, const float*, int64_t, int64_t,
+                              int64_t, float*, int64_t, bool, bool);
+template void dot_rows<double>(const double*, int64_t, int64_t, const double*, int64_t, int64_t,
+                               int64_t, double*, int64_t, bool, bool);
 
 template void column_sums<float>(const float*, int64_t, int64_t, int64_t, double*);
 template void column_sums<double>(const double*, int64_t, int64_t, int64_t, double*);

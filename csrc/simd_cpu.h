@@ -56,6 +56,16 @@ template <class T>
 void gemm_panels(const T* pa, int64_t na, const T* pb, int64_t nb, int64_t w, T* C,
                  int64_t ldc, bool accumulate);
 
+// Few rows (the pair stage of a dozen layers): C (la × lb, ld ldc) = (accumulate: +=)
+// A Bᵀ over w columns of A (ld lda) and B (ld ldb) as they lie, no packing: vectors along
+// the rows, 4 × 4 tiles of 16 accumulators, each summed across its lanes once (w up to
+// kDotChunk, so that a tile's 8 row pieces stay in L1). upper: only the tiles on or above
+// the diagonal (A = B; the caller mirrors).
+constexpr int64_t kDotChunk = 1024;
+template <class T>
+void dot_rows(const T* a, int64_t lda, int64_t la, const T* b, int64_t ldb, int64_t lb,
+              int64_t w, T* C, int64_t ldc, bool accumulate, bool upper);
+
 // The upper-triangle tiles (i, j ≥ i) of panel rows and columns, numbered row by row
 // (0 ≤ t < panels·(panels+1)/2), for t in [t0, t1): the tile rows [iP, iP+P) × columns
 // [jP, jP+P) of C (row-major, ld ldc) = (accumulate: +=) the product of the panels. Tiles

@@ -419,7 +419,7 @@ def test_concurrent_python_threads_each_get_the_right_rows():
         assert rel(unpack(g, x.shape[0], True), ref) < 2e-5
 
 
-@pytest.mark.parametrize("la,lb", [(1, 1), (15, 17), (16, 16), (40, 3)])
+@pytest.mark.parametrize("la,lb", [(1, 1), (5, 13), (15, 17), (16, 16), (40, 3), (64, 65)])
 @pytest.mark.parametrize("m", [1, 255, 257, 70001])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pair_at_panel_and_chunk_edges(la, lb, m, dtype):
