@@ -53,8 +53,9 @@ def header() -> str:
             cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    nat = get("native")
-    blas = nat.usable()[0] and __import__("flashcka.backends.native", fromlist=["_load"])._load().blas
+    from flashcka.backends.native import _load
+    lib = _load()
+    blas = f"kernels: {lib.simd}; threads: {lib.threads}; {lib.blas}" if lib else "no native"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} cores, load average {load:.1f}; torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), flashcka {flashcka.__version__} @ {commit}; "

@@ -1,4 +1,5 @@
-"""The native CPU backend: C++ kernels in ``flashcka._C`` over OpenBLAS (scipy-openblas32).
+"""The native CPU backend: C++ kernels in ``flashcka._C`` (AVX-512; OpenBLAS from
+scipy-openblas32 on other CPUs).
 
 centered_gram_row: ``x`` (n, ...) strided, ``mu`` (d,) -> one SYRK of ``X_c = x − 1μᵀ``
 (upper triangle only; ``x − μ`` loaded chunk by chunk, so no (n, d) copy), then RBF (if
@@ -29,42 +30,14 @@ _ZERO_BW = ("the median heuristic gives sigma = 0 (at least half of the squared 
 _lib, _lib_error = None, None
 
 
-def _avx512() -> bool:
-    """Whether the CPU (and the kernel) offer the AVX-512 subsets of OpenBLAS's SkylakeX
-    kernels. OpenBLAS 0.3.34 does not recognise every AVX-512 CPU (an AMD EPYC with
-    AVX-512 gets its Haswell kernels: SSYRK 55 vs 200 GFLOP/s a core, measured here)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags
-    except OSError:
-        pass
-    return False
-
-
-def _core_type():
-    """OpenBLAS kernels for flashcka's copy: FLASHCKA_OPENBLAS_CORETYPE if set, else the
-    user's OPENBLAS_CORETYPE (None: leave it), else SkylakeX on AVX-512 CPUs."""
-    if os.environ.get("FLASHCKA_OPENBLAS_CORETYPE"):
-        return os.environ["FLASHCKA_OPENBLAS_CORETYPE"]
-    if "OPENBLAS_CORETYPE" in os.environ:
-        return None
-    return "SkylakeX" if _avx512() else None
-
-
 def _load():
-    """Import flashcka._C after loading the wheel's OpenBLAS (rpath may be stale), with the
-    kernels of ``_core_type()`` (OpenBLAS reads OPENBLAS_CORETYPE once, as it starts; the
-    variable is restored right after)."""
+    """Import flashcka._C after loading the wheel's OpenBLAS (rpath may be stale). On
+    AVX-512 CPUs the kernels are our own (csrc/simd_cpu.cpp) and OpenBLAS is not called;
+    elsewhere (or with FLASHCKA_SIMD=0) OpenBLAS picks its kernels as it always does."""
     global _lib, _lib_error
     if _lib is not None or _lib_error is not None:
         return _lib
-    core, old = _core_type(), os.environ.get("OPENBLAS_CORETYPE")
     try:
-        if core:  # importing scipy_openblas32 starts the library
-            os.environ["OPENBLAS_CORETYPE"] = core
         import scipy_openblas32 as sob
         name = f"lib{sob.get_library()}.so"
         path = os.path.join(sob.get_lib_dir(), name)
@@ -76,11 +49,6 @@ def _load():
         _lib = _C
     except Exception as e:  # a missing or stale build is a reason, not a crash
         _lib_error = f"{type(e).__name__}: {e}"
-    finally:
-        if core and old is None:
-            del os.environ["OPENBLAS_CORETYPE"]
-        elif core:
-            os.environ["OPENBLAS_CORETYPE"] = old
     return _lib
 
 
