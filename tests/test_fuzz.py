@@ -60,13 +60,10 @@ TOL_C = 16.0
 # Known bugs owned by other helpers: input classes excluded until fixed (name -> reason).
 KNOWN_BUGS: dict[str, str] = {
     # name: "owner (bugs.md): what is excluded"; the strategies below honour these names.
-    "float32_near_max": "H1/H2 (bugs.md 20:15, 20:17): torch backend, float32 compute of values "
-                        "near float32's max (7.7e37), or of a constant layer at |x| > 1e25: "
-                        "'overflows' from the mean's rounding residue",
-    # Fixed by H1/H2 on 2026-11-23 and checked again: zero_variance_offset,
-    # gram_zero_bw_unnamed, rbf_duplicate_noise, gram_rbf_scale, float32_near_max,
-    # pair_stage_overflow, inf_column, center_overflow, cka_denominator_underflow
-    # (float32_near_max: the row path; the cases above are still open).
+    # Fixed on 2026-11-23 and checked again: zero_variance_offset, gram_zero_bw_unnamed,
+    # rbf_duplicate_noise, gram_rbf_scale, pair_stage_overflow, inf_column, center_overflow,
+    # cka_denominator_underflow, float32_near_max (last: float64 layers far from 0 computed
+    # in float32 on the torch path are centred in float64 first; tests/test_scale.py).
 }
 
 BACKENDS = ["auto", "torch"]

@@ -265,3 +265,38 @@ def test_float64_input_computed_in_float32_is_centered_first(rng, backend, kerne
                               backend=backend, route="gram")
     want = ref.cka(x, y, kernel)
     assert abs(float(got[0, 0]) - want) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_float64_far_offset_computed_in_float32(rng, backend, kernel):
+    """float64 data at 1e30 with a spread of 1e20 (below float32's resolution of the
+    offset), computed in float32: it is centred in float64 before anything is rounded, so
+    the rounding residue of μ in float32 (~1.5e22, its square overflowing float32) neither
+    overflows nor swamps the spread; CKA is the reference's (it was NaN, then 1.2% off, on
+    the torch backend). Both inputs at the scale 1e20, σ = 2·1e20: the reference's kernel
+    of the unscaled data with σ = 2."""
+    if backend == "native" and not flashcka.backends.get("native").usable()[0]:
+        pytest.fail("native backend not built")
+    n = 24
+    x = rng.standard_normal((n, 3))
+    spread = rng.standard_normal((n, 3))
+    spread[:, 0] += x[:, 0]
+    xt = torch.tensor(1e20 * x, dtype=torch.float64)
+    yt = torch.tensor(1e30 + 1e20 * spread, dtype=torch.float64)
+    sigma = None if kernel == "linear" else 2e20
+    got = _quiet(lambda: flashcka.cka(xt, yt, kernel=kernel, sigma=sigma, dtype=torch.float32,
+                                      backend=backend))
+    want = ref.cka(x, spread, kernel, sigma=None if kernel == "linear" else 2.0)
+    np.testing.assert_allclose(float(got), want, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_float64_constant_far_from_zero_computed_in_float32(backend):
+    """A constant float64 layer at 1e30 computed in float32 (RBF): zero variance, NaN with
+    a warning naming it; not an 'overflow' error from the mean's rounding residue."""
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.full((6, 3), 1e30, dtype=torch.float64)
+    with pytest.warns(flashcka.FlashCKAWarning, match="y"):
+        got = flashcka.cka(x, y, kernel="rbf", sigma=0.5, dtype=torch.float32, backend=backend)
+    assert torch.isnan(got)

@@ -228,14 +228,29 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
         sq_c, sq, scale, _ = st.tolist()[0]     # (indexing a tensor costs µs a time)
         scale_out.fill_(scale)
         return sq_c, sq
-    # The mean in float64 on the CPU: a float32 sum of values near float32's max overflows.
-    mu = be.column_mean(x, torch.float64).to(ct) if x.device.type == "cpu" \
-        else be.column_mean(x, ct)
+    shift = None
+    if x.dtype == torch.float64 and ct != torch.float64:
+        # Centre in float64 before anything is rounded to ct (as the native backend does):
+        # μ rounded to ct leaves a residue |μ|·2⁻²⁴ in every row that swamps a spread below
+        # ct's resolution of the offset (1e30 + 1e20·noise: CKA 1.2% off).
+        shift = be.column_mean(x, torch.float64)
+        x = x - shift
+        mu = torch.zeros(shift.shape, dtype=ct, device=x.device)
+    elif x.device.type == "cpu":  # in float64: a float32 sum near float32's max overflows
+        mu = be.column_mean(x, torch.float64).to(ct)
+    else:
+        mu = be.column_mean(x, ct)
     amax, constant = _max_abs_dev(x, mu, ct)
+    mu_sq = (shift if shift is not None else mu).to(torch.float64).square().sum()
+    if constant:  # every column constant: X_c = 0 exactly, whatever the rounding of μ;
+        out.zero_()  # its centered kernel (0, or 11ᵀ for RBF) centres to exactly 0
+        scale_out.fill_(1.0)
+        zero = torch.zeros((), dtype=torch.float64, device=x.device)
+        return zero, zero + n * mu_sq
     scale = pow2_scale(amax, ct, x.numel())
     xs, mus, sigma = x, mu, s.sigma
-    if scale != 1.0:
-        xs, mus = x.to(ct) * scale, mu * scale
+    if scale != 1.0:  # (a float64 x stays float64: the backend centres it before rounding)
+        xs, mus = (x if x.dtype == torch.float64 else x.to(ct)) * scale, mu * scale
         sigma = None if s.sigma is None else s.sigma * scale
     try:
         sq_c = be.centered_gram_row(xs, mus, out, kernel=s.kernel, sigma=sigma,
@@ -243,18 +258,20 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
     except ZeroBandwidthError as e:
         raise ValueError(f"{name}: {e}") from None
     sq_c = sq_c.to(torch.float64) / (scale * scale)
-    if constant:  # every column constant: X_c = 0 exactly, whatever the rounding of μ
-        sq_c = torch.zeros_like(sq_c)
     scale_out.fill_(scale if s.kernel == "linear" else 1.0)
-    return sq_c, sq_c + n * mu.to(torch.float64).square().sum()
+    return sq_c, sq_c + n * mu_sq
 
 
 def _max_abs_dev(x, mu, ct) -> tuple[float, bool]:
     """(max |x − μ| over all elements, whether every column is constant), from each
-    column's min and max (one pass; no graph)."""
+    column's min and max (one pass; no graph). In x's dtype when it is wider than ct: the
+    backends centre such x in its own dtype (torch_backend.center_features), so a float64
+    x far from 0 keeps the rounding residue of μ in ct (|μ|·2⁻²⁴ in float32), which the
+    scale must cover (1e30 − fl32(1e30) ≈ 1.5e22, whose square overflows float32)."""
     lo, hi = torch.aminmax(x.detach().reshape(x.shape[0], -1), dim=0)
-    m = mu.detach().reshape(-1)
-    amax = float(torch.maximum(hi.to(ct) - m, m - lo.to(ct)).max())
+    wide = x.dtype if x.dtype == torch.float64 and ct != torch.float64 else ct
+    m = mu.detach().reshape(-1).to(wide)
+    amax = float(torch.maximum(hi.to(wide) - m, m - lo.to(wide)).max())
     return amax, bool((hi == lo).all()) and bool(torch.isfinite(lo).all())
 
 
