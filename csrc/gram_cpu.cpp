@@ -201,6 +201,22 @@ struct Pass {
   bool varies = false;  // some column is not constant (else X_c = 0 exactly: K is zeroed)
 };
 
+// K's upper triangle after a chunk pass split over threads: thread 0's own (Kt[0] = K; 0
+// when it got no chunk) plus the other threads' triangles Kt[t]; exactly 0 when x is
+// constant (X_c = 0, not rounding noise) or has no columns.
+template <class T>
+void finish_triangle(T* K, int64_t n, bool zero, const std::vector<T*>& Kt) {
+  if (zero || Kt[0] == nullptr)
+    for (int64_t i = 0; i < n; ++i) std::fill(K + i * n + i, K + (i + 1) * n, T(0));
+  if (zero) return;
+  for (size_t t = 1; t < Kt.size(); ++t) {
+    const T* P = Kt[t];
+    if (P == nullptr) continue;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = i; j < n; ++j) K[i * n + j] += P[i * n + j];
+  }
+}
+
 // chunk_pass on AVX-512 (simd_cpu.h): chunks of kChunk columns are centred and packed
 // into panels (straight from x when its rows are plain runs of T, else through load_chunk's
 // buffer) and multiplied by our own packed SYRK. Threads: with at least 4 chunks each,
@@ -298,18 +314,8 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
     }
   }
   for (const Pass& p : part) r.aborted = r.aborted || p.aborted;
-  if (syrk && !r.aborted && (chunks == 0 || (center && !r.varies) || (by_chunk && Kt[0] == nullptr))) {
-    // constant x (X_c = 0, not rounding noise), no columns, or thread 0 got no chunk
-    for (int64_t i = 0; i < n; ++i) std::fill(K + i * n + i, K + (i + 1) * n, T(0));
-    if (chunks == 0 || (center && !r.varies)) return r;
-  }
-  if (syrk && !r.aborted && by_chunk)
-    for (size_t t = 1; t < Kt.size(); ++t) {
-      const T* Pt = Kt[t];
-      if (Pt == nullptr) continue;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = i; j < n; ++j) K[i * n + j] += Pt[i * n + j];
-    }
+  if (!by_chunk) Kt[0] = K;  // bands wrote K itself
+  if (syrk && !r.aborted) finish_triangle(K, n, chunks == 0 || (center && !r.varies), Kt);
   return r;
 }
 
@@ -386,18 +392,7 @@ Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K
     r.aborted = r.aborted || p.aborted;
     r.varies = r.varies || p.varies;
   }
-  if (syrk && !r.aborted && center && !r.varies) {  // constant x: X_c = 0, not rounding noise
-    for (int64_t i = 0; i < n; ++i) std::fill(K + i * n + i, K + (i + 1) * n, T(0));
-  } else if (syrk && !r.aborted) {
-    if (Kt[0] == nullptr)  // thread 0 got no chunk: start from zero
-      for (int64_t i = 0; i < n; ++i) std::fill(K + i * n + i, K + (i + 1) * n, T(0));
-    for (size_t t = 1; t < Kt.size(); ++t) {
-      const T* P = Kt[t];
-      if (P == nullptr) continue;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = i; j < n; ++j) K[i * n + j] += P[i * n + j];
-    }
-  }
+  if (syrk && !r.aborted) finish_triangle(K, n, center && !r.varies, Kt);
   return r;
 }
 
@@ -649,6 +644,20 @@ void center_full_t(const T* k, T* out, int64_t n, bool unbiased) {
 // out = ga gbᵀ, split over the row length m: threads pull slices in turn and run a
 // single-threaded GEMM (or SYRK when ga and gb are the same rows) on each, thread t > 0
 // into its own (la, lb) partial, summed at the end (see chunk_pass).
+// The end of a split pair stage: out (thread 0's product, or 0 when it had no slice) plus
+// the other threads' partial products; for one set of rows, the lower triangle mirrored.
+template <class T>
+void pair_reduce(T* out, int64_t la, int64_t lb, bool same,
+                 const std::vector<std::vector<T>>& partial, const std::vector<char>& used) {
+  if (!used[0]) std::fill(out, out + la * lb, T(0));
+  for (size_t t = 1; t < used.size(); ++t)
+    if (used[t])
+      for (int64_t i = 0; i < la * lb; ++i) out[i] += partial[t][size_t(i)];
+  if (same)
+    for (int64_t i = 0; i < la; ++i)
+      for (int64_t j = i + 1; j < la; ++j) out[j * la + i] = out[i * la + j];
+}
+
 // Up to this many rows on each side, the pair stage multiplies rows as they lie (dot_rows):
 // measured, 12-48 rows 1.3-2x faster than packing them (bench/results/cpu-2core/), 64 even.
 constexpr int64_t kFewRows = 64;
@@ -702,13 +711,7 @@ void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64
           used[size_t(t)] = 1;
         }
     });
-    if (!used[0]) std::fill(out, out + la * lb, T(0));
-    for (int t = 1; t < nt; ++t)
-      if (used[size_t(t)])
-        for (int64_t i = 0; i < la * lb; ++i) out[i] += partial[size_t(t)][size_t(i)];
-    if (same)
-      for (int64_t i = 0; i < la; ++i)
-        for (int64_t j = i + 1; j < la; ++j) out[j * la + i] = out[i * la + j];
+    pair_reduce(out, la, lb, same, partial, used);
     return;
   }
   set_blas_threads(1);
@@ -734,13 +737,7 @@ void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64
       used[size_t(t)] = 1;
     }
   });
-  if (!used[0]) std::fill(out, out + la * lb, T(0));
-  for (int t = 1; t < nt; ++t)
-    if (used[size_t(t)])
-      for (int64_t i = 0; i < la * lb; ++i) out[i] += partial[size_t(t)][size_t(i)];
-  if (same)
-    for (int64_t i = 0; i < la; ++i)
-      for (int64_t j = i + 1; j < la; ++j) out[j * la + i] = out[i * la + j];
+  pair_reduce(out, la, lb, same, partial, used);
 }
 
 template <class T>
