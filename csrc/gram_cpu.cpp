@@ -4,10 +4,10 @@
 //   read in column chunks, each chunk's columns are centered by their own means (or a
 //   given μ) and scaled as they arrive, and a SYRK adds the chunk to K (our own packed
 //   AVX-512 tiles, simd_cpu.h; else OpenBLAS on one thread). So x is read once, no (n, d)
-//   copy is made, and μ, Σμ² and max |x − μ| come for free. Then in one pass over the triangle: optional RBF
-//   (D_ab = K_aa + K_bb − 2K_ab, median by selection, exp), and U-centering / HKH written
-//   straight into the packed row [√2·strict upper (n(n−1)/2, row-major)] (+ [diag (n)]
-//   when biased), so that a plain dot product of two rows is ⟨C_a, C_b⟩_F.
+//   copy is made, and μ, Σμ² and max |x − μ| come for free. Then in one pass over the
+//   triangle: optional RBF (D_ab = K_aa + K_bb − 2K_ab, median by selection, exp), and
+//   U-centering / HKH written straight into the packed row [√2·strict upper (n(n−1)/2,
+//   row-major)] (+ [diag (n)] when biased), so that a plain dot product of two rows is ⟨C_a, C_b⟩_F.
 //
 // Scale: s is a power of two (exact). With auto_scale, s = 1 unless max |x − μ| leaves the
 // safe range of the compute dtype ([2^-16, 2^16] float32, [2^-128, 2^128] float64); then
@@ -133,13 +133,33 @@ class Buffer {
 // Per-thread buffers, kept between calls (the pool's threads live on).
 template <class T>
 struct Scratch {
-  Buffer<T> K, Kpart, buf, mu, amax, first, pan, pan2;  // K: the layer's own; Kpart: helping another
+  // K: the layer's own; Kpart: helping another; pan, pan2: packed panels (simd_cpu.h)
+  Buffer<T> K, Kpart, buf, mu, amax, first, pan, pan2;
   Buffer<double> acc;
   static Scratch& mine() {
     thread_local Scratch s;
     return s;
   }
 };
+
+// The chunk's column means: mu as given, or its columns' sums (sc.acc, taken as the chunk
+// was read) over n, in T. Adds Σ_c μ_c² to mu_sq; a non-finite μ_c sets varies (an
+// all-±inf column is not "constant").
+template <class T>
+const T* chunk_mean(const T* mu, int64_t n, int64_t w, Scratch<T>& sc, double& mu_sq,
+                    bool& varies) {
+  if (mu == nullptr) {
+    T* m = sc.mu.get(size_t(w));
+    const double* acc = sc.acc.get(size_t(w));
+    for (int64_t c = 0; c < w; ++c) m[c] = T(acc[c] / double(n));
+    mu = m;
+  }
+  for (int64_t c = 0; c < w; ++c) {
+    mu_sq += double(mu[c]) * double(mu[c]);
+    if (!std::isfinite(mu[c])) varies = true;
+  }
+  return mu;
+}
 
 // buf (n, w) -> s·(buf − 1μᵀ) in place, μ given (mu) or the columns' own means (from
 // their sums in sc.acc, taken by load_chunk). Adds Σ_c μ_c² to mu_sq; returns
@@ -151,16 +171,7 @@ double center_chunk(T* buf, int64_t n, int64_t w, const T* mu, T s, Scratch<T>& 
   T* x0 = sc.first.get(size_t(w));  // row 0: a column equal to it everywhere is constant
   std::fill(am, am + w, T(0));
   std::copy(buf, buf + w, x0);
-  if (mu == nullptr) {
-    T* m = sc.mu.get(size_t(w));
-    const double* acc = sc.acc.get(size_t(w));
-    for (int64_t c = 0; c < w; ++c) m[c] = T(acc[c] / double(n));
-    mu = m;
-  }
-  for (int64_t c = 0; c < w; ++c) {
-    mu_sq += double(mu[c]) * double(mu[c]);
-    if (!std::isfinite(mu[c])) varies = true;  // an all-±inf column is not "constant"
-  }
+  mu = chunk_mean(mu, n, w, sc, mu_sq, varies);
   T d0 = T(0);
   for (int64_t i = 0; i < n; ++i) {
     T* b = buf + i * w;
@@ -237,7 +248,7 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
   // band b: the tiles [tiles·b/bands, tiles·(b+1)/bands) in syrk_panels' numbering
   std::atomic<int64_t> next{0};
   std::atomic<bool> stop{false};
-  std::vector<Pass> part(static_cast<size_t>(std::max<int64_t>(nt, bands)));
+  std::vector<Pass> part(static_cast<size_t>(nt));  // per thread, or per band
   std::vector<T*> Kt(size_t(nt), nullptr);
   // One sweep over the chunks: all of them for band b (by_chunk: those this thread pulls,
   // into its own triangle, statistics into part[t]).
@@ -265,19 +276,11 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
         src = buf;
         ld = cw;
       }
-      const T* m = mu != nullptr ? mu + c0 : nullptr;
-      if (means) {
-        T* mm = sc.mu.get(size_t(W));
-        for (int64_t c = 0; c < cw; ++c) mm[c] = T(acc[c] / double(n));
-        m = mm;
-      }
-      if (center)
-        for (int64_t c = 0; c < cw; ++c) {
-          p.mu_sq += double(m[c]) * double(m[c]);
-          if (!std::isfinite(m[c])) p.varies = true;  // an all-±inf column is not "constant"
-        }
+      const T* m =
+          center ? chunk_mean(mu != nullptr ? mu + c0 : nullptr, n, cw, sc, p.mu_sq, p.varies)
+                 : nullptr;
       bool varies = false;
-      const double amax = simd::pack<T>(src, ld, n, cw, center ? m : nullptr, s, pan, &varies);
+      const double amax = simd::pack<T>(src, ld, n, cw, m, s, pan, &varies);
       if (center) {
         p.varies = p.varies || varies;
         p.amax = std::max(p.amax, amax);
@@ -641,9 +644,6 @@ void center_full_t(const T* k, T* out, int64_t n, bool unbiased) {
                            : T(double(k[i * n + j]) - r[i] / div - c[j] / div + g);
 }
 
-// out = ga gbᵀ, split over the row length m: threads pull slices in turn and run a
-// single-threaded GEMM (or SYRK when ga and gb are the same rows) on each, thread t > 0
-// into its own (la, lb) partial, summed at the end (see chunk_pass).
 // The end of a split pair stage: out (thread 0's product, or 0 when it had no slice) plus
 // the other threads' partial products; for one set of rows, the lower triangle mirrored.
 template <class T>
@@ -662,6 +662,9 @@ void pair_reduce(T* out, int64_t la, int64_t lb, bool same,
 // measured, 12-48 rows 1.3-2x faster than packing them (bench/results/cpu-2core/), 64 even.
 constexpr int64_t kFewRows = 64;
 
+// out = ga gbᵀ, split over the row length m: threads pull slices in turn (blocks of chunks
+// on AVX-512, below) and multiply them, thread t > 0 into its own (la, lb) partial, summed
+// at the end (pair_reduce).
 template <class T>
 void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64_t ldb,
             int64_t m, T* out, int threads) {

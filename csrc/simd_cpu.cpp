@@ -121,6 +121,27 @@ struct V<double> {
   }
 };
 
+// 16 floats or doubles at p (masked) as two vectors of 8 doubles (lo, hi), and back.
+inline void load_pd(const float* p, __mmask16 m, __m512d& lo, __m512d& hi) {
+  const __m512 v = _mm512_maskz_loadu_ps(m, p);
+  lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+  hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+inline void load_pd(const double* p, __mmask16 m, __m512d& lo, __m512d& hi) {
+  lo = _mm512_maskz_loadu_pd(__mmask8(m & 0xFF), p);
+  hi = _mm512_maskz_loadu_pd(__mmask8(m >> 8), p + 8);
+}
+inline void store_pd(float* p, __mmask16 m, __m512d lo, __m512d hi) {
+  const __m256 a = _mm512_cvtpd_ps(lo), b = _mm512_cvtpd_ps(hi);
+  const __m512 v = _mm512_castpd_ps(
+      _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
+  _mm512_mask_storeu_ps(p, m, v);
+}
+inline void store_pd(double* p, __mmask16 m, __m512d lo, __m512d hi) {
+  _mm512_mask_storeu_pd(p, __mmask8(m & 0xFF), lo);
+  _mm512_mask_storeu_pd(p + 8, __mmask8(m >> 8), hi);
+}
+
 // One tile: C[r][c] (+)= Σ_k a[k·P + r] · b[k·P + c] for rows r < R (the panel's live rows:
 // padded rows cost nothing) and the columns in cm.
 template <class T, bool Acc, int R>
@@ -169,19 +190,11 @@ void column_sums(const T* src, int64_t ld, int64_t n, int64_t w, double* acc) {
   for (int64_t i = 0; i < n; ++i) {
     const T* row = src + i * ld;
     int64_t c = 0;
-    if constexpr (sizeof(T) == 4) {
-      for (; c + 16 <= w; c += 16) {
-        const __m512 v = _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
-        const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-        const __m512d hi = _mm512_cvtps_pd(
-            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-        _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c), lo));
-        _mm512_storeu_pd(acc + c + 8, _mm512_add_pd(_mm512_loadu_pd(acc + c + 8), hi));
-      }
-    } else {
-      for (; c + 8 <= w; c += 8)
-        _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c),
-                                                _mm512_loadu_pd(reinterpret_cast<const double*>(row) + c)));
+    for (; c + 16 <= w; c += 16) {
+      __m512d lo, hi;
+      load_pd(row + c, __mmask16(0xFFFF), lo, hi);
+      _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c), lo));
+      _mm512_storeu_pd(acc + c + 8, _mm512_add_pd(_mm512_loadu_pd(acc + c + 8), hi));
     }
     for (; c < w; ++c) acc[c] += double(row[c]);
   }
@@ -354,30 +367,6 @@ template void syrk_panels<double>(const double*, int64_t, int64_t, int64_t, int6
                                   int64_t, bool);
 
 
-namespace {
-
-// 16 floats or 8 doubles at p (masked) as two vectors of 8 doubles (lo, hi).
-inline void load_pd(const float* p, __mmask16 m, __m512d& lo, __m512d& hi) {
-  const __m512 v = _mm512_maskz_loadu_ps(m, p);
-  lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-  hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-inline void load_pd(const double* p, __mmask16 m, __m512d& lo, __m512d& hi) {
-  lo = _mm512_maskz_loadu_pd(__mmask8(m & 0xFF), p);
-  hi = _mm512_maskz_loadu_pd(__mmask8(m >> 8), p + 8);
-}
-inline void store_pd(float* p, __mmask16 m, __m512d lo, __m512d hi) {
-  const __m256 a = _mm512_cvtpd_ps(lo), b = _mm512_cvtpd_ps(hi);
-  const __m512 v = _mm512_castpd_ps(
-      _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
-  _mm512_mask_storeu_ps(p, m, v);
-}
-inline void store_pd(double* p, __mmask16 m, __m512d lo, __m512d hi) {
-  _mm512_mask_storeu_pd(p, __mmask8(m & 0xFF), lo);
-  _mm512_mask_storeu_pd(p + 8, __mmask8(m >> 8), hi);
-}
-
-}  // namespace
 
 template <class T>
 void center_pack(const T* K, const T* dg, int64_t n, bool unbiased, T* out) {
@@ -410,9 +399,11 @@ void center_pack(const T* K, const T* dg, int64_t n, bool unbiased, T* out) {
       const __mmask16 mk = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1u);
       __m512d lo, hi;
       load_pd(Ki + j, mk, lo, hi);
-      lo = _mm512_mul_pd(s2, _mm512_sub_pd(_mm512_sub_pd(lo, mi), _mm512_loadu_pd(&m[size_t(j)])));
-      hi = _mm512_mul_pd(s2, _mm512_sub_pd(_mm512_sub_pd(hi, mi), _mm512_loadu_pd(&m[size_t(j) + 8])));
-      store_pd(o + (j - i - 1), mk, lo, hi);
+      auto centred = [&](__m512d k, int64_t at) {  // √2·(K_ij − m_i − m_j)
+        const __m512d mj = _mm512_loadu_pd(&m[size_t(at)]);
+        return _mm512_mul_pd(s2, _mm512_sub_pd(_mm512_sub_pd(k, mi), mj));
+      };
+      store_pd(o + (j - i - 1), mk, centred(lo, j), centred(hi, j + 8));
     }
     o += n - i - 1;
   }

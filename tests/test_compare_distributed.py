@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from flashcka import CKAResult, compare
+from test_distributed import wait_ranks
 
 MODELS = textwrap.dedent("""
     import torch
@@ -73,14 +74,7 @@ def test_two_ranks_equal_one_process(tmp_path, mode):
                                str(tmp_path), str(tmp_path / f"r{r}.json")], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("a rank hung")
-        assert p.returncode == 0, err[-3000:]
+    wait_ranks(procs, timeout=240)
     for r in range(2):
         got = CKAResult.load(tmp_path / f"r{r}.json")
         assert got.names_a == want.names_a and got.names_b == want.names_b
@@ -128,14 +122,7 @@ def test_cli_under_two_ranks_equals_one_process(tmp_path):
         procs.append(subprocess.Popen(args + ["--out", str(tmp_path / f"two{r}")], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("a rank hung")
-        assert p.returncode == 0, err[-3000:]
+    wait_ranks(procs, timeout=240)
     assert not (tmp_path / "two1").exists()                 # only rank 0 writes
     want = CKAResult.load(tmp_path / "one" / "cka.json")
     got = CKAResult.load(tmp_path / "two0" / "cka.json")

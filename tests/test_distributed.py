@@ -37,6 +37,19 @@ WORKER = textwrap.dedent("""
 """)
 
 
+def wait_ranks(procs, timeout):
+    """Wait for every rank's process: all killed and the test failed when one hangs; each
+    must exit 0 (its stderr's tail in the message)."""
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"a rank hung (more than {timeout} s)")
+        assert p.returncode == 0, err[-3000:]
+
+
 def _batches(rng, sizes, dims):
     ws = [rng.standard_normal((5, d)) for d in dims]
     out = []
@@ -66,14 +79,7 @@ def test_two_ranks_equal_one_process(rng, tmp_path, kernel, unbiased):
                                str(tmp_path / f"out{r}.npz")], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("a rank hung in all_reduce")
-        assert p.returncode == 0, err
+    wait_ranks(procs, timeout=180)
     one = flashcka.MinibatchCKA(3, 2, kernel=kernel, unbiased=unbiased)
     for x, y in zip(bx, by):
         one.update([torch.tensor(a) for a in x], [torch.tensor(a) for a in y])

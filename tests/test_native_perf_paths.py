@@ -2,6 +2,11 @@
 the power-of-two scale contract of ``_engine.Rows``, inputs whose rows overlap in memory,
 and the threaded / batched Gram paths at awkward sizes."""
 import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -404,7 +409,6 @@ def _rows_in_thread(x, out, i):
 def test_concurrent_python_threads_each_get_the_right_rows():
     """Python threads inside the native kernels at once (each on an OpenMP team of its own,
     or, without one, on our pool or alone when it is busy): every row against float64."""
-    import threading
     gen = torch.Generator().manual_seed(3)
     xs = [torch.randn(65 + 16 * i, 300 + 500 * i, generator=gen) + i for i in range(4)]
     out = [None] * len(xs)
@@ -440,16 +444,12 @@ def test_openblas_fallback_is_reported_and_correct():
     """FLASHCKA_SIMD=0 (or a CPU without AVX-512) runs the OpenBLAS path; CI runs the native
     test files once more that way (.ci/run). Here: the switch is seen, and the rows agree
     with the float64 reference."""
-    import subprocess
-    import sys
     code = ("import torch, flashcka, numpy as np; from flashcka.backends.native import _load;"
             "from flashcka.backends import get; be = get('native'); print(_load().simd);"
             "x = torch.randn(37, 700, dtype=torch.float64) + 2;"
             "out = torch.empty(be.row_length(37, True), dtype=torch.float64);"
             "be.centered_gram_rows([x], out.view(1, -1), kernel='linear', sigma=None, "
             "threshold=1.0, unbiased=True); torch.save((x, out), __import__('sys').argv[1])")
-    import os
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "rows.pt")
         env = dict(os.environ, FLASHCKA_SIMD="0")

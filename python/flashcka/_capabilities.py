@@ -17,8 +17,9 @@ def capabilities() -> dict:
         info["backends"][name] = {"usable": ok, "reason": why}
     try:
         from . import _C
+        keys = ("has_", "blas", "simd", "threads")
         info["native"] = {k: getattr(_C, k) for k in dir(_C)
-                          if k.startswith(("has_", "blas", "simd", "threads")) and not callable(getattr(_C, k))}
+                          if k.startswith(keys) and not callable(getattr(_C, k))}
     except ImportError as e:
         info["native"] = {"error": str(e)}
     try:

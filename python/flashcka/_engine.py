@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _validate
-from .backends import ZeroBandwidthError
+from .backends import ZeroBandwidthError, float64_shift
 
 
 
@@ -213,8 +213,8 @@ def _sq_row_norms(be, g: torch.Tensor) -> torch.Tensor:
 
 def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
     """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) in the
-    input's units (Python floats from the native backend, float64 0-d tensors otherwise). The row is the Gram of ``scale · X_c`` (``pow2_scale``)
-    and scale is written into ``scale_out`` (a one-element float64 tensor, e.g.
+    input's units (Python floats from the native backend, float64 0-d tensors otherwise).
+    The row is the Gram of ``scale · X_c`` (``pow2_scale``) and scale is written into ``scale_out`` (a one-element float64 tensor, e.g.
     ``Rows.scale[i]``). The native backend computes μ, the scale and the row in one call
     (``centered_gram_rows``, scaling as it loads x); the others get ``scale · x`` (a copy,
     only when scale != 1). RBF rows are kernel values (σ scaled with x), so their scale
@@ -228,12 +228,8 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
         sq_c, sq, scale, _ = st.tolist()[0]     # (indexing a tensor costs µs a time)
         scale_out.fill_(scale)
         return sq_c, sq
-    shift = None
-    if x.dtype == torch.float64 and ct != torch.float64:
-        # Centre in float64 before anything is rounded to ct (as the native backend does):
-        # μ rounded to ct leaves a residue |μ|·2⁻²⁴ in every row that swamps a spread below
-        # ct's resolution of the offset (1e30 + 1e20·noise: CKA 1.2% off).
-        shift = be.column_mean(x, torch.float64)
+    shift = float64_shift(x, ct)
+    if shift is not None:  # centred in float64 before anything is rounded to ct
         x = x - shift
         mu = torch.zeros(shift.shape, dtype=ct, device=x.device)
     elif x.device.type == "cpu":  # in float64: a float32 sum near float32's max overflows
@@ -264,14 +260,10 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
 
 def _max_abs_dev(x, mu, ct) -> tuple[float, bool]:
     """(max |x − μ| over all elements, whether every column is constant), from each
-    column's min and max (one pass; no graph). In x's dtype when it is wider than ct: the
-    backends centre such x in its own dtype (torch_backend.center_features), so a float64
-    x far from 0 keeps the rounding residue of μ in ct (|μ|·2⁻²⁴ in float32), which the
-    scale must cover (1e30 − fl32(1e30) ≈ 1.5e22, whose square overflows float32)."""
+    column's min and max (one pass; no graph)."""
     lo, hi = torch.aminmax(x.detach().reshape(x.shape[0], -1), dim=0)
-    wide = x.dtype if x.dtype == torch.float64 and ct != torch.float64 else ct
-    m = mu.detach().reshape(-1).to(wide)
-    amax = float(torch.maximum(hi.to(wide) - m, m - lo.to(wide)).max())
+    m = mu.detach().reshape(-1)
+    amax = float(torch.maximum(hi.to(ct) - m, m - lo.to(ct)).max())
     return amax, bool((hi == lo).all()) and bool(torch.isfinite(lo).all())
 
 

@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from .._validate import FlashCKAWarning
-from .base import Backend, ZeroBandwidthError
+from .base import Backend, ZeroBandwidthError, float64_shift
 from .torch_backend import TorchBackend
 
 NAMES = ("auto", "torch", "native", "triton")

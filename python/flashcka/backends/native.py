@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from .base import Backend, ZeroBandwidthError
+from .base import Backend, ZeroBandwidthError, float64_shift
 
 _F32, _F64 = 0, 1
 _CODES = {torch.float32: _F32, torch.float64: _F64}
@@ -123,12 +123,10 @@ class NativeBackend(Backend):
         dst = out if out.is_contiguous() else torch.empty(L, length, dtype=ct)
         keep, desc, shifted = [], [], []
         for i, x in enumerate(xs):
-            if mus is None and ct == torch.float32 and x.dtype == torch.float64:
-                # Centre in float64 before the kernels round x to float32: a spread far
-                # below the offset would round away (as the torch backend does).
-                mu64 = x.mean(0)
-                x = x - mu64
-                shifted.append((i, x.shape[0] * float(mu64.square().sum())))
+            shift = float64_shift(x, ct) if mus is None else None
+            if shift is not None:  # centred in float64 before the kernels round x to ct
+                x = x - shift
+                shifted.append((i, x.shape[0] * float(shift.square().sum())))
             xk, code, n, a, b, s0, s1, s2 = _layout(x, ct)
             mu_ptr = 0
             if mus is not None:
