@@ -128,6 +128,74 @@ def test_gram_stats_low_precision(poison, rng, xdt):
     assert err <= 4 * _eps(xdt) * want.diagonal().max().item()
 
 
+@pytest.fixture
+def force_split(monkeypatch, poison):
+    """A mocked 64-SM device and no minimum split length: small inputs run split-K."""
+    monkeypatch.setattr(poison, "_num_sms", lambda device: 64)
+    monkeypatch.setattr(poison, "MIN_STEPS", 1)
+    return poison
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,shape", [(5, (300,)), (37, (400,)), (97, (130,)),
+                                     (37, (9, 70))])
+def test_gram_stats_split_k(force_split, rng, n, shape, dt):
+    """Split-K partials + the fixed-order reduction kernel, against float64; the same
+    input gives bitwise the same K twice (no atomics)."""
+    x = realistic(rng, n, int(np.prod(shape)), dtype=dt).reshape(n, *shape).to(DEV)
+    if len(shape) == 2:
+        x = x.transpose(1, 2)                        # (n, T, C) read through strides
+        assert force_split.token_view(x)[1] > 1
+    xv, T, C, *_ = force_split.token_view(x)
+    plan = force_split.gram_plan(n, T, C, dt, sms=64)
+    assert plan.splits > 1, plan
+    _gram_case(force_split, x, dt)
+    mu = x.mean(0, dtype=dt)
+    k1, d1, r1 = force_split.gram_stats_triton(x, mu)
+    k2, d2, r2 = force_split.gram_stats_triton(x, mu)
+    up = torch.triu(torch.ones(n, n, dtype=torch.bool, device=DEV))
+    assert torch.equal(k1[up], k2[up]) and torch.equal(d1, d2) and torch.equal(r1, r2)
+
+
+def test_center_pack_many_tiles(poison, rng):
+    """Linear upper-tile index over nb = 10 blocks (55 programs): every packed entry."""
+    n = 300
+    a = torch.tensor(rng.standard_normal((n, n)), dtype=torch.float64, device=DEV)
+    k = a + a.T
+    rowsum = k.sum(1)
+    for unbiased in (True, False):
+        out = _nan((poison.row_length(n, unbiased),), torch.float64)
+        poison.center_pack_triton(k, rowsum, out, unbiased=unbiased)
+        want = torch.tensor(ref.center_unbiased(k.cpu().numpy()) if unbiased
+                            else ref.center_biased(k.cpu().numpy()))
+        assert not torch.isnan(out).any()
+        assert (_unpack(out, n, unbiased) - want).abs().max() <= 1e-12 * want.abs().max()
+
+
+@pytest.mark.parametrize("xdt,mode", [(torch.float32, "tf32"), (torch.float16, "tf32"),
+                                      (torch.bfloat16, "tf32"), (torch.bfloat16, "bf16")])
+def test_gram_stats_tensor_core_modes(force_split, rng, xdt, mode):
+    """The tensor-core paths (TF32; bf16 products of centered values), split-K included:
+    within 4× torch's error for the same rounding of the centered values plus 8·u·max K
+    (u = 2^-11 for tf32's 10-bit mantissa under round-to-nearest, eps(bf16) for bf16).
+    The interpreter computes tf32 in float32, so only the bf16 rounding is exercised on
+    the CPU; a GPU runs the real tensor cores."""
+    n = 37
+    x = (realistic(rng, n, 300) + 3).to(xdt).to(DEV)
+    mu = x.mean(0, dtype=torch.float32)
+    k, diag, _ = force_split.gram_stats_triton(x, mu, allow_tf32=mode == "tf32",
+                                               allow_bf16=mode == "bf16")
+    xc64 = x.double() - mu.double()
+    want = (xc64 @ xc64.T).cpu()
+    xc = (x.float() - mu).to(torch.bfloat16 if mode == "bf16" else torch.float32)
+    torch_err = ((xc.float() @ xc.float().T).double().cpu() - want).abs().max().item()
+    u = _eps(torch.bfloat16) if mode == "bf16" else 2.0 ** -11
+    got = torch.triu(k).double().cpu()
+    assert not torch.isnan(got).any()
+    err = (got - torch.triu(want)).abs().max().item()
+    assert err <= 4 * torch_err + 8 * u * want.diagonal().max().item()
+
+
 # ------------------------------------------------------------------ centered rows
 
 def _unpack(row, n, unbiased):

@@ -4,12 +4,15 @@ Device code only: ``@triton.jit`` functions that know nothing of torch. Launcher
 ``flashcka.backends.triton_launch``; the backend in ``flashcka.backends.triton_backend``.
 
 - ``gram.py``: ``_gram_stats_kernel`` (upper-triangle tiles of X_c X_cᵀ, diagonal, row
-  sums) and ``_center_pack_kernel`` (U-centering / HKH into a packed row).
+  sums; split-K partials finished by ``_gram_reduce_kernel``) and ``_center_pack_kernel``
+  (U-centering / HKH into a packed row). Tiles are launched by a linear upper-triangle
+  index (``_tile_coords``).
 - ``rbf.py``: ``_rbf_kernel`` (squared distances and exp(-D/(2σ²)) in place, row sums).
 - ``pair.py``: ``_pair_kernel`` (split-K inner products of packed rows).
 """
-from .gram import _center_pack_kernel, _gram_stats_kernel
+from .gram import _center_pack_kernel, _gram_reduce_kernel, _gram_stats_kernel
 from .pair import _pair_kernel
 from .rbf import _rbf_kernel
 
-__all__ = ["_gram_stats_kernel", "_center_pack_kernel", "_rbf_kernel", "_pair_kernel"]
+__all__ = ["_gram_stats_kernel", "_gram_reduce_kernel", "_center_pack_kernel", "_rbf_kernel",
+           "_pair_kernel"]

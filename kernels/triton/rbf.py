@@ -10,14 +10,13 @@ write D (for the median heuristic).
 import triton
 import triton.language as tl
 
+from .gram import _tile_coords
+
 
 @triton.jit
-def _rbf_kernel(k_ptr, diag_ptr, scale_ptr, rowpart_ptr, n, stride_k, tol,
+def _rbf_kernel(k_ptr, diag_ptr, scale_ptr, rowpart_ptr, n, stride_k, tol, nb,
                 BLOCK: tl.constexpr, DIST: tl.constexpr, EXP: tl.constexpr):
-    bi = tl.program_id(0)
-    bj = tl.program_id(1)
-    if bj < bi:
-        return
+    bi, bj = _tile_coords(tl.program_id(0), nb)   # one program per upper tile
     ri = bi * BLOCK + tl.arange(0, BLOCK)
     rj = bj * BLOCK + tl.arange(0, BLOCK)
     mi = ri < n

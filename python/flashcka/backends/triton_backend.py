@@ -14,8 +14,12 @@ added in float64.
 
 Precision: float32 uses IEEE products by default; ``TritonBackend(allow_tf32=True)`` (or
 ``flashcka.backends.get("triton").allow_tf32 = True``) allows TF32 tensor cores (about
-1e-3 relative error in each Gram entry). float16/bfloat16 inputs are converted to float32
-as they are loaded, centered and multiplied in float32 (never rounded back to 16 bits).
+1e-3 relative error in each Gram entry; float16 and bfloat16 inputs too).
+float16/bfloat16 inputs are converted to float32 as they are loaded and centered in
+float32 (never rounded back to 16 bits before centering); ``allow_bf16=True`` rounds the
+centered values of bfloat16 inputs to bfloat16 for bf16 tensor-core products accumulated
+in float32 (about 4e-3 relative error per product, like ``torch.matmul`` in bfloat16, but
+on centered values).
 float64 runs float64 tiles (tl.dot in float64).
 
 ``kernel_matrix`` uses the Gram and RBF kernels (linear with μ = 0) and mirrors the
@@ -47,8 +51,9 @@ def _launch():
 class TritonBackend(Backend):
     name = "triton"
 
-    def __init__(self, allow_tf32: bool = False):
+    def __init__(self, allow_tf32: bool = False, allow_bf16: bool = False):
         self.allow_tf32 = bool(allow_tf32)
+        self.allow_bf16 = bool(allow_bf16)
 
     def usable(self):
         try:
@@ -71,7 +76,8 @@ class TritonBackend(Backend):
             mu = torch.zeros(x.shape[1:], dtype=ct, device=x.device)
         else:
             mu = x.mean(0, dtype=ct)
-        k, diag, _ = tl.gram_stats_triton(x, mu, allow_tf32=self.allow_tf32)
+        k, diag, _ = tl.gram_stats_triton(x, mu, allow_tf32=self.allow_tf32,
+                                          allow_bf16=self.allow_bf16)
         if kernel == "rbf":
             tl.rbf_triton(k, diag, sigma, threshold, x[0].numel())
         upper = torch.triu(k)
@@ -85,7 +91,8 @@ class TritonBackend(Backend):
 
     def centered_gram_row(self, x, mu, out, *, kernel, sigma, threshold, unbiased):
         tl = _launch()
-        k, diag, rowsum = tl.gram_stats_triton(x, mu, allow_tf32=self.allow_tf32)
+        k, diag, rowsum = tl.gram_stats_triton(x, mu, allow_tf32=self.allow_tf32,
+                                               allow_bf16=self.allow_bf16)
         sq_norm = diag.sum()
         if kernel == "rbf":
             rowsum = tl.rbf_triton(k, diag, sigma, threshold, x[0].numel())

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import triton
@@ -58,13 +59,62 @@ def _scratch(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _gram_config(x_dtype: torch.dtype, ct: torch.dtype, n: int) -> dict:
-    if interpreting():
+MIN_STEPS = 8   # split-K: at least this many BLOCK_K steps of features per split
+FILL = 2        # split-K when the upper-triangle tiles are fewer than FILL × SMs programs
+
+
+def _gram_config(ct: torch.dtype, n: int, interpret: bool | None = None) -> dict:
+    if interpreting() if interpret is None else interpret:
         return dict(BLOCK=32 if n > 16 else 16, BLOCK_K=64)
     if ct == torch.float64:
         return dict(BLOCK=32, BLOCK_K=16, num_warps=4, num_stages=2)
     blk = 64 if n > 128 else 32
     return dict(BLOCK=blk, BLOCK_K=32, num_warps=4, num_stages=3)
+
+
+class GramPlan(NamedTuple):
+    """Launch geometry of ``_gram_stats_kernel``: grid (ntri, splits)."""
+    cfg: dict        # BLOCK, BLOCK_K (+ num_warps, num_stages on a GPU)
+    nb: int          # blocks of BLOCK rows
+    ntri: int        # upper-triangle tiles, nb(nb+1)/2: one program each per split
+    splits: int      # split-K factor (1: no partials, no reduction kernel)
+    per_split: int   # BLOCK_K steps of features per split
+
+    @property
+    def programs(self) -> int:
+        return self.ntri * self.splits
+
+
+def gram_plan(n: int, T: int, C: int, ct: torch.dtype, *, sms: int,
+              interpret: bool | None = None) -> GramPlan:
+    """The grid for an (n, T, C) input (T = 1 for (n, d)) on a device of ``sms``
+    multiprocessors: one program per upper-triangle tile, and when those are fewer than
+    FILL·sms, the T·ceil(C/BLOCK_K) feature steps split S ways (S ≤ steps/MIN_STEPS) so
+    that about FILL·sms programs run; the S partial tiles are added in a fixed order."""
+    cfg = _gram_config(ct, n, interpret)
+    nb = triton.cdiv(n, cfg["BLOCK"])
+    ntri = nb * (nb + 1) // 2
+    steps = max(1, T * triton.cdiv(C, cfg["BLOCK_K"]))
+    splits = 1
+    if ntri < FILL * sms:
+        splits = max(1, min(triton.cdiv(FILL * sms, ntri), steps // MIN_STEPS))
+    per_split = triton.cdiv(steps, splits)
+    return GramPlan(cfg, nb, ntri, triton.cdiv(steps, per_split), per_split)
+
+
+def _precision(x_dtype: torch.dtype, ct: torch.dtype, allow_tf32: bool,
+               allow_bf16: bool) -> str:
+    """Products of the centered float32 values: "bf16" (bfloat16 inputs, allow_bf16),
+    "tf32" (allow_tf32; float32, float16 and, without allow_bf16, bfloat16 inputs) or
+    "ieee". float64 compute is always "ieee"."""
+    if ct != torch.float32:
+        return "ieee"
+    if allow_bf16 and x_dtype == torch.bfloat16:
+        # The interpreter's tl.dot mistakes bf16 for integers: same rounding, fp32 products.
+        return "bf16_rounded" if interpreting() else "bf16"
+    if allow_tf32 and x_dtype != torch.float64:
+        return "tf32"
+    return "ieee"
 
 
 def _epilogue_block(n: int) -> int:
@@ -95,7 +145,8 @@ def token_view(x: torch.Tensor):
     return x, T, C, x.stride(0), st_t, st_c
 
 
-def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = False):
+def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = False,
+                      allow_bf16: bool = False):
     """Upper-triangle tiles of K = X_c X_cᵀ (X_c = x − 1μᵀ, flattened (n, d)), its diagonal
     and row sums K1 = X_c(X_cᵀ1).
 
@@ -104,6 +155,9 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     (float32 or float64). Returns k (n, n) ct with only the tiles on and above the
     diagonal written (the lower triangle is garbage), diag (n,) ct, rowsum (n,) ct.
     allow_tf32: float32 products on TF32 tensor cores (≈1e-3 relative error; default off).
+    allow_bf16: bfloat16 inputs' centered values rounded to bfloat16 for bf16 tensor-core
+    products with float32 accumulation (≈4e-3 relative error per product; default off).
+    The grid is ``gram_plan``'s (split-K on a device the tiles would not fill).
     """
     ct = mu.dtype
     if ct not in (torch.float32, torch.float64):
@@ -113,16 +167,22 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     mu_flat = mu.reshape(-1).contiguous()
     if mu_flat.numel() != T * C:
         raise ValueError(f"mu has {mu_flat.numel()} entries for {T * C} features")
-    cfg = _gram_config(x.dtype, ct, n)
-    nb = triton.cdiv(n, cfg["BLOCK"])
+    plan = gram_plan(n, T, C, ct, sms=_num_sms(x.device))
+    blk = plan.cfg["BLOCK"]
     k = _scratch((n, n), ct, x.device)
     diag = _scratch((n,), ct, x.device)
-    rowpart = _scratch((nb, n), ct, x.device)
-    precision = "tf32" if (allow_tf32 and ct == torch.float32) else "ieee"
-    _k._gram_stats_kernel[(nb, nb)](
-        xv, mu_flat, k, diag, rowpart, n, T, C, st_n, st_t, st_c, k.stride(0),
-        INPUT_PRECISION=precision,
-        CENTER_WIDE=x.dtype == torch.float64 and ct == torch.float32, **cfg)
+    rowpart = _scratch((plan.nb, n), ct, x.device)
+    split = plan.splits > 1
+    part = _scratch((plan.splits, plan.ntri, blk, blk), ct, x.device) if split else k
+    _k._gram_stats_kernel[(plan.ntri, plan.splits)](
+        xv, mu_flat, k, diag, rowpart, part, n, T, C, st_n, st_t, st_c, k.stride(0),
+        plan.nb, plan.per_split,
+        INPUT_PRECISION=_precision(x.dtype, ct, allow_tf32, allow_bf16),
+        CENTER_WIDE=x.dtype == torch.float64 and ct == torch.float32, SPLIT=split,
+        **plan.cfg)
+    if split:
+        _k._gram_reduce_kernel[(plan.ntri,)](part, k, diag, rowpart, n, k.stride(0),
+                                             plan.nb, plan.splits, BLOCK=blk)
     return k, diag, rowpart.sum(0)
 
 
@@ -138,17 +198,17 @@ def rbf_triton(k: torch.Tensor, diag: torch.Tensor, sigma, threshold: float,
     blk = _epilogue_block(n)
     nb = triton.cdiv(n, blk)
     rowpart = _scratch((nb, n), k.dtype, k.device)
-    grid = (nb, nb)
+    grid = (nb * (nb + 1) // 2,)     # upper-triangle tiles, linear index
     tol = noise_tol(dim, k.dtype)
     if sigma is not None:
         s = float(sigma)
         two_s2 = 2.0 * s * s
         inv = -math.inf if two_s2 == 0.0 else -1.0 / two_s2
         scale = torch.full((), inv, dtype=torch.float64).to(device=k.device, dtype=k.dtype)
-        _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0), tol,
+        _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0), tol, nb,
                              BLOCK=blk, DIST=True, EXP=True)
         return rowpart.sum(0)
-    _k._rbf_kernel[grid](k, diag, diag, rowpart, n, k.stride(0), tol,
+    _k._rbf_kernel[grid](k, diag, diag, rowpart, n, k.stride(0), tol, nb,
                          BLOCK=blk, DIST=True, EXP=False)
     med = median_sq_distance(k)  # reads only the strict upper triangle
     if bool(med > 0):
@@ -159,7 +219,7 @@ def rbf_triton(k: torch.Tensor, diag: torch.Tensor, sigma, threshold: float,
         raise ZeroBandwidthError(
             "the median heuristic gives sigma = 0 (at least half of the squared "
             "pairwise distances are zero, e.g. repeated samples); pass sigma=")
-    _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0), 0.0,
+    _k._rbf_kernel[grid](k, diag, scale, rowpart, n, k.stride(0), 0.0, nb,
                          BLOCK=blk, DIST=False, EXP=True)
     return rowpart.sum(0)
 
@@ -193,8 +253,8 @@ def center_pack_triton(k: torch.Tensor, rowsum: torch.Tensor, out: torch.Tensor,
         m = rowsum / n - rowsum.sum() / (2 * n * n)
     blk = _epilogue_block(n)
     nb = triton.cdiv(n, blk)
-    _k._center_pack_kernel[(nb, nb)](k, m.contiguous(), out, n, k.stride(0),
-                                     BLOCK=blk, UNBIASED=unbiased)
+    _k._center_pack_kernel[(nb * (nb + 1) // 2,)](k, m.contiguous(), out, n, k.stride(0), nb,
+                                                  BLOCK=blk, UNBIASED=unbiased)
     return out
 
 
@@ -243,5 +303,5 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-__all__ = ["gram_stats_triton", "rbf_triton", "center_pack_triton", "pair_triton",
+__all__ = ["gram_stats_triton", "gram_plan", "GramPlan", "rbf_triton", "center_pack_triton", "pair_triton",
            "row_length", "token_view", "interpreting"]
