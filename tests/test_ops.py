@@ -37,7 +37,9 @@ def test_opcheck_gram_rows(rng, backend, unbiased):
 def test_opcheck_pair(rng):
     ga = torch.randn(3, 25, dtype=torch.float64, requires_grad=True)
     gb = torch.randn(2, 25, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.flashcka.pair.default, (ga, gb, "torch"))
+    torch.library.opcheck(torch.ops.flashcka.pair_stage.default, (ga, gb, "torch", False))
+    tiny = (ga.detach() * 1e-200).requires_grad_()     # normalised rows: la != 0
+    torch.library.opcheck(torch.ops.flashcka.pair_stage.default, (tiny, gb, "torch", False))
 
 
 def test_ops_gradcheck(rng):
@@ -50,8 +52,35 @@ def test_ops_gradcheck(rng):
                                                    torch.float64)
         h, _, _, sb = torch.ops.flashcka.gram_rows([c], "torch", "linear", True, None, 1.0,
                                                    torch.float64)
-        return torch.ops.flashcka.pair(g, h, "torch")
+        raw, qa, qb, _, _ = torch.ops.flashcka.pair_stage(g, h, "torch", False)
+        return raw, qa, qb
     torch.autograd.gradcheck(f, (*xs, *ys))
+
+
+def test_pair_stage_gradcheck_with_normalised_rows():
+    """Rows at 1e-250 are normalised inside the op (la = 2^k): the gradient keeps the
+    powers of two (dropping them is off by 2^k)."""
+    ga = (torch.randn(3, 25, dtype=torch.float64) * 1e-250).requires_grad_()
+    gb = torch.randn(2, 25, dtype=torch.float64, requires_grad=True)
+    raw, qa, qb, la, lb = torch.ops.flashcka.pair_stage(ga, gb, "torch", False)
+    assert bool((la != 0).all())
+    w = torch.randn(3, 2, dtype=torch.float64)
+    (raw * w).sum().add(qa.sum()).backward()
+    t = torch.exp2(la)[:, None]
+    want = t * (w @ gb.detach()) + 2 * t * t * ga.detach()
+    torch.testing.assert_close(ga.grad, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1e-45, 1e-80, 1e80, 1e-150, 1e150])
+def test_compiled_cka_matrix_at_extreme_float64_scales(rng, scale):
+    """The compiled route shares the eager pair stage and ratio: x·1e-45, y·1e-45 gave inf
+    (sqrt(self_a·self_b) underflowed), eager 0.5787."""
+    xs = reps(rng, 40, [30])
+    ys = [xs[0] @ torch.tensor(rng.standard_normal((30, 20))) + 3 * reps(rng, 40, [20])[0]]
+    want = ref_matrix(xs, ys, True)
+    f = torch.compile(lambda a, b: flashcka.cka_matrix(a, b), fullgraph=True, backend="eager")
+    got = f([xs[0] * scale], [ys[0] * scale])
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=0)
 
 
 @pytest.mark.parametrize("unbiased", [True, False])

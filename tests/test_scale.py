@@ -141,7 +141,9 @@ def test_pair_stage_normalises_rows(rng, magnitude, same):
     one = torch.ones(3, dtype=torch.float64)
     ra = _engine.Rows(ga, one, one)
     rb = ra if same else _engine.Rows(gb, one[:2], one[:2])
-    cross, sa, sb = _engine.hsic_from_rows(be, ra, rb, same, 8, True)
+    h = _engine.hsic_from_rows(be, ra, rb, same, 8, True)   # per-layer units 2^e
+    cross = _engine.ldexp(h.cross, h.ea[:, None] + h.eb[None, :])
+    sa = _engine.ldexp(h.self_a, 2 * h.ea)
     a64 = ga.double()
     b64 = a64 if same else gb.double()
     # float32 products: |err| <= γ_m Σ|a||b| (γ_m = m·u / (1 − m·u)) on top of rtol; an

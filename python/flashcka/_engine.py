@@ -109,37 +109,99 @@ def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
                          f"its Gram matrix; pass dtype=torch.float64 or check the model")
 
 
+@dataclass
+class Hsics:
+    """HSICs of one batch (or summed over batches), each layer in its own power-of-two unit
+    so that nothing leaves float64's range: the HSIC of layers i and j is
+    ``cross[i, j] · 2^(ea[i] + eb[j])``, that of i with itself ``self_a[i] · 2^(2·ea[i])``
+    (``self_b`` likewise), ``ea``/``eb`` (L,) float64 integers. CKA needs no unit at all:
+    ``cross / (√self_a · √self_b)``, the exponents cancel (docs/design.md §5)."""
+    cross: torch.Tensor    # (L_A, L_B) float64
+    self_a: torch.Tensor   # (L_A,) float64
+    self_b: torch.Tensor   # (L_B,) float64
+    ea: torch.Tensor       # (L_A,) float64
+    eb: torch.Tensor       # (L_B,) float64
+
+
 def hsic_from_rows(be, ra: Rows, rb: Rows, same: bool, n: int, unbiased: bool,
-                   names_a=None, names_b=None):
-    """(cross (L_A, L_B), self_a (L_A,), self_b (L_B,)) float64 HSICs of one batch's rows,
-    in the inputs' own units.
+                   names_a=None, names_b=None) -> Hsics:
+    """Every HSIC of one batch's rows (``Hsics``, float64, never out of range).
 
     Row i holds the centered Gram of scale_i·X_c (``Rows.scale``, float64 powers of two):
-    with f_i = scale_i², ``HSIC_ij = (g_i · g_j) / (norm · f_i · f_j)``, norm = n(n−3) or
-    (n−1)²: cross from one product G_A G_Bᵀ in ct (the backend's pair stage), self terms
-    its diagonal (same) or the row norms accumulated in float64. If a product is not
-    finite or a squared row norm is outside _NORM_SAFE (overflow, or underflow that could
-    cost bits), the rows are normalised by powers of two t_i (a copy; f_i ← f_i·t_i) and
-    the products redone. A product still not finite raises a ValueError naming the pair
-    (docs/design.md §6: normalise rows, keep the scales in float64)."""
-    norm = normaliser(n, unbiased)
-    fa = _row_scales(ra).square()
-    fb = fa if same else _row_scales(rb).square()
-    ga, gb = ra.g, rb.g
+    ``HSIC_ij = (g_i · g_j) / (norm · scale_i² · scale_j²)``, norm = n(n−3) or (n−1)²,
+    kept as ``(g_i · g_j) / norm`` with exponents ``−log2(scale²)``. Cross from one product
+    G_A G_Bᵀ (the backend's pair stage, ``pair_stage``), self terms its diagonal (same) or
+    the row norms accumulated in float64."""
+    raw, qa, qb, la, lb = pair_stage(be, ra.g, rb.g, same, names_a, names_b)
+    ea = -2.0 * _log2(_row_scales(ra)) - la
+    eb = ea if same else -2.0 * _log2(_row_scales(rb)) - lb
+    return hsics(raw, qa, qb, ea, eb, normaliser(n, unbiased), same)
+
+
+def pair_stage(be, ga, gb, same: bool, names_a=None, names_b=None):
+    """(G_A G_Bᵀ, ‖g_a‖², ‖g_b‖², la, lb) float64 of rows normalised by powers of two 2^la,
+    2^lb (la = lb = 0, no copy, when every product is finite and every squared row norm
+    inside _NORM_SAFE; else the rows are scaled to max |g_i| in [1/2, 1) and the products
+    redone). A product still not finite raises a ValueError naming the pair. The eager
+    route and the compiled one (``ops.pair_stage``) both run this."""
     raw, qa, qb = _products(be, ga, gb, same)
-    if not _in_range(raw, (qa, ra.sq_c), (qb, rb.sq_c), ga.dtype):
-        ga, ta = _normalised(ga)
-        gb, tb = (ga, ta) if same else _normalised(gb)
-        fa, fb = fa * ta, fb * tb
+    zero = torch.zeros(ga.shape[0], dtype=torch.float64, device=raw.device)
+    la, lb = zero, (zero if same else torch.zeros(gb.shape[0], dtype=torch.float64,
+                                                  device=raw.device))
+    if not _in_range(raw, qa, qb, ga, gb, ga.dtype):
+        ga, la = _normalised(ga)
+        gb, lb = (ga, la) if same else _normalised(gb)
         raw, qa, qb = _products(be, ga, gb, same)
     _check_pair(raw, names_a, names_b, ga.dtype)
-    cross = raw / (norm * fa[:, None] * fb[None, :])
+    if not same:
+        _check_pair(qa[:, None], names_a, names_a, ga.dtype)
+        _check_pair(qb[:, None], names_b, names_b, gb.dtype)
+    return raw, qa, qb, la, lb
+
+
+def hsics(raw, qa, qb, ea, eb, norm: float, same: bool) -> Hsics:
+    """``Hsics`` from the pair stage's products (shared by the eager and compiled routes)."""
+    cross = raw / norm
     if same:
         diag = cross.diagonal().clone()
-        return cross, diag, diag
-    _check_pair(qa[:, None], names_a, names_a, ga.dtype)
-    _check_pair(qb[:, None], names_b, names_b, gb.dtype)
-    return cross, qa / (norm * fa.square()), qb / (norm * fb.square())
+        return Hsics(cross, diag, diag, ea, eb)
+    return Hsics(cross, qa / norm, qb / norm, ea, eb)
+
+
+def in_units(h: Hsics, names_a, names_b) -> torch.Tensor:
+    """The cross HSICs in the inputs' own units (L_A, L_B) float64. A value outside
+    float64's range (overflow, or a magnitude √(HSIC_ii·HSIC_jj) below its smallest normal
+    number, where the value would lose its digits) raises a ValueError naming the pair:
+    CKA of the same inputs is still defined."""
+    e = h.ea[:, None] + h.eb[None, :]
+    out = ldexp(h.cross, e)
+    mag = ldexp(torch.sqrt(h.self_a.abs())[:, None] * torch.sqrt(h.self_b.abs())[None, :], e)
+    tiny = torch.finfo(torch.float64).tiny
+    bad = ~torch.isfinite(out) | ((mag < tiny) & (h.cross != 0))
+    if bool(bad.any()):
+        i, j = (int(v) for v in bad.nonzero()[0])
+        lg = math.log10(abs(float(h.cross[i, j]))) + float(e[i, j]) * math.log10(2.0)
+        raise ValueError(f"the HSIC of {names_a[i]} and {names_b[j]} is about 1e{lg:.0f} in "
+                         f"the inputs' units, outside float64's range; rescale the inputs "
+                         f"(CKA, which is scale invariant, is defined)")
+    return out
+
+
+def ldexp(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """x · 2^e (float64) exactly, for exponents beyond ±1022 too (in steps: 2^e itself
+    may not exist in float64)."""
+    e = e.to(torch.float64)
+    while True:
+        step = e.clamp(-1000.0, 1000.0)
+        x = x * torch.exp2(step)
+        e = e - step
+        if not bool((e != 0).any()):
+            return x
+
+
+def _log2(scale: torch.Tensor) -> torch.Tensor:
+    """log2 of float64 powers of two, exactly."""
+    return (torch.frexp(scale)[1] - 1).to(torch.float64)
 
 
 def _products(be, ga, gb, same):
@@ -156,29 +218,31 @@ def _products(be, ga, gb, same):
 _NORM_SAFE = {torch.float32: (2.0 ** -60, 2.0 ** 100), torch.float64: (2.0 ** -900, 2.0 ** 900)}
 
 
-def _in_range(raw, side_a, side_b, dtype) -> bool:
-    """All products finite, every squared row norm q inside _NORM_SAFE, or 0 for a row of
-    a constant layer (its ‖X_c‖² sq_c is 0: the row is exactly zero)."""
+def _in_range(raw, qa, qb, ga, gb, dtype) -> bool:
+    """All products finite and every squared row norm q inside _NORM_SAFE, or 0 for a row
+    that is exactly zero (a constant layer; a q that underflowed is not)."""
     lo, hi = _NORM_SAFE.get(dtype, _NORM_SAFE[torch.float32])
     if not bool(torch.isfinite(raw).all()):
         return False
-    for q, sq_c in (side_a, side_b):
-        zero = (q == 0) & (sq_c.to(q.device) == 0)
-        if not bool((((q >= lo) & (q <= hi)) | zero).all()):
-            return False
+    for q, g in ((qa, ga), (qb, gb)):
+        ok = (q >= lo) & (q <= hi)
+        if not bool(ok.all()):
+            zero = (q == 0) & ~ok
+            if not bool((ok | zero).all()) or bool(g[zero.to(g.device)].any()):
+                return False
     return True
 
 
 def _normalised(g: torch.Tensor):
-    """(g·t (a copy), t (L,) float64): t_i a power of two with max |g_i·t_i| in [1/2, 1)
-    (1 for zero or non-finite rows)."""
+    """(g·t (a copy), log2 t (L,) float64): t_i a power of two with max |g_i·t_i| in
+    [1/2, 1) (1 for zero or non-finite rows)."""
     lo, hi = torch.aminmax(g.detach(), dim=1)
     amax = torch.maximum(-lo, hi).to(torch.float64)
     lim = 125 if g.dtype == torch.float32 else 1021
-    e = torch.frexp(amax)[1].clamp(-lim, lim)
+    e = torch.frexp(amax)[1].clamp(-lim, lim).to(torch.float64)
     ok = torch.isfinite(amax) & (amax > 0)
-    t = torch.where(ok, torch.ldexp(torch.ones_like(amax), -e), torch.ones_like(amax))
-    return g * t.to(g.dtype)[:, None], t
+    le = torch.where(ok, -e, torch.zeros_like(e))
+    return g * torch.exp2(le).to(g.dtype)[:, None], le
 
 
 def _row_scales(r: Rows) -> torch.Tensor:
@@ -277,8 +341,9 @@ def zero_variance(sq_c: torch.Tensor, sq: torch.Tensor, ct: torch.dtype) -> torc
 
 
 def cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, names_a, names_b):
-    """CKA = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L)) -> (L_A, L_B) float64; NaN (with
-    one warning per layer naming it) where a self term is zero, negative or from a
+    """CKA = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L)) -> (L_A, L_B) float64, from HSICs
+    in any per-layer power-of-two units (``Hsics``: the units cancel); NaN (with one
+    warning per layer naming it) where a self term is zero, negative or from a
     zero-variance representation. Never clamped: debiased CKA can be slightly outside
     [0, 1]. ``names_b is names_a`` (one set of layers against itself) warns once a layer."""
     bad_a = undefined_a | ~(self_a > 0)
@@ -291,10 +356,13 @@ def cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, names_a, name
             warnings.warn(f"CKA is undefined for {names[i]}: its representation has zero "
                           f"variance (or a non-positive unbiased self-HSIC); its entries are NaN",
                           _validate.FlashCKAWarning, stacklevel=4)
-    # each self term its own sqrt: their product underflows float64 below ~1e-154
+    return cka_ratio(cross, self_a, self_b, bad_a, bad_b)
+
+
+def cka_ratio(cross, self_a, self_b, bad_a, bad_b) -> torch.Tensor:
+    """``cross / (√self_a · √self_b)``, NaN where ``bad_a``/``bad_b``: the arithmetic of
+    ``cka_from_hsic``, shared with the compiled route (no warnings, no branches). Each self
+    term has its own sqrt, so no product of self terms is formed."""
     denom = torch.sqrt(self_a.clamp(min=0))[:, None] * torch.sqrt(self_b.clamp(min=0))[None, :]
-    out = cross / denom
-    if bool(bad_a.any()) or bool(bad_b.any()):
-        keep = ~(bad_a[:, None] | bad_b[None, :])
-        out = torch.where(keep, out, torch.full_like(out, float("nan")))
-    return out
+    keep = ~(bad_a[:, None] | bad_b[None, :])
+    return torch.where(keep, cross / denom, torch.full_like(cross, float("nan")))

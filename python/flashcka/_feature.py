@@ -12,8 +12,7 @@ Both are the full formulas, not their s_x = 0 special case, so the result does n
 on the rounding residue of the column mean (a 1e8 offset in float64 loses nothing).
 
 Scale: a representation whose magnitude is outside a safe range is multiplied by a power
-of two (exact) before and after centering; HSICs are divided by scale² per side in
-float64. Float32 products then neither overflow nor underflow at any input scale.
+of two (exact) before and after centering. Float32 products then neither overflow nor underflow at any input scale.
 Centering is done in float64, twice, so a large offset costs no precision; K1, diag K and
 ‖X_cᵀ1‖² come from those float64 features.
 """
@@ -118,8 +117,9 @@ def centered(tensors, names, ct) -> Features:
 
 
 def hsic(fa: Features, fb: Features, n: int, unbiased: bool) -> torch.Tensor:
-    """Unnormalised HSIC of every pair (L_A, L_B) float64 in the inputs' units:
-    n(n−3)·HSIC₁ (unbiased) or (n−1)²·HSIC₀ (biased), from the formulas in the module
+    """Unnormalised HSIC of every pair (L_A, L_B) float64 of the scaled features (times
+    2^(e_a + e_b), ``exponents``, in the inputs' units): n(n−3)·HSIC₁ (unbiased) or
+    (n−1)²·HSIC₀ (biased), from the formulas in the module
     docstring; ‖X_cᵀY_c‖²_F of all pairs from one product of the concatenated features."""
     A = fa.x[0] if len(fa.x) == 1 else torch.cat(fa.x, 1)
     B = fb.x[0] if len(fb.x) == 1 else torch.cat(fb.x, 1)
@@ -134,8 +134,13 @@ def hsic(fa: Features, fb: Features, n: int, unbiased: bool) -> torch.Tensor:
             + ta.sum(1)[:, None] * tb.sum(1)[None, :] / ((n - 1) * (n - 2))
     else:
         out = out - 2.0 / n * (k1a @ k1b.T) + ssa[:, None] * ssb[None, :] / (n * n)
-    sa2, sb2 = fa.scale.square(), fb.scale.square()
-    return out / (sa2[:, None] * sb2[None, :])
+    return out
+
+
+def exponents(fs: Features) -> torch.Tensor:
+    """(L,) float64 e with HSIC in the inputs' units = ``hsic(...)`` · 2^(e_a + e_b):
+    e = −log2(scale²), kept apart because scale² itself can leave float64's range."""
+    return -2.0 * (torch.frexp(fs.scale)[1] - 1).to(torch.float64)
 
 
 def self_hsic(fs: Features, n: int, unbiased: bool) -> torch.Tensor:

@@ -181,23 +181,21 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
     if use_feature:
         fa = _feature.centered(xa, na, ct)
         fb = fa if same else _feature.centered(xb, nb, ct)
-        cross = _feature.hsic(fa, fb, n, s.unbiased) / norm
-        if same:
-            self_a = self_b = cross.diagonal().clone()
-        else:
-            self_a = _feature.self_hsic(fa, n, s.unbiased) / norm
-            self_b = _feature.self_hsic(fb, n, s.unbiased) / norm
+        raw = _feature.hsic(fa, fb, n, s.unbiased)
+        qa = raw.diagonal() if same else _feature.self_hsic(fa, n, s.unbiased)
+        qb = qa if same else _feature.self_hsic(fb, n, s.unbiased)
+        ea = _feature.exponents(fa)
+        h = _engine.hsics(raw, qa, qb, ea, ea if same else _feature.exponents(fb), norm, same)
         const_a, const_b = fa.constant, fb.constant
     else:
         ra = _engine.gram_rows(be, xa, na, n, ct, s)
         rb = ra if same else _engine.gram_rows(be, xb, nb, n, ct, s)
         const_a = _constant(ra, xa, na, ct)
         const_b = const_a if same else _constant(rb, xb, nb, ct)
-        cross, self_a, self_b = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased,
-                                                       na, nb)
+        h = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased, na, nb)
     if want == "hsic":
-        return cross
-    return _engine.cka_from_hsic(cross, self_a, self_b, const_a, const_b, na, nb)
+        return _engine.in_units(h, na, nb)
+    return _engine.cka_from_hsic(h.cross, h.self_a, h.self_b, const_a, const_b, na, nb)
 
 
 def _constant(rows, tensors, names, ct) -> torch.Tensor:
@@ -208,6 +206,9 @@ def _constant(rows, tensors, names, ct) -> torch.Tensor:
     flags = _engine.zero_variance(rows.sq_c, rows.sq, ct)
     for i in flags.nonzero().flatten().tolist():
         x = tensors[i]
+        if not bool((x == x[:1]).all()):   # ‖X_c‖² underflowed (|x| ~ 1e-300)
+            flags[i] = False
+            continue
         if not bool(torch.isfinite(x[:1]).all()):
             _validate.raise_non_finite(x, names[i], ct)
     return flags

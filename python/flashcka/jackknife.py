@@ -54,18 +54,33 @@ class BatchJackknife:
     def nbytes(self) -> int:
         return 8 * self.groups * (self.la * self.lb + self.la + self.lb + 1)
 
-    def add(self, index: int, cross, hsic_a, hsic_b) -> None:
-        """Add batch ``index``'s HSICs (float64: (L_A, L_B), (L_A,), (L_B,)) to its slot."""
+    def added(self, index, cross, hsic_a, hsic_b, da=None, db=None) -> "BatchJackknife":
+        """A new jackknife (this one unchanged): every slot moved to the accumulator's new
+        units (``da``/``db``: old minus new exponents, see ``MinibatchCKA``), then batch
+        ``index``'s HSICs (float64: (L_A, L_B), (L_A,), (L_B,)), already in the new units,
+        added to its slot (``index=None``: none)."""
+        from ._engine import ldexp
+        new = BatchJackknife(self.la, self.lb, self.groups)
+        if self.cross is None and index is None:
+            return new
         if self.cross is None:
             dev = cross.device
             z = lambda *s: torch.zeros(self.groups, *s, dtype=torch.float64, device=dev)  # noqa: E731
-            self.cross, self.hsic_a, self.hsic_b = z(self.la, self.lb), z(self.la), z(self.lb)
-            self.count = z()
-        g = int(index) % self.groups
-        self.cross[g] += cross.to(self.cross)
-        self.hsic_a[g] += hsic_a.to(self.cross)
-        self.hsic_b[g] += hsic_b.to(self.cross)
-        self.count[g] += 1
+            c, a, b, k = z(self.la, self.lb), z(self.la), z(self.lb), z()
+        else:
+            c, a, b, k = self.cross, self.hsic_a, self.hsic_b, self.count
+            if da is not None and bool((da != 0).any() | (db != 0).any()):
+                c = ldexp(c, (da[:, None] + db[None, :])[None].to(c.device))
+                a, b = ldexp(a, 2 * da[None].to(c.device)), ldexp(b, 2 * db[None].to(c.device))
+        if index is not None:
+            g = int(index) % self.groups
+            c, a, b, k = c.clone(), a.clone(), b.clone(), k.clone()
+            c[g] += cross.to(c)
+            a[g] += hsic_a.to(c)
+            b[g] += hsic_b.to(c)
+            k[g] += 1
+        new.cross, new.hsic_a, new.hsic_b, new.count = c, a, b, k
+        return new
 
     def stderr(self, cross, hsic_a, hsic_b, matrix) -> torch.Tensor:
         """(L_A, L_B) float64 jackknife standard errors given the totals and the CKA
@@ -80,7 +95,7 @@ class BatchJackknife:
         c = cross[None] - self.cross[used]                         # (k, L_A, L_B)
         a = hsic_a[None] - self.hsic_a[used]
         b = hsic_b[None] - self.hsic_b[used]
-        theta = c / torch.sqrt(a[:, :, None] * b[:, None, :])
+        theta = c / (torch.sqrt(a)[:, :, None] * torch.sqrt(b)[:, None, :])
         mean = theta.mean(0)
         se = torch.sqrt((k - 1) / k * ((theta - mean) ** 2).sum(0)).cpu()
         return torch.where(torch.isnan(matrix.cpu()), out, se)
@@ -91,8 +106,10 @@ class BatchJackknife:
         return {"groups": self.groups, "cross": t(self.cross), "hsic_a": t(self.hsic_a),
                 "hsic_b": t(self.hsic_b), "count": t(self.count)}
 
-    def load_state_dict(self, state) -> None:
-        """Restore ``state_dict()``; checks groups, types and shapes before applying."""
+    def load_state_dict(self, state, num_batches: int | None = None) -> None:
+        """Restore ``state_dict()``; checks groups, types, shapes and values (finite,
+        non-negative self sums, whole counts adding up to ``num_batches`` if given) before
+        applying."""
         if not isinstance(state, dict):
             raise TypeError(f"jackknife state must be a dict, got {type(state).__name__}")
         if state.get("groups") != self.groups:
@@ -112,6 +129,16 @@ class BatchJackknife:
                                  f"{shapes[k]}, got "
                                  f"{getattr(v, 'dtype', type(v).__name__)} "
                                  f"{tuple(getattr(v, 'shape', ()))}")
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"jackknife state {k} holds non-finite values")
+            if k != "cross" and bool((v < 0).any()):
+                raise ValueError(f"jackknife state {k} holds negative values")
+        count = vals["count"]
+        if not bool((count == count.round()).all()):
+            raise ValueError("jackknife state count must hold whole numbers of batches")
+        if num_batches is not None and int(count.sum()) != num_batches:
+            raise ValueError(f"jackknife state count adds up to {int(count.sum())} batches "
+                             f"but num_batches = {num_batches}")
         for k, v in vals.items():
             setattr(self, k, v.detach().clone())
 
@@ -121,10 +148,9 @@ class BatchJackknife:
         import torch.distributed as dist
         if self.cross is None:
             dev = device if device is not None else torch.device("cpu")
-            self.add(0, torch.zeros(self.la, self.lb, dtype=torch.float64, device=dev),
-                     torch.zeros(self.la, dtype=torch.float64, device=dev),
-                     torch.zeros(self.lb, dtype=torch.float64, device=dev))
-            self.count.zero_()
+            z = lambda *s: torch.zeros(self.groups, *s, dtype=torch.float64, device=dev)  # noqa: E731
+            self.cross, self.hsic_a, self.hsic_b = z(self.la, self.lb), z(self.la), z(self.lb)
+            self.count = z()
         parts = [self.cross, self.hsic_a, self.hsic_b, self.count]
         flat = torch.cat([p.reshape(-1) for p in parts])
         dist.all_reduce(flat, group=group)

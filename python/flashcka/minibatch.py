@@ -52,6 +52,7 @@ class MinibatchCKA:
         # dict batches are then matched to them by key.
         self.keyed_a = names_a is not None
         self.keyed_b = self.keyed_a if self.same else names_b is not None
+        self.given_a, self.given_b = self.keyed_a, self.keyed_b   # load_state_dict checks
         self.jackknife_groups = auto_groups(self.num_layers_a, self.num_layers_b, jackknife)
         self.reset()
 
@@ -72,7 +73,7 @@ class MinibatchCKA:
 
     def reset(self) -> None:
         """Forget every batch."""
-        self.cross = self.hsic_a = self.hsic_b = None
+        self.cross = self.hsic_a = self.hsic_b = self.pow_a = self.pow_b = None
         self.sq_c_a = self.sq_a = self.sq_c_b = self.sq_b = None
         self.num_batches = 0
         self.num_samples = 0
@@ -84,8 +85,14 @@ class MinibatchCKA:
     @torch.no_grad()
     def update(self, xs, ys=None) -> None:
         """Add one minibatch: xs (L_A tensors (n, ...)), ys (L_B tensors, same n; None
-        when comparing one model with itself). Validates everything before adding, so a
-        failing batch leaves the accumulated state untouched."""
+        when comparing one model with itself). Everything is validated and computed first,
+        then committed in one step: a failing or interrupted batch (Ctrl-C) leaves the
+        accumulated state untouched."""
+        self._commit(self._prepare(xs, ys))
+
+    def _prepare(self, xs, ys, alone: bool = False) -> dict:
+        """The state after adding this batch (``alone``: of this batch alone), as a dict of
+        attributes for ``_commit``; this accumulator is not changed."""
         if self.same and ys is not None:
             raise ValueError("this MinibatchCKA compares one model with itself "
                              "(num_layers_b=None): call update(xs) without ys")
@@ -105,22 +112,70 @@ class MinibatchCKA:
         be = backends.select(self.backend, xa[0])
         ra = _engine.gram_rows(be, *groups[0], n, ct, s)
         rb = ra if self.same else _engine.gram_rows(be, *groups[1], n, ct, s)
-        for rows, (tensors, names) in zip((ra, rb), groups):
-            self._check_constant_rows(rows, tensors, names, ct)
+        ra = self._check_constant_rows(ra, *groups[0], ct)
+        rb = ra if self.same else self._check_constant_rows(rb, *groups[1], ct)
         # Names from the first dict batch are adopted with it (messages of the pair stage
         # name them) and only if the batch goes in.
-        before = (self.names_a, self.names_b, self.keyed_a, self.keyed_b)
+        names = {"names_a": self.names_a, "names_b": self.names_b,
+                 "keyed_a": self.keyed_a, "keyed_b": self.keyed_b}
         if adopt_a:
-            self.names_a, self.keyed_a = list(na), True
+            names.update(names_a=list(na), keyed_a=True)
             if self.same:
-                self.names_b, self.keyed_b = self.names_a, True
+                names.update(names_b=names["names_a"], keyed_b=True)
         if not self.same and adopt_b:
-            self.names_b, self.keyed_b = list(nb), True
-        try:
-            self.add_rows(be, ra, rb, n, ct)
-        except Exception:
-            self.names_a, self.names_b, self.keyed_a, self.keyed_b = before
-            raise
+            names.update(names_b=list(nb), keyed_b=True)
+        return {**self._added(be, ra, rb, n, ct, None, names["names_a"], names["names_b"],
+                              alone), **names}
+
+    def add_rows(self, be, ra: _engine.Rows, rb: _engine.Rows, n: int, ct,
+                 index: int | None = None) -> None:
+        """Add one batch given its centered Gram rows (used by ``update`` and by the hooks
+        of ``compare``, which build rows as each layer's output appears). ``index`` picks
+        the batch's jackknife slot (default: the number of batches added so far)."""
+        self._commit(self._added(be, ra, rb, n, ct, index, self.names_a, self.names_b))
+
+    def _added(self, be, ra, rb, n, ct, index, names_a, names_b, alone=False) -> dict:
+        """New accumulators (new tensors) with this batch's rows added.
+
+        Accumulators hold each layer's HSICs in its own power-of-two unit (``_engine.Hsics``:
+        cross ``· 2^(pow_a_i + pow_b_j)``, self ``· 2^(2·pow)``), so no scale of input
+        leaves float64's range; a layer's unit follows its largest batch (``_merge``)."""
+        h = _engine.hsic_from_rows(be, ra, rb, self.same, n, self.settings.unbiased,
+                                   names_a, names_b)
+        if self.cross is None or alone:
+            dev = h.cross.device
+            z = lambda k: torch.zeros(k, dtype=torch.float64, device=dev)  # noqa: E731
+            la, lb = self.num_layers_a, self.num_layers_b
+            old = {"cross": torch.zeros(la, lb, dtype=torch.float64, device=dev),
+                   "hsic_a": z(la), "hsic_b": z(lb), "pow_a": h.ea, "pow_b": h.eb,
+                   "sq_c_a": z(la), "sq_a": z(la), "sq_c_b": z(lb), "sq_b": z(lb)}
+            count, samples = 0, 0
+        else:
+            old = {k: getattr(self, k) for k in self._TENSORS}
+            count, samples = self.num_batches, self.num_samples
+        dev = old["cross"].device
+        h = _engine.Hsics(*(t.to(dev) for t in (h.cross, h.self_a, h.self_b, h.ea, h.eb)))
+        pa = _merge(old["pow_a"], old["hsic_a"], h.ea, h.self_a)
+        pb = pa if self.same else _merge(old["pow_b"], old["hsic_b"], h.eb, h.self_b)
+        acc = _engine.Hsics(old["cross"], old["hsic_a"], old["hsic_b"], old["pow_a"],
+                            old["pow_b"])
+        acc, batch = _in_units(acc, pa, pb), _in_units(h, pa, pb)
+        new = {"cross": acc.cross + batch.cross, "hsic_a": acc.self_a + batch.self_a,
+               "hsic_b": acc.self_b + batch.self_b, "pow_a": pa, "pow_b": pb,
+               "sq_c_a": old["sq_c_a"] + ra.sq_c.to(dev), "sq_a": old["sq_a"] + ra.sq.to(dev),
+               "sq_c_b": old["sq_c_b"] + rb.sq_c.to(dev), "sq_b": old["sq_b"] + rb.sq.to(dev),
+               "num_batches": count + 1, "num_samples": samples + n,
+               "compute_dtype": ct}
+        if self.jackknife is not None and not alone:
+            new["jackknife"] = self.jackknife.added(
+                count if index is None else index, batch.cross, batch.self_a, batch.self_b,
+                old["pow_a"] - pa, old["pow_b"] - pb)
+        return new
+
+    def _commit(self, new: dict) -> None:
+        """Apply a state from ``_prepare``/``_added`` in one step (one C call: a
+        KeyboardInterrupt lands before or after it, never inside)."""
+        self.__dict__.update(new)
 
     def _ordered(self, xs, arg, side):
         """xs as (tensors, names) in this accumulator's layer order, plus whether its dict
@@ -151,34 +206,6 @@ class MinibatchCKA:
                                  f"unknown {unknown}" if unknown else "") if p))
         return [by_key[k] for k in names], list(names), False
 
-    def add_rows(self, be, ra: _engine.Rows, rb: _engine.Rows, n: int, ct,
-                 index: int | None = None) -> None:
-        """Add one batch given its centered Gram rows (used by ``update`` and by the hooks
-        of ``compare``, which build rows as each layer's output appears). ``index`` picks
-        the batch's jackknife slot (default: the number of batches added so far)."""
-        cross, ha, hb = _engine.hsic_from_rows(be, ra, rb, self.same, n, self.settings.unbiased,
-                                                self.names_a, self.names_b)
-        if self.jackknife is not None:
-            self.jackknife.add(self.num_batches if index is None else index, cross, ha, hb)
-        if self.cross is None:
-            dev = cross.device
-            z = lambda k: torch.zeros(k, dtype=torch.float64, device=dev)  # noqa: E731
-            self.cross = torch.zeros_like(cross)
-            self.hsic_a, self.sq_c_a, self.sq_a = z(self.num_layers_a), z(self.num_layers_a), \
-                z(self.num_layers_a)
-            self.hsic_b, self.sq_c_b, self.sq_b = z(self.num_layers_b), z(self.num_layers_b), \
-                z(self.num_layers_b)
-            self.compute_dtype = ct
-        self.cross += cross.to(self.cross.device)
-        self.hsic_a += ha.to(self.cross.device)
-        self.hsic_b += hb.to(self.cross.device)
-        self.sq_c_a += ra.sq_c.to(self.cross.device)
-        self.sq_a += ra.sq.to(self.cross.device)
-        self.sq_c_b += rb.sq_c.to(self.cross.device)
-        self.sq_b += rb.sq.to(self.cross.device)
-        self.num_batches += 1
-        self.num_samples += n
-
     def compute(self) -> torch.Tensor:
         """Minibatch CKA of every pair -> (L_A, L_B) float64; NaN (with a warning naming
         the layer) for zero-variance layers."""
@@ -203,15 +230,17 @@ class MinibatchCKA:
         return self.jackknife.stderr(self.cross, self.hsic_a, self.hsic_b, matrix)
 
     # ------------------------------------------------------------------ state
-    _TENSORS = ("cross", "hsic_a", "hsic_b", "sq_c_a", "sq_a", "sq_c_b", "sq_b")
+    _TENSORS = ("cross", "hsic_a", "hsic_b", "pow_a", "pow_b", "sq_c_a", "sq_a", "sq_c_b",
+                "sq_b")
     _STATE_KEYS = ("version", "settings", "names_a", "names_b", "num_batches", "num_samples",
                    "compute_dtype") + _TENSORS
+    _V1_TENSORS = ("pow_a", "pow_b")  # version 1 had none: every unit was 2^0
 
     def state_dict(self) -> dict:
         """Everything needed to resume: accumulators (float64), counts and settings."""
         s = self.settings
         return {
-            "version": 1,
+            "version": 2,
             "settings": {"kernel": s.kernel, "unbiased": s.unbiased, "sigma": s.sigma,
                          "threshold": s.threshold, "num_layers_a": self.num_layers_a,
                          "num_layers_b": None if self.same else self.num_layers_b},
@@ -232,11 +261,14 @@ class MinibatchCKA:
         from collections.abc import Mapping
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        version = state.get("version")
+        if version not in (1, 2) or isinstance(version, bool):
+            raise ValueError(f"state_dict version {version!r} is not supported (1, 2)")
+        if version == 1:
+            state = {**state, **{k: _v1_units(state, k) for k in self._V1_TENSORS}}
         missing = sorted(k for k in self._STATE_KEYS if k not in state)
         if missing:
             raise ValueError(f"state_dict is missing {missing}")
-        if state["version"] != 1:
-            raise ValueError(f"state_dict version {state['version']!r} is not supported (1)")
         mine = self.state_dict()["settings"]
         if state["settings"] != mine:
             raise ValueError(f"state_dict settings {state['settings']} do not match this "
@@ -246,6 +278,11 @@ class MinibatchCKA:
         if self.same and list(state["names_b"]) != names_a:
             raise ValueError("state_dict names_b differs from names_a for a one-model "
                              "MinibatchCKA")
+        for side, given, theirs in (("a", self.given_a, names_a), ("b", self.given_b, names_b)):
+            mine_names = self.names_a if side == "a" else self.names_b
+            if given and theirs != mine_names:
+                raise ValueError(f"state_dict names_{side} {theirs} differ from this "
+                                 f"MinibatchCKA's names_{side} {mine_names}")
         keyed = state.get("keyed", [names_a != self._names(None, self.num_layers_a, "a"),
                                     names_b != self._names(None, self.num_layers_b, "b")])
         if (not isinstance(keyed, (list, tuple)) or len(keyed) != 2
@@ -268,9 +305,13 @@ class MinibatchCKA:
             raise ValueError(f"state_dict compute_dtype must be one of {sorted(dtypes)} "
                              f"(None only before any batch), got {cd!r} with "
                              f"num_batches = {nb}")
+        if cd is not None and self.dtype is not None and dtypes[cd] != self.dtype:
+            raise ValueError(f"state_dict compute_dtype {cd} differs from this MinibatchCKA's "
+                             f"dtype={self.dtype}")
         la, lb = self.num_layers_a, self.num_layers_b
         shapes = {"cross": (la, lb), "hsic_a": (la,), "sq_c_a": (la,), "sq_a": (la,),
-                  "hsic_b": (lb,), "sq_c_b": (lb,), "sq_b": (lb,)}
+                  "hsic_b": (lb,), "sq_c_b": (lb,), "sq_b": (lb,), "pow_a": (la,),
+                  "pow_b": (lb,)}
         tensors = {}
         for k in self._TENSORS:
             v = state[k]
@@ -291,9 +332,14 @@ class MinibatchCKA:
                                  f"MinibatchCKA needs {shapes[k]}")
             if not bool(torch.isfinite(v).all()):
                 raise ValueError(f"state_dict {k} holds non-finite values")
-            if k.startswith("sq") and bool((v < 0).any()):
-                raise ValueError(f"state_dict {k} holds negative squared norms")
+            if k.startswith(("sq", "hsic")) and bool((v < 0).any()):
+                raise ValueError(f"state_dict {k} holds negative values (sums of squares)")
+            if k.startswith("pow") and not bool(((v == v.round()) & (v.abs() < 2 ** 14)).all()):
+                raise ValueError(f"state_dict {k} must hold integer exponents")
             tensors[k] = v.detach().clone()
+        if self.same and tensors["pow_a"] is not None \
+                and not torch.equal(tensors["pow_a"], tensors["pow_b"]):
+            raise ValueError("state_dict pow_b differs from pow_a for a one-model MinibatchCKA")
         devices = {t.device for t in tensors.values() if t is not None}
         if len(devices) > 1:
             raise ValueError(f"state_dict accumulators are on several devices {devices}")
@@ -302,18 +348,16 @@ class MinibatchCKA:
             raise ValueError(f"state_dict jackknife is {'absent' if jk is None else 'present'} "
                              f"but this MinibatchCKA has jackknife_groups = "
                              f"{self.jackknife_groups}")
+        new = {}
         if jk is not None:
-            BatchJackknife(self.num_layers_a, self.num_layers_b,
-                           self.jackknife_groups).load_state_dict(jk)   # check only
-        # Everything checked: apply.
-        if jk is not None:
-            self.jackknife.load_state_dict(jk)
-        self.names_a, self.names_b = names_a, names_b
-        self.keyed_a, self.keyed_b = keyed[0], (keyed[0] if self.same else keyed[1])
-        self.num_batches, self.num_samples = nb, ns
-        self.compute_dtype = None if cd is None else dtypes[cd]
-        for k in self._TENSORS:
-            setattr(self, k, tensors[k])
+            new["jackknife"] = BatchJackknife(self.num_layers_a, self.num_layers_b,
+                                              self.jackknife_groups)
+            new["jackknife"].load_state_dict(jk, nb)
+        # Everything checked: apply in one step.
+        self._commit({**new, **tensors, "names_a": names_a, "names_b": names_b,
+                      "keyed_a": keyed[0], "keyed_b": keyed[0] if self.same else keyed[1],
+                      "num_batches": nb, "num_samples": ns,
+                      "compute_dtype": None if cd is None else dtypes[cd]})
 
     def all_reduce(self, group=None) -> None:
         """Sum the accumulators and counts over the ranks of a torch.distributed group, so
@@ -321,12 +365,26 @@ class MinibatchCKA:
         import torch.distributed as dist
         if self.cross is None:
             raise RuntimeError("all_reduce() before any update() on this rank")
-        flat = torch.cat([getattr(self, k).reshape(-1) for k in self._TENSORS]
+        units = []   # each layer's largest unit over the ranks (-inf: nothing there)
+        for p, hs in ((self.pow_a, self.hsic_a), (self.pow_b, self.hsic_b)):
+            u = torch.where(hs != 0, p, torch.full_like(p, float("-inf")))
+            dist.all_reduce(u, op=dist.ReduceOp.MAX, group=group)
+            units.append(torch.where(torch.isfinite(u), u, torch.zeros_like(u)))
+        pa, pb = units
+        h = _in_units(_engine.Hsics(self.cross, self.hsic_a, self.hsic_b, self.pow_a,
+                                    self.pow_b), pa, pb)
+        if self.jackknife is not None:
+            self.jackknife = self.jackknife.added(None, None, None, None, self.pow_a - pa,
+                                                  self.pow_b - pb)
+        self.cross, self.hsic_a, self.hsic_b, self.pow_a, self.pow_b = \
+            h.cross, h.self_a, h.self_b, pa, pb
+        summed = [k for k in self._TENSORS if not k.startswith("pow")]
+        flat = torch.cat([getattr(self, k).reshape(-1) for k in summed]
                          + [torch.tensor([self.num_batches, self.num_samples],
                                          dtype=torch.float64, device=self.cross.device)])
         dist.all_reduce(flat, group=group)
         offset = 0
-        for k in self._TENSORS:
+        for k in summed:
             t = getattr(self, k)
             t.copy_(flat[offset:offset + t.numel()].view_as(t))
             offset += t.numel()
@@ -336,15 +394,47 @@ class MinibatchCKA:
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _check_constant_rows(rows, tensors, names, ct):
-        """A layer with ‖X_c‖² = 0 is one row repeated; centering hides ±inf/NaN in that
-        row (inf − inf), so look at the row itself: non-finite raises, naming the layer."""
+    def _check_constant_rows(rows, tensors, names, ct) -> _engine.Rows:
+        """Rows with ‖X_c‖² = 0 are one row repeated, or ‖X_c‖² underflowed (|x| ~
+        1e-300): the latter get the smallest positive float64 instead (not zero variance;
+        a copy, the rows are unchanged). Centering hides ±inf/NaN in a repeated row
+        (inf − inf), so look at the row itself: non-finite raises, naming the layer."""
+        sq_c = rows.sq_c
         for i in (rows.sq_c == 0).nonzero().flatten().tolist():
-            if not bool(torch.isfinite(tensors[i][:1]).all()):
-                _validate.raise_non_finite(tensors[i], names[i], ct)
+            x = tensors[i]
+            if not bool((x == x[:1]).all()):
+                sq_c = sq_c.clone() if sq_c is rows.sq_c else sq_c
+                sq_c[i] = torch.finfo(torch.float64).smallest_normal * 2.0 ** -52
+            elif not bool(torch.isfinite(x[:1]).all()):
+                _validate.raise_non_finite(x, names[i], ct)
+        return rows if sq_c is rows.sq_c else _engine.Rows(rows.g, sq_c, rows.sq, rows.scale)
 
     @staticmethod
     def _check_count(tensors, expected, arg):
         if len(tensors) != expected:
             raise ValueError(f"{arg} has {len(tensors)} representations; this MinibatchCKA "
                              f"was made for {expected}")
+
+
+def _merge(pow_old, self_old, e, self_new):
+    """Each layer's unit after adding a batch: the batch's where nothing was accumulated
+    yet, the old one where the batch adds nothing, else the larger (values are O(1) in
+    their own unit, so the larger unit holds the larger sum and the smaller part loses at
+    most what rounding would)."""
+    return torch.where(self_old == 0, e,
+                       torch.where(self_new == 0, pow_old, torch.maximum(pow_old, e)))
+
+
+def _in_units(h: _engine.Hsics, pa, pb) -> _engine.Hsics:
+    """``h`` expressed in units ``pa``/``pb`` (never larger values: pa >= h.ea where it
+    matters)."""
+    da, db = h.ea - pa, h.eb - pb
+    cross = _engine.ldexp(h.cross, da[:, None] + db[None, :])
+    return _engine.Hsics(cross, _engine.ldexp(h.self_a, 2 * da),
+                         _engine.ldexp(h.self_b, 2 * db), pa, pb)
+
+
+def _v1_units(state, k):
+    """A version-1 state's missing exponents: zeros (its sums are in the inputs' units)."""
+    ref = state.get("hsic_a" if k == "pow_a" else "hsic_b")
+    return torch.zeros_like(ref) if isinstance(ref, torch.Tensor) else None

@@ -3,10 +3,13 @@
 * ``flashcka::gram_rows(xs, backend, kernel, unbiased, sigma, threshold, ct)`` ->
   ``(g (L, m) ct, sq_c (L,) f64, sq (L,) f64, scale (L,) f64)``: every representation's
   centered Gram row in the backend's layout (``_engine.gram_rows``), with the row scales.
-* ``flashcka::pair(ga, gb, backend)`` -> ``(L_A, L_B) float64``: every row inner product.
+* ``flashcka::pair_stage(ga, gb, backend, same)`` -> ``(raw, qa, qb, la, lb)`` float64:
+  ``_engine.pair_stage``, every row inner product and squared row norm of the rows
+  normalised by powers of two ``2^la``, ``2^lb`` where they would leave the range.
 
 Each has a fake (meta) kernel — output shapes from ``L``, ``n`` and the backend's
-``row_length`` — and a registered autograd formula: ``pair``'s is that of ``G_A G_Bᵀ``;
+``row_length`` — and a registered autograd formula: ``pair_stage``'s is that of
+``G_A G_Bᵀ`` and the row norms (the powers of two are constants);
 ``gram_rows``' (torch layout, linear kernel) is ``dX = H (P(G) + P(G)ᵀ) X_c · scale²`` for a
 row gradient G (n × n), P the centering map (HKH or U-centering, both self-adjoint).
 
@@ -30,7 +33,7 @@ if not hasattr(torch.library, "custom_op"):
 from . import _engine, backends  # noqa: E402
 from .backends.torch_backend import center as _center  # noqa: E402
 
-__all__ = ["gram_rows", "pair", "cka_matrix_compiled"]
+__all__ = ["gram_rows", "pair_stage", "cka_matrix_compiled"]
 
 
 # ------------------------------------------------------------------ gram_rows
@@ -83,32 +86,44 @@ def _gram_rows_backward(ctx, grad_g, grad_sq_c, grad_sq, grad_scale):
 gram_rows.register_autograd(_gram_rows_backward, setup_context=_gram_rows_setup)
 
 
-# ------------------------------------------------------------------ pair
+# ------------------------------------------------------------------ pair_stage
 
-@torch.library.custom_op("flashcka::pair", mutates_args=())
-def pair(ga: torch.Tensor, gb: torch.Tensor, backend: str) -> torch.Tensor:
-    out = backends.get(backend).pair(ga.detach(), gb.detach())
-    return out.clone() if out.data_ptr() in (ga.data_ptr(), gb.data_ptr()) else out
-
-
-@pair.register_fake
-def _pair_fake(ga, gb, backend):
-    return ga.new_empty((ga.shape[0], gb.shape[0]), dtype=torch.float64)
+@torch.library.custom_op("flashcka::pair_stage", mutates_args=())
+def pair_stage(ga: torch.Tensor, gb: torch.Tensor, backend: str, same: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    raw, qa, qb, la, lb = _engine.pair_stage(backends.get(backend), ga.detach(), gb.detach(),
+                                             same)
+    return raw.clone(), qa.clone(), qb.clone(), la.clone(), lb.clone()
 
 
-def _pair_setup(ctx, inputs, output):
-    ga, gb, _ = inputs
-    ctx.save_for_backward(ga, gb)
+@pair_stage.register_fake
+def _pair_stage_fake(ga, gb, backend, same):
+    f64 = dict(dtype=torch.float64, device=ga.device)
+    la, lb = ga.shape[0], gb.shape[0]
+    return (torch.empty(la, lb, **f64), torch.empty(la, **f64), torch.empty(lb, **f64),
+            torch.empty(la, **f64), torch.empty(lb, **f64))
 
 
-def _pair_backward(ctx, grad):
-    ga, gb = ctx.saved_tensors
-    grad_a = (grad @ gb.to(torch.float64)).to(ga.dtype)
-    grad_b = (grad.T @ ga.to(torch.float64)).to(gb.dtype)
-    return grad_a, grad_b, None
+def _pair_stage_setup(ctx, inputs, output):
+    ga, gb, _, _ = inputs
+    ctx.save_for_backward(ga, gb, output[3], output[4])
 
 
-pair.register_autograd(_pair_backward, setup_context=_pair_setup)
+def _pair_stage_backward(ctx, grad, grad_qa, grad_qb, grad_la, grad_lb):
+    """raw = (G_A·2^la)(G_B·2^lb)ᵀ, q = ‖g·2^l‖² (the powers of two are constants)."""
+    ga, gb, la, lb = ctx.saved_tensors
+    ta, tb = torch.exp2(la)[:, None], torch.exp2(lb)[:, None]
+    a64, b64 = ga.to(torch.float64), gb.to(torch.float64)
+    grad_a = ta * (grad @ (b64 * tb))
+    grad_b = tb * (grad.T @ (a64 * ta))
+    if grad_qa is not None:
+        grad_a = grad_a + 2 * ta * ta * a64 * grad_qa[:, None]
+    if grad_qb is not None:
+        grad_b = grad_b + 2 * tb * tb * b64 * grad_qb[:, None]
+    return grad_a.to(ga.dtype), grad_b.to(gb.dtype), None, None
+
+
+pair_stage.register_autograd(_pair_stage_backward, setup_context=_pair_stage_setup)
 
 
 # ------------------------------------------------------------------ compiled cka_matrix
@@ -122,7 +137,9 @@ def _resolve(backend: str, device: str, dtype: str, grad: bool) -> str:
 
 
 def cka_matrix_compiled(xa, na, xb, nb, s: _engine.Settings, dtype, backend: str):
-    """``cka_matrix`` through the custom ops (what runs under ``torch.compile``)."""
+    """``cka_matrix`` through the custom ops (what runs under ``torch.compile``): the eager
+    route's pair stage (``_engine.pair_stage``), HSICs (``_engine.hsics``) and ratio
+    (``_engine.cka_ratio``), without the per-layer warnings."""
     from . import _validate
     s.check()
     backends.check_name(backend)
@@ -134,22 +151,20 @@ def cka_matrix_compiled(xa, na, xb, nb, s: _engine.Settings, dtype, backend: str
     grad = torch.is_grad_enabled() and any(t.requires_grad for ts, _ in groups for t in ts)
     name = _resolve(backend, xa[0].device.type, str(ct).replace("torch.", ""), grad)
     args = (name, s.kernel, s.unbiased, s.sigma, float(s.threshold), ct)
-    ga, sqc_a, sq_a, sc_a = torch.ops.flashcka.gram_rows(list(xa), *args)
+    ga, sqc_a, _, sc_a = torch.ops.flashcka.gram_rows(list(xa), *args)
     if same:
-        gb, sqc_b, sq_b, sc_b = ga, sqc_a, sq_a, sc_a
+        gb, sqc_b, sc_b = ga, sqc_a, sc_a
     else:
-        gb, sqc_b, sq_b, sc_b = torch.ops.flashcka.gram_rows(list(xb), *args)
-    norm = _engine.normaliser(n, s.unbiased)
-    sa2, sb2 = sc_a.square(), sc_b.square()
-    cross = torch.ops.flashcka.pair(ga, gb, name) / (norm * sa2[:, None] * sb2[None, :])
-    if same:
-        self_a = self_b = cross.diagonal()
-    else:
-        self_a = (ga.to(torch.float64).square().sum(1)) / (norm * sa2.square())
-        self_b = (gb.to(torch.float64).square().sum(1)) / (norm * sb2.square())
-    bad_a = _engine.zero_variance(sqc_a, sq_a, ct) | ~(self_a > 0)
-    bad_b = _engine.zero_variance(sqc_b, sq_b, ct) | ~(self_b > 0)
-    denom = torch.sqrt(self_a.clamp(min=0)[:, None] * self_b.clamp(min=0)[None, :])
-    keep = ~(bad_a[:, None] | bad_b[None, :])
-    out = cross / denom
-    return torch.where(keep, out, torch.full_like(out, float("nan")))
+        gb, sqc_b, _, sc_b = torch.ops.flashcka.gram_rows(list(xb), *args)
+    raw, qa, qb, la, lb = torch.ops.flashcka.pair_stage(ga, gb, name, same)
+    h = _engine.hsics(raw, qa, qb, -2.0 * _engine._log2(sc_a) - la,
+                      -2.0 * _engine._log2(sc_b) - lb, _engine.normaliser(n, s.unbiased), same)
+    bad_a = (sqc_a == 0) & _constant(xa) | ~(h.self_a > 0)
+    bad_b = (sqc_b == 0) & _constant(xb if not same else xa) | ~(h.self_b > 0)
+    return _engine.cka_ratio(h.cross, h.self_a, h.self_b, bad_a, bad_b)
+
+
+def _constant(xs) -> torch.Tensor:
+    """(L,) bool: representations whose rows are all equal (zero variance; a ‖X_c‖² of 0
+    from a tiny non-constant input is not)."""
+    return torch.stack([(x == x[:1]).all() for x in xs]).to(xs[0].device)
