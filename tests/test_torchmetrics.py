@@ -116,3 +116,41 @@ def test_ddp_sync_reduces_by_sum(rng):
     assert len(calls) == len(other._reductions)
     np.testing.assert_allclose(got.numpy(), ref(bs), rtol=0, atol=2e-6)
     assert int(m.num_batches) == 2          # states are restored after the synced compute
+
+
+def test_dict_after_sequence_batches_raises_as_plain_does(rng):
+    """update() must not forget the earlier batches' layer order: a dict after sequence
+    batches had its keys adopted, which swapped the layers silently."""
+    integ = _tm()
+    bs = batches(rng, [16, 16, 16], dims_a=(3, 17), dims_b=(5,))
+    m, plain = integ.MinibatchCKA(2, 1), flashcka.MinibatchCKA(2, 1)
+    for xa, xb in bs[:2]:
+        m.update(xa, xb)
+        plain.update(xa, xb)
+    before = m.compute().clone()
+    xa, xb = bs[2]
+    swapped = {"q": xa[1], "p": xa[0]}
+    for metric in (plain, m):
+        with pytest.raises(ValueError, match="earlier batches were sequences"):
+            metric.update(swapped, {"r": xb[0]})
+    assert int(m.num_batches) == 2 and torch.equal(m.compute(), before)
+
+
+def test_dict_batches_matched_by_key_across_updates(rng):
+    integ = _tm()
+    bs = batches(rng, [16, 20], dims_a=(3, 17), dims_b=(5,))
+    m = integ.MinibatchCKA(2, 1)
+    (a0, b0), (a1, b1) = bs
+    m.update({"p": a0[0], "q": a0[1]}, {"r": b0[0]})
+    m.update({"q": a1[1], "p": a1[0]}, {"r": b1[0]})       # other key order
+    np.testing.assert_allclose(m.compute().numpy(), ref(bs), rtol=0, atol=2e-6)
+    assert m.names_a == ["p", "q"]
+
+
+def test_out_of_float64_range_raises_clearly(rng):
+    integ = _tm()
+    (xa, xb), = batches(rng, [16], dims_a=(3,), dims_b=(5,), dtype=torch.float64)
+    m = integ.MinibatchCKA(1, 1)
+    with pytest.raises(ValueError, match="outside float64's range|leaves float64's range"):
+        m.update([xa[0] * 1e80], [xb[0]])
+    assert int(m.num_batches) == 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from .. import minibatch
+from .. import _engine, minibatch
 
 __all__ = ["MinibatchCKA"]
 
@@ -43,39 +43,47 @@ class MinibatchCKA(Metric):
         if kwargs.get("jackknife"):
             raise ValueError("jackknife standard errors are not synchronised by torchmetrics; "
                              "use flashcka.MinibatchCKA for them")
+        # The layer order (names, matched dict keys) and compute dtype live in _acc, for
+        # every batch; the sums are the metric states.
         self._acc = minibatch.MinibatchCKA(num_layers_a, num_layers_b, **kwargs)
         la, lb = self._acc.num_layers_a, self._acc.num_layers_b
         shapes = {"cross": (la, lb), "hsic_a": (la,), "hsic_b": (lb,), "sq_c_a": (la,),
                   "sq_a": (la,), "sq_c_b": (lb,), "sq_b": (lb,)}
-        for k in minibatch.MinibatchCKA._TENSORS:
-            self.add_state(k, torch.zeros(shapes[k], dtype=torch.float64), dist_reduce_fx="sum")
-        for k in ("num_batches", "num_samples", "float32_batches"):
+        for k, shape in shapes.items():
+            self.add_state(k, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        for k in ("num_batches", "num_samples"):
             self.add_state(k, torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, xs, ys=None) -> None:
-        """Add one minibatch (validated first; a failing batch adds nothing)."""
+        """Add one minibatch (validated and computed first; a failing batch adds nothing).
+        Dict batches are matched by key as in ``flashcka.MinibatchCKA``: a dict after
+        sequence batches without names raises. States are summed in the inputs' units, so
+        a batch whose HSICs leave float64's range raises (``flashcka.MinibatchCKA`` keeps
+        per-layer units and takes it)."""
         acc = self._acc
-        acc.reset()
-        acc.update(xs, ys)
-        for k in acc._TENSORS:
+        new = acc._prepare(xs, ys, alone=True)
+        h = _engine.Hsics(new["cross"], new["hsic_a"], new["hsic_b"], new["pow_a"],
+                          new["pow_b"])
+        sums = {"cross": _engine.in_units(h, new["names_a"], new["names_b"]),
+                "hsic_a": _self_in_units(h.self_a, h.ea, new["names_a"]),
+                "hsic_b": _self_in_units(h.self_b, h.eb, new["names_b"]),
+                **{k: new[k] for k in ("sq_c_a", "sq_a", "sq_c_b", "sq_b")}}
+        acc._commit({**{k: new[k] for k in ("names_a", "names_b", "keyed_a", "keyed_b",
+                                             "compute_dtype")},
+                     "num_batches": acc.num_batches + 1})
+        for k, v in sums.items():
             state = getattr(self, k)
-            state += getattr(acc, k).to(state.device)
+            state += v.to(state.device)
         self.num_batches += 1
-        self.num_samples += acc.num_samples
-        self.float32_batches += int(acc.compute_dtype != torch.float64)
+        self.num_samples += new["num_samples"]
 
     def compute(self) -> torch.Tensor:
         """Minibatch CKA of every pair over all batches (and ranks) -> (L_A, L_B) float64."""
-        nb = int(self.num_batches)
-        if nb == 0:
+        if int(self.num_batches) == 0:
             raise RuntimeError("MinibatchCKA.compute() before any update(): no batches added")
-        acc = self._acc
-        acc.reset()
-        for k in acc._TENSORS:
-            setattr(acc, k, getattr(self, k).clone())
-        acc.num_batches, acc.num_samples = nb, int(self.num_samples)
-        acc.compute_dtype = torch.float32 if int(self.float32_batches) else torch.float64
-        return acc.compute()
+        zero = lambda sq_c: _engine.zero_variance(sq_c, None, None)  # noqa: E731
+        return _engine.cka_from_hsic(self.cross, self.hsic_a, self.hsic_b, zero(self.sq_c_a),
+                                     zero(self.sq_c_b), self._acc.names_a, self._acc.names_b)
 
     @property
     def names_a(self) -> list[str]:
@@ -84,3 +92,15 @@ class MinibatchCKA(Metric):
     @property
     def names_b(self) -> list[str]:
         return list(self._acc.names_b)
+
+
+def _self_in_units(v, e, names):
+    """Self HSICs ``v · 2^(2e)`` in the inputs' units; outside float64's range raises."""
+    out = _engine.ldexp(v, 2 * e)
+    bad = ~torch.isfinite(out) | ((out.abs() < torch.finfo(torch.float64).tiny) & (v != 0))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"the HSIC of {names[i]} with itself leaves float64's range in the "
+                         f"inputs' units, which torchmetrics states sum as they are; rescale "
+                         f"the inputs or use flashcka.MinibatchCKA")
+    return out
