@@ -116,3 +116,64 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     leftovers = [p for p in os.listdir(tmp_path) if ".tmp" in p]
     for p in leftovers:           # a real crash could leave one; it is never read
         os.remove(tmp_path / p)
+
+
+def test_numpy_scalar_settings_checkpoint_loads_with_weights_only(tmp_path):
+    """A NumPy sigma/threshold is stored as a Python float: torch.load(weights_only=True)
+    refused the checkpoint ("cannot be read ... delete it")."""
+    loader = _loader()
+    ck = tmp_path / "np.ckpt"
+    kw = dict(KW, kernel="rbf", sigma=np.float64(2.5), threshold=np.float32(0.5))
+    want = compare(Net(0), Net(1), loader, **kw)
+    with pytest.raises(Killed):
+        compare(Net(0), Net(1), _dying(loader, 4), checkpoint=ck, checkpoint_every=1, **kw)
+    state = torch.load(ck, weights_only=True)
+    assert type(state["acc"]["settings"]["sigma"]) is float
+    got = compare(Net(0), Net(1), loader, checkpoint=ck, **kw)
+    assert np.array_equal(np.asarray(got.matrix), np.asarray(want.matrix))
+
+
+def _edited(tmp_path, **changes):
+    """A checkpoint of 4 of the 7 batches, then edited (``acc.<key>`` edits the state)."""
+    loader = _loader()
+    ck = tmp_path / "e.ckpt"
+    if not ck.exists():
+        with pytest.raises(Killed):
+            compare(Net(0), Net(1), _dying(loader, 5), checkpoint=ck, checkpoint_every=1,
+                    **KW, jackknife=4)
+    obj = torch.load(ck, weights_only=True)
+    for k, v in changes.items():
+        where, key = (obj["acc"], k[4:]) if k.startswith("acc.") else (obj, k)
+        if key.startswith("jackknife."):
+            where, key = where["jackknife"], key[len("jackknife."):]
+        if v is KeyError:
+            del where[key]
+        else:
+            where[key] = v(where[key]) if callable(v) else v
+    bad = tmp_path / "bad.ckpt"
+    torch.save(obj, bad)
+    return loader, bad
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"next_batch": -3}, "next_batch"),
+    ({"next_batch": 100}, "next_batch"),
+    ({"next_batch": 2}, "next_batch"),
+    ({"next_batch": KeyError}, "next_batch"),
+    ({"acc": KeyError}, "acc"),
+    ({"skipped": "x"}, "skipped"),
+    ({"version": 7}, "version"),
+    ({"acc.settings": KeyError}, "acc.settings"),
+    ({"acc.compute_dtype": "torch.banana"}, "acc.compute_dtype"),
+    ({"acc.num_batches": 9}, "acc"),
+    ({"acc.cross": lambda t: t * float("nan")}, "acc"),
+    ({"acc.jackknife.cross": lambda t: t * float("nan")}, "acc"),
+    ({"acc.jackknife.hsic_a": lambda t: -t - 1}, "acc"),
+    ({"acc.jackknife.count": lambda t: t + 1}, "acc"),
+])
+def test_edited_checkpoint_raises_naming_file_and_field(tmp_path, changes, field):
+    loader, bad = _edited(tmp_path, **changes)
+    calls = Net(0)
+    with pytest.raises(ValueError, match=rf"checkpoint .*bad\.ckpt.*: {field}\b") as e:
+        compare(calls, Net(1), loader, checkpoint=bad, **KW, jackknife=4)
+    assert "delete it" in str(e.value) and calls.calls == 0

@@ -79,7 +79,15 @@ class RunState:
                              f"start over") from None
         if not isinstance(ck, dict) or ck.get("format") != _FORMAT:
             raise ValueError(f"checkpoint {self.path} is not a flashcka compare checkpoint")
-        old = ck.get("fingerprint", {})
+        missing = [k for k in ("version", "fingerprint", "next_batch", "skipped", "acc")
+                   if k not in ck]
+        if missing:
+            self._bad(missing[0], "is missing")
+        if ck["version"] != 1 or isinstance(ck["version"], bool):
+            self._bad("version", f"is {ck['version']!r}; this flashcka reads 1")
+        old = ck["fingerprint"]
+        if not isinstance(old, dict):
+            self._bad("fingerprint", f"must be a dict, got {type(old).__name__}")
         diff = sorted(k for k in set(old) | set(self.fingerprint)
                       if old.get(k) != self.fingerprint.get(k))
         if diff:
@@ -87,20 +95,46 @@ class RunState:
                              for k in diff)
             raise ValueError(f"checkpoint {self.path} was written by a compare() with other "
                              f"arguments ({said}); use another path or delete it")
-        self.next_batch, self.skipped = int(ck["next_batch"]), int(ck["skipped"])
+        for k in ("next_batch", "skipped"):
+            v = ck[k]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                self._bad(k, f"must be a non-negative int, got {v!r}")
+        if not isinstance(ck["acc"], dict):
+            self._bad("acc", f"must be a MinibatchCKA state dict, got {type(ck['acc']).__name__}")
+        self.next_batch, self.skipped = ck["next_batch"], ck["skipped"]
         self.state = ck["acc"]
+
+    def _bad(self, field: str, what: str):
+        raise ValueError(f"checkpoint {self.path}: {field} {what}; it was edited or is "
+                         f"corrupt: delete it to start over") from None
 
     def restored(self, make_acc) -> MinibatchCKA | None:
         """The accumulator of the checkpoint (``make_acc(names_a, names_b, dtype)`` builds
-        an empty one), or None when starting fresh."""
+        an empty one), or None when starting fresh. Every field is checked: a bad one
+        raises a ValueError naming the file and the field."""
         if self.state is None:
             return None
         s = self.state
-        cd = s["compute_dtype"]
-        ct = getattr(torch, cd.replace("torch.", "")) if cd else None
-        acc = make_acc(s["names_a"], None if s["settings"]["num_layers_b"] is None
-                       else s["names_b"], ct)
-        acc.load_state_dict(s)
+        dtypes = {str(d): d for d in (torch.float32, torch.float64)}
+        settings = s.get("settings")
+        if not isinstance(settings, dict) or "num_layers_b" not in settings:
+            self._bad("acc.settings", f"must be a settings dict, got {settings!r}")
+        if s.get("compute_dtype") not in dtypes:
+            self._bad("acc.compute_dtype", f"must be one of {sorted(dtypes)}, got "
+                                           f"{s.get('compute_dtype')!r}")
+        try:
+            acc = make_acc(s.get("names_a"), None if settings["num_layers_b"] is None
+                           else s.get("names_b"), dtypes[s["compute_dtype"]])
+            acc.load_state_dict(s)
+        except (ValueError, TypeError) as e:
+            self._bad("acc", f"is not a valid accumulator state ({e})")
+        nb = self.next_batch        # loader indices below it this process runs:
+        runs = max(0, nb - self.rank + self.world - 1) // self.world \
+            if self.dist and self.shard else nb
+        if not acc.num_batches <= runs <= acc.num_batches + self.skipped:
+            self._bad("next_batch", f"= {self.next_batch} does not match the counts: "
+                                    f"{acc.num_batches} batches counted and {self.skipped} "
+                                    f"skipped of the {runs} this process runs below it")
         return acc
 
     # -- per batch

@@ -26,9 +26,13 @@ class Settings:
     threshold: float = 1.0
 
     def check(self) -> None:
-        """Validate every setting (messages name the argument); ``unbiased`` becomes a bool."""
+        """Validate every setting (messages name the argument); ``unbiased`` becomes a bool,
+        ``sigma``/``threshold`` floats."""
         _validate.kernel_args(self.kernel, self.sigma, self.threshold)
         self.unbiased = _validate.flag(self.unbiased, "unbiased")
+        # plain Python numbers (a NumPy scalar kept as is breaks torch.load(weights_only))
+        self.threshold = float(self.threshold)
+        self.sigma = None if self.sigma is None else float(self.sigma)
 
 
 def normaliser(n: int, unbiased: bool) -> float:

@@ -152,8 +152,9 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
     settings = Settings(kernel, unbiased, sigma, threshold)
     settings.check()
     run = RunState(checkpoint, checkpoint_every, _fingerprint(
-        model_a, model_b, layers_a, layers_b, tokens, mask, max_batches, kernel, unbiased,
-        sigma, threshold, dtype, jackknife), dist_info(distributed), shard)
+        model_a, model_b, layers_a, layers_b, tokens, mask, max_batches, kernel,
+        settings.unbiased, settings.sigma, settings.threshold, dtype, jackknife),
+        dist_info(distributed), shard)
     tok_a, tok_b = _check_args(model_a, model_b, tokens, mask, inputs_a, inputs_b,
                                max_batches, dtype, backend)
     same = model_b is None
@@ -188,7 +189,8 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
         raise ValueError(f"loader gave no usable batches (skipped {skipped} with fewer than "
                          f"{4 if unbiased else 2} samples)")
     matrix = acc.compute().cpu()
-    info = {"kernel": kernel, "unbiased": unbiased, "sigma": sigma, "threshold": threshold,
+    info = {"kernel": kernel, "unbiased": settings.unbiased, "sigma": settings.sigma,
+            "threshold": settings.threshold,
             "tokens": _token_name(tok_a.mode) if same or tok_a.mode is tok_b.mode
             else [_token_name(tok_a.mode), _token_name(tok_b.mode)],
             "mask": mask if mask is None or isinstance(mask, str) else "callable",
