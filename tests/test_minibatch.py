@@ -254,3 +254,135 @@ def test_constant_infinite_layer_is_non_finite_not_zero_variance():
     with pytest.raises(ValueError, match=r"xs\[1\] holds non-finite"):
         m.update([ok, torch.full((6, 2), float("-inf")).half()])
     assert m.num_batches == 0
+
+
+@pytest.mark.parametrize("scales", [(1e80, 1.0), (1e-80, 1.0), (1e150, 1e-150),
+                                    (1e-300, 1e-300), (1e-150, 1e120)])
+@pytest.mark.parametrize("jackknife", [0, 3])
+def test_float64_at_extreme_scales_equals_reference(rng, scales, jackknife):
+    """Accumulators keep per-layer power-of-two units: x·1e80 gave CKA 0.0 (self-HSIC
+    1e320 overflowed), x·1e-80 NaN with a false zero-variance warning. Batches of very
+    different scales (1e-150 then 1e120) are summed as the reference sums them."""
+    sizes = [30, 17, 25]
+    bx, by = batches(rng, sizes, [6, 4]), batches(rng, sizes, [5])
+    sa, sb = scales
+    m = flashcka.MinibatchCKA(2, 1, jackknife=jackknife)
+    for b, (x, y) in enumerate(zip(bx, by)):
+        f = sa if b != 1 else sb        # batch 1 at the other scale
+        m.update([v * f for v in t(x)], [v * sb for v in t(y)])
+    # reference: Σ_b r_b C_b / sqrt(Σ_b r_b² A_b · Σ_b B_b) with the per-batch HSICs of
+    # the unscaled data, r_b = (x scale of b) / (largest x scale) (x·r, y·s: HSIC·r·s)
+    rs = [(sa if b != 1 else sb) for b in range(3)]
+    top = max(rs)
+    rs = [r / top for r in rs]
+    want = np.empty((2, 1))
+    for i in range(2):
+        c = sum(r * ref.hsic(x[i], y[0]) for r, x, y in zip(rs, bx, by))
+        a = sum(r * r * ref.hsic(x[i], x[i]) for r, x in zip(rs, bx))
+        b_ = sum(ref.hsic(y[0], y[0]) for y in by)
+        want[i, 0] = c / np.sqrt(a * b_)
+    got = m.compute().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
+    resumed = flashcka.MinibatchCKA(2, 1, jackknife=jackknife)
+    resumed.load_state_dict(m.state_dict())
+    assert np.array_equal(resumed.compute().numpy(), got)
+    if jackknife and sa == sb:          # the same data unscaled: the same error bars
+        plain = flashcka.MinibatchCKA(2, 1, jackknife=jackknife)
+        for x, y in zip(bx, by):
+            plain.update(t(x), t(y))
+        np.testing.assert_allclose(m.stderr().numpy(), plain.stderr().numpy(), rtol=1e-8)
+
+
+def test_hsic_of_a_batch_out_of_float64_range_raises():
+    x = torch.randn(40, 30, dtype=torch.float64)
+    with pytest.raises(ValueError, match="HSIC of x and y is about 1e3.. in the inputs' "
+                                         "units, outside float64's range"):
+        flashcka.hsic(x * 1e80, x * 1e80)
+    with pytest.raises(ValueError, match="outside float64's range"):
+        flashcka.hsic(x * 1e-80, x * 1e-80)
+    np.testing.assert_allclose(float(flashcka.hsic(x * 1e70, x * 1e-70)),
+                               ref.hsic(x.numpy(), x.numpy()), rtol=1e-12)
+
+
+def test_numpy_scalar_settings_are_stored_as_python_numbers(tmp_path):
+    m = flashcka.MinibatchCKA(1, kernel="rbf", sigma=np.float64(2.0),
+                              threshold=np.float32(0.5))
+    m.update([torch.randn(10, 3)])
+    torch.save(m.state_dict(), tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)      # refused NumPy scalars
+    assert type(state["settings"]["sigma"]) is float
+    assert type(state["settings"]["threshold"]) is float
+
+
+def test_interrupted_update_leaves_state_as_before(rng):
+    """A KeyboardInterrupt at any line of update() (here raised from a trace function
+    at the k-th line executed in flashcka's modules) leaves the accumulators as they were
+    before the batch, or with the whole batch in: never half of it (cross updated and
+    self terms not gave CKA 0.82 where the state before gave 0.55)."""
+    import sys
+    bx, by = batches(rng, [20, 20], [4, 6]), batches(rng, [20, 20], [3])
+    kw = dict(jackknife=2)
+
+    def fresh():
+        m = flashcka.MinibatchCKA(2, 1, **kw)
+        m.update(t(bx[0]), t(by[0]))
+        return m
+    before = fresh().state_dict()
+    done = fresh()
+    done.update(t(bx[1]) * 1, [v * 1e100 for v in t(by[1])])   # new units too
+    after = done.state_dict()
+
+    def same(a, b):
+        return all(torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else
+                   (same(v, b[k]) if isinstance(v, dict) else v == b[k]) for k, v in a.items())
+    interrupted = 0
+    for k in range(1, 100000):
+        m, count = fresh(), [0]
+
+        def trace(frame, event, arg):
+            if "flashcka" not in frame.f_code.co_filename:
+                return None
+            if event == "line":
+                count[0] += 1
+                if count[0] == k:
+                    raise KeyboardInterrupt
+            return trace
+        sys.settrace(trace)
+        try:
+            m.update(t(bx[1]), [v * 1e100 for v in t(by[1])])
+        except KeyboardInterrupt:
+            interrupted += 1
+        finally:
+            sys.settrace(None)
+        state = m.state_dict()
+        assert same(state, before) or same(state, after), k
+        if count[0] < k:        # ran to the end without reaching line k
+            break
+    assert interrupted > 50
+
+
+def test_first_update_under_inference_mode_then_outside(rng):
+    bx, by = batches(rng, [20, 15, 18], [4]), batches(rng, [20, 15, 18], [3])
+    m = flashcka.MinibatchCKA(1, 1)
+    with torch.inference_mode():
+        m.update(t(bx[0]), t(by[0]))
+    m.update(t(bx[1]), t(by[1]))           # "Inplace update to inference tensor"
+    with torch.inference_mode():
+        m.update(t(bx[2]), t(by[2]))
+    np.testing.assert_allclose(m.compute().numpy(), ref.minibatch_cka(bx, by), rtol=1e-10)
+
+
+def test_load_state_dict_refuses_other_names_or_dtype(rng):
+    bx, by = batches(rng, [20], [4, 5]), batches(rng, [20], [3])
+    src = flashcka.MinibatchCKA(2, 1, names_a=["p", "q"], names_b=["r"])
+    src.update([v.float() for v in t(bx[0])], [v.float() for v in t(by[0])])
+    state = src.state_dict()
+    with pytest.raises(ValueError, match=r"names_a \['p', 'q'\] differ from this "
+                                         r"MinibatchCKA's names_a \['q', 'p'\]"):
+        flashcka.MinibatchCKA(2, 1, names_a=["q", "p"]).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"compute_dtype torch.float32 differs from this "
+                                         r"MinibatchCKA's dtype=torch.float64"):
+        flashcka.MinibatchCKA(2, 1, dtype=torch.float64).load_state_dict(state)
+    free = flashcka.MinibatchCKA(2, 1)          # no names given: the state's are taken
+    free.load_state_dict(state)
+    assert free.names_a == ["p", "q"] and free.compute_dtype == torch.float32
