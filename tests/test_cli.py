@@ -341,3 +341,49 @@ def test_data_specs_flat_folder_and_npz_dicts(tmp_path):
         load_data(f"npz:{tmp_path / 'ragged.npz'}")
     with pytest.raises(ValueError, match="digits, imagefolder:PATH, npz:PATH"):
         load_data("mnist")
+
+
+CMP = ["compare", "--model-a", "cli_factories:model_a", "--model-b", "cli_factories:model_b",
+       "--data", "cli_factories:data", "--layers-a", "0", "2", "--no-progress"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda d: ["--out", str(d / "file.txt")], r"--out .*file\.txt exists and is not a folder"),
+    (lambda d: ["--out", str(d / "file.txt" / "sub")], r"--out: cannot write to the folder"),
+    (lambda d: ["--out", str(d), "--name", "sub/x"], r"--name must be a file stem"),
+    (lambda d: ["--out", str(d), "--name", ""], r"--name must be a file stem"),
+    (lambda d: ["--out", str(d), "--checkpoint", str(d / "file.txt" / "ck")],
+     r"--checkpoint .*file\.txt exists and is not a folder"),
+    (lambda d: ["--out", str(d), "--checkpoint", str(d / "file.txt" / "a" / "ck")],
+     r"--checkpoint: cannot write to the folder"),
+    (lambda d: ["--out", str(d), "--checkpoint", str(d)], r"--checkpoint .* is a folder"),
+])
+def test_outputs_checked_before_the_first_batch(factories, monkeypatch, bad, message):
+    """--out on a file, --name sub/x, an unwritable --checkpoint: a clear error before any
+    batch (they raised FileExistsError/FileNotFoundError tracebacks after the whole run)."""
+    (factories / "file.txt").write_text("x")
+    cmp = sys.modules["flashcka.compare"]
+    ran = []
+    monkeypatch.setattr(cmp, "_run", lambda *a, **k: ran.append(1))
+    with pytest.raises(SystemExit, match=message):
+        main(CMP + bad(factories))
+    assert not ran
+
+
+def test_failed_plot_keeps_the_json(factories, monkeypatch, capsys):
+    from flashcka.result import CKAResult as R
+
+    def broken(self, *a, **k):
+        raise RuntimeError("no display")
+    monkeypatch.setattr(R, "plot", broken)
+    out = factories / "o"
+    assert main(CMP + ["--out", str(out)]) == 1
+    assert "heatmap could not be drawn (RuntimeError: no display)" in capsys.readouterr().err
+    assert CKAResult.load(out / "cka.json").names_a == ["0", "2"]
+
+
+def test_plot_with_tex_like_layer_names(tmp_path):
+    """Layer names are text: '$\\foo$' made matplotlib's mathtext raise."""
+    r = CKAResult(torch.rand(2, 2, dtype=torch.float64), ["$\\foo$", "a$b"], ["x_1^2", "$$"],
+                  {"model_a": "$\\bar", "model_b": "b"})
+    assert r.plot(tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"

@@ -128,6 +128,7 @@ def _compare(args) -> int:
     if args.num_samples is not None and args.num_samples < 1:
         raise SpecError(f"--num-samples must be >= 1, got {args.num_samples}")
     rank, world = _init_distributed()
+    out = _check_outputs(args, rank)
     device = args.device
     if device is None and world > 1:
         import torch
@@ -194,14 +195,54 @@ def _compare(args) -> int:
     result.settings.update(model_a=lm_a.name, model_b=(lm_b or lm_a).name, data=source.name)
     if rank != 0:
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fig = result.plot(out / f"{args.name}.{args.format}", stderr=args.plot_stderr
-                      and result.stderr is not None)
-    js = result.save(out / f"{args.name}.json")
     print(repr(result))
-    print(f"wrote {fig} and {js}")
+    try:                        # the numbers first: a plot that fails must not lose them
+        js = result.save(out / f"{args.name}.json")
+    except OSError as e:
+        print(json.dumps(result.to_dict(), allow_nan=False))
+        print(f"flashcka: cannot write {out / args.name}.json ({e}); the result is printed "
+              f"above as JSON", file=sys.stderr)
+        return 1
+    try:
+        fig = result.plot(out / f"{args.name}.{args.format}", stderr=args.plot_stderr
+                          and result.stderr is not None)
+    except Exception as e:  # noqa: BLE001 - matplotlib, fonts, disk: the JSON is written
+        print(f"flashcka: wrote {js}, but the heatmap could not be drawn "
+              f"({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
+    print(f"wrote {js} and {fig}")
     return 0
+
+
+def _check_outputs(args, rank: int) -> Path:
+    """Before the first batch, not after the run: ``--name`` a plain file stem, ``--out``
+    a folder that can be made and written (rank 0), ``--checkpoint`` a file in a writable
+    folder. Returns the output folder."""
+    name = args.name
+    if not name or name in (".", "..") or any(c in name for c in "/\\" + (os.sep or "")):
+        raise SpecError(f"--name must be a file stem without a folder, got {name!r} (the "
+                        f"folder is --out)")
+    out = Path(args.out)
+    if rank == 0:
+        _writable_folder(out, "--out")
+    if args.checkpoint is not None:
+        ck = Path(args.checkpoint)
+        if ck.is_dir():
+            raise SpecError(f"--checkpoint {ck} is a folder; give a file path")
+        _writable_folder(ck.parent, "--checkpoint")
+    return out
+
+
+def _writable_folder(path: Path, opt: str) -> None:
+    import tempfile
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{opt} {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise SpecError(f"{opt}: cannot write to the folder {path} ({e.strerror or e})") from None
 
 
 def _json(text, opt):

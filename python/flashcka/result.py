@@ -232,7 +232,7 @@ class CKAResult:
             im = ax.imshow(values, origin="lower", aspect="auto", cmap=cm, vmin=lo, vmax=hi,
                            interpolation="nearest")
             self._ticks(ax, font, pw, ph, lines)
-            ax.set_title(ttl, fontsize=9)
+            ax.set_title(ttl, fontsize=9, parse_math=False)   # names are text, not TeX
             if annotate:
                 for i in range(la):
                     for j in range(lb):
@@ -257,9 +257,10 @@ class CKAResult:
             labels = _shown_labels(names)
             axis.set_ticks(idx)
             axis.set_ticklabels([labels[i] for i in idx], fontsize=font,
-                                rotation=90 if side == "b" else 0)
+                                rotation=90 if side == "b" else 0, parse_math=False)
             every = "" if len(idx) == len(names) else f" ({len(idx)} of {len(names)} labelled)"
-            axis.set_label_text(f"{s.get('model_' + side, 'model_' + side)} layers{every}")
+            axis.set_label_text(f"{s.get('model_' + side, 'model_' + side)} layers{every}",
+                                parse_math=False)
             if lines[0 if side == "a" else 1]:
                 for edge in _block_edges(names):
                     (ax.axvline if side == "b" else ax.axhline)(edge - 0.5, color="white",
