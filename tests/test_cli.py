@@ -387,3 +387,16 @@ def test_plot_with_tex_like_layer_names(tmp_path):
     r = CKAResult(torch.rand(2, 2, dtype=torch.float64), ["$\\foo$", "a$b"], ["x_1^2", "$$"],
                   {"model_a": "$\\bar", "model_b": "b"})
     assert r.plot(tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_image_folder_mixing_grayscale_and_rgb_says_so(factories):
+    """It said "pass --image-size" even when --image-size was passed."""
+    from PIL import Image
+    folder = factories / "imgs"
+    folder.mkdir()
+    Image.new("L", (8, 8), 30).save(folder / "a.png")
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "b.png")
+    with pytest.raises(SystemExit, match=r"mix grayscale and colour \(\[1, 3\] channels\)"):
+        main(["compare", "--model-a", "cli_factories:model_a", "--data",
+              f"imagefolder:{folder}", "--image-size", "8", "--out", str(factories / "o"),
+              "--no-progress"])

@@ -347,3 +347,28 @@ def test_compare_result_saves_and_plots(tmp_path):
     big = CKAResult(np.random.default_rng(0).random((50, 40)),
                     [f"blocks.{i}.attn" for i in range(50)], [f"layer{i}" for i in range(40)])
     assert big.plot(tmp_path / "big.png").stat().st_size > 5000
+
+
+def test_dict_batch_size_skips_broadcast_entries():
+    """A dict batch whose first entry is position_ids (1, T) is B samples, not "n = 1"
+    (the batch was skipped as too small)."""
+    from torch import nn
+
+    class Tok(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.pos = nn.Embedding(50, 8), nn.Embedding(16, 8)
+            self.out = nn.Linear(8, 4)
+
+        def forward(self, position_ids, input_ids):
+            return self.out(self.emb(input_ids) + self.pos(position_ids))
+    g = torch.Generator().manual_seed(1)
+    loader = [{"position_ids": torch.arange(16)[None],
+               "input_ids": torch.randint(0, 50, (12, 16), generator=g)} for _ in range(2)]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no "skipping batch ... n = 1"
+        r = flashcka.compare(Tok(), None, loader, layers_a=["emb", "out"], tokens="mean",
+                             progress=False)
+    assert r.num_samples == 24 and r.num_batches == 2

@@ -108,3 +108,35 @@ def test_minibatch_argument_errors():
         m.compute()
     with pytest.raises(ValueError, match="num_layers_a must be a positive int"):
         flashcka.MinibatchCKA(0)
+
+
+def test_meta_and_sparse_inputs_are_named():
+    x = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="x is a meta tensor"):
+        flashcka.cka(x.to("meta"), x)
+    with pytest.raises(ValueError, match=r"xs\[0\] is a meta tensor"):
+        flashcka.MinibatchCKA(1).update([x.to("meta")])
+    with pytest.raises(TypeError, match=r"x is a sparse tensor \(layout torch.sparse_coo\); "
+                                        r"pass x.to_dense\(\)"):
+        flashcka.cka(x.to_sparse(), x)
+    with pytest.raises(TypeError, match=r"b is a sparse tensor \(layout torch.sparse_csr\)"):
+        flashcka.cka_matrix({"a": x, "b": x.to_sparse_csr()})
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_float8_is_upcast_on_every_backend(backend):
+    """float8 values are exact in float32: every backend gives the float32 answer (the torch
+    backend raised NotImplementedError from aminmax)."""
+    if not flashcka.backends.get(backend).usable()[0]:
+        pytest.skip(f"{backend} not usable here")
+    g = torch.Generator().manual_seed(3)
+    x8 = (torch.randn(12, 5, generator=g) * 4).to(torch.float8_e4m3fn)
+    y8 = (torch.randn(12, 3, generator=g) * 4).to(torch.float8_e5m2)
+    x, y = x8.float(), y8.float()
+    want = ref.cka(x.double().numpy(), y.double().numpy())
+    got = flashcka.cka(x8, y8, backend=backend)
+    assert abs(float(got) - want) < 1e-5
+    m = flashcka.MinibatchCKA(1, 1, backend=backend)
+    m.update([x8], [y8])
+    assert abs(float(m.compute()[0, 0]) - want) < 1e-5
+    torch.testing.assert_close(flashcka.gram(x8, backend=backend), x @ x.T, rtol=1e-6, atol=1e-5)

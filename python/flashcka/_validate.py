@@ -41,6 +41,7 @@ def representation(x, name: str) -> None:
     """One representation: a floating tensor of shape (n, ...) with at least one feature."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    storage(x, name)
     if x.is_complex() or not x.is_floating_point():
         raise TypeError(f"{name} has dtype {x.dtype}; CKA needs real floating-point "
                         f"activations (float16, bfloat16, float32 or float64)")
@@ -49,6 +50,22 @@ def representation(x, name: str) -> None:
     if x.shape[0] == 0 or x[:1].numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): a representation needs "
                          f"at least one sample and one feature")
+
+
+def storage(x: torch.Tensor, name: str) -> None:
+    """A dense tensor with data: sparse layouts and meta tensors are refused by name."""
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} is a sparse tensor (layout {x.layout}); pass {name}.to_dense()")
+    if x.is_meta:
+        raise ValueError(f"{name} is a meta tensor: it has a shape but no values to compare; "
+                         f"pass a tensor with data (e.g. materialise the model's weights)")
+
+
+def upcast_float8(tensors: list) -> list:
+    """float8 tensors as float32 (exact; torch has no reductions for them; the native
+    backend reads them as they are)."""
+    return [t.float() if t.is_floating_point() and t.element_size() == 1 else t
+            for t in tensors]
 
 
 def sample_count(groups: Sequence[tuple[list[torch.Tensor], list[str]]], unbiased: bool) -> int:

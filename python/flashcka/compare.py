@@ -351,7 +351,7 @@ def _token_name(mode):
 
 
 def _input_dtype(batch):
-    t = _first_tensor(batch)
+    t = next(_tensors(batch), None)
     return None if t is None else t.dtype
 
 
@@ -368,24 +368,27 @@ def _to_device(batch, device):
 
 
 def _batch_size(batch, b) -> int:
-    first = _first_tensor(batch[0] if isinstance(batch, (tuple, list)) and batch else batch)
-    if first is None or first.dim() == 0:
+    """The batch's sample count: the leading size of its inputs' first tensor, skipping
+    entries of leading size 1 that broadcast (``position_ids`` (1, T) before
+    ``input_ids`` (B, T) made a batch of B "n = 1")."""
+    sizes = [int(t.shape[0]) for t in _tensors(batch[0] if isinstance(batch, (tuple, list))
+                                                 and batch else batch) if t.dim() > 0]
+    if not sizes:
         raise TypeError(f"batch {b} holds no input tensor with a batch dimension (got "
                         f"{type(batch).__name__}); the loader must yield tensors, "
                         f"(input, target) tuples or dicts of tensors")
-    return int(first.shape[0])
+    return next((n for n in sizes if n > 1), sizes[0])
 
 
-def _first_tensor(obj):
+def _tensors(obj):
+    """Every tensor in obj (nested tuples, lists and dicts), in order."""
     if isinstance(obj, torch.Tensor):
-        return obj
+        yield obj
+        return
     values = obj.values() if isinstance(obj, Mapping) else obj \
         if isinstance(obj, (tuple, list)) else ()
     for v in values:
-        t = _first_tensor(v)
-        if t is not None:
-            return t
-    return None
+        yield from _tensors(v)
 
 
 def _model_device(model) -> torch.device:

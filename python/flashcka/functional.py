@@ -47,6 +47,7 @@ def gram(x: torch.Tensor, kernel: str = "linear", *, sigma: float | None = None,
     _validate.kernel_args(kernel, sigma, threshold)
     ct = _validate.compute_dtype([([x], ["x"])], dtype)
     be = backends.select(backend, x, grad=_needs_grad([([x], ["x"])]))
+    x, = _validate.upcast_float8([x])
     amax = float(x.detach().abs().amax())
     if not math.isfinite(amax):
         _validate.raise_non_finite(x, "x", ct)
@@ -176,6 +177,9 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
         route == "auto" and not forced and s.kernel == "linear"
         and _feature.cheaper(dims_a, dims_b, n, same))
     be = None if use_feature else backends.select(backend, xa[0], grad=grad)
+    if be is not None and be.name != "native":
+        xa = _validate.upcast_float8(xa)
+        xb = None if same else _validate.upcast_float8(xb)
     norm = _engine.normaliser(n, s.unbiased)
 
     if use_feature:

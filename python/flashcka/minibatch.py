@@ -110,6 +110,8 @@ class MinibatchCKA:
         _validate.device_of(groups)
         ct = self.compute_dtype or _validate.compute_dtype(groups, self.dtype)
         be = backends.select(self.backend, xa[0])
+        if be.name != "native":
+            groups = [(_validate.upcast_float8(ts), names) for ts, names in groups]
         ra = _engine.gram_rows(be, *groups[0], n, ct, s)
         rb = ra if self.same else _engine.gram_rows(be, *groups[1], n, ct, s)
         ra = self._check_constant_rows(ra, *groups[0], ct)

@@ -280,6 +280,11 @@ def _plain_images(image_size):
 
     def preprocess(images):
         xs = [one(im) for im in images]
+        channels = sorted({x.shape[0] for x in xs})
+        if len(channels) > 1:
+            raise ValueError(f"--data: the images mix grayscale and colour ({channels} channels) "
+                             f"for a factory model, which takes one kind; convert them to one "
+                             f"mode (e.g. all RGB)")
         if len({tuple(x.shape) for x in xs}) > 1:
             raise ValueError(f"--data: images of different sizes {sorted({tuple(x.shape) for x in xs})} "
                              f"for a factory model: pass --image-size")
