@@ -120,3 +120,18 @@ def test_grad_inputs_are_refused_clearly(rng):
         similarity_matrix(xs, measure="mutual_knn", topk=3)
     with torch.no_grad():
         assert similarity_matrix(xs, measure="rsa").shape == (2, 2)
+
+
+@pytest.mark.parametrize("scale", [1e40, 1e-40, 1e170, 1e-170, 1e300, 1e-300])
+def test_float64_at_extreme_scales(rng, scale):
+    """Every measure is invariant to a positive scale of a layer: CKNNA failed from about
+    1e±40 (self terms out of float64's range), RSA gave NaN at 1e170."""
+    x, y = layers(rng, 40, [30, 20])
+    xs = [x * scale]
+    np.testing.assert_allclose(similarity_matrix(xs, [y], measure="cknna", topk=7),
+                               [[ref_cknna(x.numpy(), y.numpy(), 7, True)]], rtol=0, atol=1e-10)
+    for method in ("spearman", "pearson"):
+        np.testing.assert_allclose(similarity_matrix(xs, [y], measure="rsa", rsa_method=method),
+                                   [[ref_rsa(x.numpy(), y.numpy(), method)]], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(similarity_matrix(xs, [y], measure="mutual_knn", topk=5),
+                               [[ref_mutual(x.numpy(), y.numpy(), 5)]], rtol=0, atol=1e-12)

@@ -1,6 +1,7 @@
 """``similarity_matrix``: CKA, mutual kNN, CKNNA or RSA between every pair of layers."""
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -98,10 +99,16 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
 # ------------------------------------------------------------------ helpers
 
 def _flat(x, name, ct) -> torch.Tensor:
-    f = x.detach().reshape(x.shape[0], -1).to(ct)
-    if not bool(torch.isfinite(f).all()):
+    """x as (n, d) in ct, times a power of two that brings max |x| into [1/2, 1) (exact):
+    every measure here is invariant to one positive scale of a layer, and the Grams and
+    self terms of x·1e±40 left float64's range."""
+    f, = _validate.upcast_float8([x.detach().reshape(x.shape[0], -1)])
+    amax = float(f.abs().amax())
+    if not math.isfinite(amax):
         _validate.raise_non_finite(x, name, ct)
-    return f
+    if amax > 0:
+        f = f.to(torch.float64) * math.ldexp(1.0, -math.frexp(amax)[1])
+    return f.to(ct)
 
 
 def _grams(tensors, names, ct) -> list[torch.Tensor]:
@@ -178,7 +185,8 @@ def _ratio(cross, self_a, self_b, names_a, names_b, what) -> torch.Tensor:
             warnings.warn(f"{what} is undefined for {names[i]}: its self term is not positive "
                           f"({float(s[i]):.3g}); its entries are NaN",
                           _validate.FlashCKAWarning, stacklevel=3)
-    out = cross / torch.sqrt(self_a.clamp(min=0)[:, None] * self_b.clamp(min=0)[None, :])
+    out = cross / (torch.sqrt(self_a.clamp(min=0))[:, None]
+                   * torch.sqrt(self_b.clamp(min=0))[None, :])   # no product of self terms
     out[~(self_a > 0)] = float("nan")
     out[:, ~(self_b > 0)] = float("nan")
     return out
