@@ -106,8 +106,16 @@ class Buffer {
  public:
   Buffer() = default;
   Buffer(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : p_(o.p_), cap_(o.cap_) {
+    o.p_ = nullptr;
+    o.cap_ = 0;
+  }
   Buffer& operator=(const Buffer&) = delete;
   ~Buffer() { release(); }
+  // Release the mapping when it is larger than `keep` bytes (kept otherwise).
+  void trim(size_t keep) {
+    if (cap_ * sizeof(T) > keep) release();
+  }
   T* get(size_t count) {
     if (count > cap_) {
       release();
@@ -130,15 +138,36 @@ class Buffer {
   size_t cap_ = 0;
 };
 
-// Per-thread buffers, kept between calls (the pool's threads live on).
+// Per-thread buffers, kept between calls (the pool's threads live on) up to kKeepBytes
+// each, so that a call on large n (an n × n float triangle is 1 GB at n = 16,000) leaves
+// nothing of that size behind: every job trims the working buffers of its thread at its
+// end (trim_work), and the thread that owns a layer's triangles (K, and the slots' partial
+// triangles, which it allocates before its job runs) trims them once the layer is done.
+constexpr size_t kKeepBytes = size_t(64) << 20;
+
 template <class T>
 struct Scratch {
-  // K: the layer's own; Kpart: helping another; pan, pan2: packed panels (simd_cpu.h)
-  Buffer<T> K, Kpart, buf, mu, amax, first, pan, pan2;
-  Buffer<double> acc;
+  // K: the layer's own; part[q]: slot q's partial triangle or product (deterministic
+  // splits, below); pan, pan2: packed panels (simd_cpu.h); r, m: the epilogue's sums
+  Buffer<T> K, buf, mu, amax, first, pan, pan2;
+  Buffer<double> acc, r, m;
+  std::vector<Buffer<T>> part;
   static Scratch& mine() {
     thread_local Scratch s;
     return s;
+  }
+  T* slot(size_t q, size_t count) {
+    while (part.size() <= q) part.emplace_back();
+    return part[q].get(count);
+  }
+  void trim_work() {
+    for (Buffer<T>* b : {&buf, &mu, &amax, &first, &pan, &pan2}) b->trim(kKeepBytes);
+    for (Buffer<double>* b : {&acc, &r, &m}) b->trim(kKeepBytes);
+  }
+  void trim() {
+    trim_work();
+    K.trim(kKeepBytes);
+    for (Buffer<T>& b : part) b.trim(kKeepBytes);
   }
 };
 
@@ -190,18 +219,21 @@ double center_chunk(T* buf, int64_t n, int64_t w, const T* mu, T s, Scratch<T>& 
   return m;
 }
 
-// Chunk boundaries (c0 of each chunk, then d): buffers of about 2 MiB. With several
-// threads on one layer the chunks shrink as the work runs out (guided: a chunk is about
-// 1/(2·nt) of what is left, at least 128 columns), so a thread slowed by another process
-// (or by torch's spinning OpenMP workers) holds the others up by one short chunk at most.
-std::vector<int64_t> chunk_starts(int64_t n, int64_t d, int64_t nt, size_t item) {
+// Chunk boundaries (c0 of each chunk, then d) of the OpenBLAS pass: nt slots of equal
+// column count (slot q: columns [d·q/nt, d·(q+1)/nt)), each cut into buffers of about
+// 2 MiB; slot q's chunks are [first[q], first[q+1]). A fixed split, so the sums do not
+// depend on thread timing.
+std::vector<int64_t> chunk_starts(int64_t n, int64_t d, int64_t nt, size_t item,
+                                  std::vector<int64_t>& first) {
   const int64_t wmax = std::min(d, std::max<int64_t>(256, (int64_t(2) << 20) / (int64_t(item) * n)));
   std::vector<int64_t> starts;
-  for (int64_t c = 0; c < d;) {
-    starts.push_back(c);
-    const int64_t left = d - c;
-    c += nt > 1 ? std::min(left, std::min(wmax, std::max<int64_t>(128, left / (2 * nt)))) : std::min(left, wmax);
+  first.clear();
+  for (int64_t q = 0; q < nt; ++q) {
+    first.push_back(int64_t(starts.size()));
+    const int64_t c1 = d * (q + 1) / nt;
+    for (int64_t c = d * q / nt; c < c1; c += std::min(wmax, c1 - c)) starts.push_back(c);
   }
+  first.push_back(int64_t(starts.size()));
   starts.push_back(d);
   return starts;
 }
@@ -212,9 +244,9 @@ struct Pass {
   bool varies = false;  // some column is not constant (else X_c = 0 exactly: K is zeroed)
 };
 
-// K's upper triangle after a chunk pass split over threads: thread 0's own (Kt[0] = K; 0
-// when it got no chunk) plus the other threads' triangles Kt[t]; exactly 0 when x is
-// constant (X_c = 0, not rounding noise) or has no columns.
+// K's upper triangle after a chunk pass split into slots: slot 0's own (Kt[0] = K; 0 when
+// it got no chunk) plus the other slots' triangles Kt[q], added in slot order; exactly 0
+// when x is constant (X_c = 0, not rounding noise) or has no columns.
 template <class T>
 void finish_triangle(T* K, int64_t n, bool zero, const std::vector<T*>& Kt) {
   if (zero || Kt[0] == nullptr)
@@ -228,15 +260,31 @@ void finish_triangle(T* K, int64_t n, bool zero, const std::vector<T*>& Kt) {
   }
 }
 
-// chunk_pass on AVX-512 (simd_cpu.h): chunks of kChunk columns are centred and packed
-// into panels (straight from x when its rows are plain runs of T, else through load_chunk's
-// buffer) and multiplied by our own packed SYRK. Threads: with at least 4 chunks each,
-// they pull chunks in turn into their own triangles (as below); otherwise K's tiles are
-// cut into nt bands of equal count, and a thread pulls a band and packs every chunk for
-// it, so that a small layer uses every thread too, with no partial triangles to add.
+// The statistics of a split pass, combined in slot order (sums in a fixed order).
+inline Pass combine(const std::vector<Pass>& part) {
+  Pass r;
+  for (const Pass& p : part) {
+    r.amax = std::max(r.amax, p.amax);
+    r.mu_sq += p.mu_sq;
+    r.aborted = r.aborted || p.aborted;
+    r.varies = r.varies || p.varies;
+  }
+  return r;
+}
+
+// chunk_pass on the vector kernels (simd_cpu.h): chunks of kChunk columns are centred and
+// packed into panels (straight from x when its rows are plain runs of T, else through
+// load_chunk's buffer) and multiplied by the packed SYRK. The work is cut into nt slots
+// that do not depend on which thread runs them, or on how many do (a busy pool, a small
+// OpenMP team), so the sums, and the result, are the same bit for bit on every call with
+// the same thread setting: with at least 4 chunks a slot, slot q takes the consecutive
+// chunks [chunks·q/nt, chunks·(q+1)/nt) into a triangle of its own (slot 0: K), added in
+// slot order at the end; otherwise K's tiles are cut into bands of equal count, and the
+// slot of a band packs every chunk for it (a small layer uses every thread too, and each
+// tile is one sum in chunk order).
 template <class I, class T>
-Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s, T* K,
-                     bool syrk, double abort_above, int nt) {
+Pass chunk_pass_simd(const simd::Kernels<T>& kk, const I* x, const Layout& L, const T* mu,
+                     bool center, T s, T* K, bool syrk, double abort_above, int nt) {
   constexpr int64_t P = simd::panel_rows<T>(), W = simd::kChunk;
   const int64_t n = L.n, d = L.a * L.b, chunks = (d + W - 1) / W, panels = (n + P - 1) / P;
   const bool direct = std::is_same<I, T>::value && L.a == 1 && L.s2 == 1;
@@ -244,23 +292,24 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
   const bool by_chunk = nt > 1 && chunks >= 4 * int64_t(nt);
   const int64_t tiles = panels * (panels + 1) / 2;
   const int64_t bands = by_chunk || !syrk ? 1 : std::min<int64_t>(nt, tiles);
-  if (!by_chunk) nt = int(bands);
-  // band b: the tiles [tiles·b/bands, tiles·(b+1)/bands) in syrk_panels' numbering
+  const int64_t slots = by_chunk ? nt : bands;
   std::atomic<int64_t> next{0};
   std::atomic<bool> stop{false};
-  std::vector<Pass> part(static_cast<size_t>(nt));  // per thread, or per band
-  std::vector<T*> Kt(size_t(nt), nullptr);
-  // One sweep over the chunks: all of them for band b (by_chunk: those this thread pulls,
-  // into its own triangle, statistics into part[t]).
-  auto sweep = [&](int t, int64_t b) {
+  std::vector<Pass> part(static_cast<size_t>(slots));
+  std::vector<T*> Kt(size_t(slots), nullptr), mine(size_t(slots), K);  // slot q's triangle
+  if (by_chunk && syrk)
+    for (int64_t q = 1; q < slots; ++q) mine[size_t(q)] = Scratch<T>::mine().slot(size_t(q), size_t(n * n));
+  auto sweep = [&](int64_t q) {
     Scratch<T>& sc = Scratch<T>::mine();
-    Pass& p = part[size_t(by_chunk ? t : b)];
+    Pass& p = part[size_t(q)];
     T* pan = sc.pan.get(size_t(panels * P * W));
+    const int64_t c_begin = by_chunk ? chunks * q / slots : 0;
+    const int64_t c_end = by_chunk ? chunks * (q + 1) / slots : chunks;
+    const int64_t b = by_chunk ? 0 : q, nb = by_chunk ? 1 : bands;
     T* Kmine = by_chunk ? nullptr : K;
     bool first = true;
-    for (int64_t q = 0;; ++q) {
-      const int64_t ch = by_chunk ? next++ : q;
-      if (ch >= chunks || (by_chunk && stop.load(std::memory_order_relaxed))) break;
+    for (int64_t ch = c_begin; ch < c_end; ++ch) {
+      if (by_chunk && stop.load(std::memory_order_relaxed)) break;
       const int64_t c0 = ch * W, cw = std::min(W, d - c0);
       const bool means = center && mu == nullptr;
       double* acc = means ? sc.acc.get(size_t(W)) : nullptr;
@@ -269,7 +318,7 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
       if (direct) {
         src = reinterpret_cast<const T*>(x) + c0;
         ld = L.s0;
-        if (means) simd::column_sums<T>(src, ld, n, cw, acc);
+        if (means) kk.column_sums(src, ld, n, cw, acc);
       } else {
         T* buf = sc.buf.get(size_t(n * W));
         load_chunk<I, T>(x, L, c0, c0 + cw, buf, acc);
@@ -280,7 +329,7 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
           center ? chunk_mean(mu != nullptr ? mu + c0 : nullptr, n, cw, sc, p.mu_sq, p.varies)
                  : nullptr;
       bool varies = false;
-      const double amax = simd::pack<T>(src, ld, n, cw, m, s, pan, &varies);
+      const double amax = kk.pack(src, ld, n, cw, m, s, pan, &varies);
       if (center) {
         p.varies = p.varies || varies;
         p.amax = std::max(p.amax, amax);
@@ -291,31 +340,17 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
         }
       }
       if (!syrk) continue;
-      if (by_chunk && Kmine == nullptr)
-        Kt[size_t(t)] = Kmine = t == 0 ? K : sc.Kpart.get(size_t(n * n));
-      simd::syrk_panels<T>(pan, n, cw, tiles * b / bands, tiles * (b + 1) / bands, Kmine, n,
-                           !first);
+      if (by_chunk && Kmine == nullptr) Kt[size_t(q)] = Kmine = mine[size_t(q)];
+      kk.syrk_panels(pan, n, cw, tiles * b / nb, tiles * (b + 1) / nb, Kmine, n, !first);
       first = false;
     }
   };
-  std::atomic<int64_t> next_band{0};
-  auto job = [&](int t) {
-    if (by_chunk) {
-      sweep(t, 0);
-    } else {
-      for (int64_t b; (b = next_band++) < bands;) sweep(t, b);
-    }
-  };
-  Pool::get().run(nt, job);
-  Pass r = part[0];  // bands: every band saw every chunk, so the statistics agree
-  if (by_chunk) {
-    r = Pass();
-    for (const Pass& p : part) {
-      r.amax = std::max(r.amax, p.amax);
-      r.mu_sq += p.mu_sq;
-      r.varies = r.varies || p.varies;
-    }
-  }
+  Pool::get().run(int(slots), [&](int) {
+    for (int64_t q; (q = next++) < slots;) sweep(q);
+    Scratch<T>::mine().trim_work();
+  });
+  // bands: every band saw every chunk, so their statistics agree; slots: combined in order
+  Pass r = by_chunk ? combine(part) : part[0];
   for (const Pass& p : part) r.aborted = r.aborted || p.aborted;
   if (!by_chunk) Kt[0] = K;  // bands wrote K itself
   if (syrk && !r.aborted) finish_triangle(K, n, chunks == 0 || (center && !r.varies), Kt);
@@ -329,28 +364,32 @@ Pass chunk_pass_simd(const I* x, const Layout& L, const T* mu, bool center, T s,
 template <class I, class T>
 Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K, bool syrk,
                 double abort_above, int nt) {
-  if (simd::available())
-    return chunk_pass_simd<I, T>(x, L, mu, center, s, K, syrk, abort_above, nt);
+  if (const simd::Kernels<T>* kk = simd::kernels<T>())
+    return chunk_pass_simd<I, T>(*kk, x, L, mu, center, s, K, syrk, abort_above, nt);
   const int64_t n = L.n, d = L.a * L.b;
   const bool direct = !center && std::is_same<I, T>::value && s == T(1) && L.a == 1 &&
                       L.s2 == 1 && L.s0 >= d && L.s0 <= 0x7fffffff;
   // (direct: BLAS reads x as (n, d) with ld = s0; rows that overlap in memory, s0 < d as
   // from unfold/expand/as_strided, are loaded into the buffer instead.)
-  const std::vector<int64_t> starts = chunk_starts(n, d, nt, sizeof(T));
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(nt, d / 256));
+  std::vector<int64_t> first;
+  const std::vector<int64_t> starts = chunk_starts(n, d, slots, sizeof(T), first);
   const int64_t chunks = int64_t(starts.size()) - 1;
   int64_t w = 0;  // the widest chunk: buffer sizes
   for (int64_t q = 0; q < chunks; ++q) w = std::max(w, starts[size_t(q + 1)] - starts[size_t(q)]);
-  nt = int(std::min<int64_t>(nt, chunks));
   std::atomic<int64_t> next{0};
   std::atomic<bool> stop{false};
-  std::vector<Pass> part(size_t(std::max(nt, 1)));
-  std::vector<T*> Kt(size_t(std::max(nt, 1)), nullptr);
+  std::vector<Pass> part(static_cast<size_t>(slots));
+  std::vector<T*> Kt(size_t(slots), nullptr), mine(size_t(slots), K);  // slot q's triangle
+  if (syrk)
+    for (int64_t q = 1; q < slots; ++q) mine[size_t(q)] = Scratch<T>::mine().slot(size_t(q), size_t(n * n));
   set_blas_threads(1);
-  auto job = [&](int t) {
+  auto sweep = [&](int64_t q) {  // slot q: its chunks in order, into its own triangle
     Scratch<T>& sc = Scratch<T>::mine();
-    Pass& p = part[size_t(t)];
+    Pass& p = part[size_t(q)];
     T* Kmine = nullptr;
-    for (int64_t ch; !stop.load(std::memory_order_relaxed) && (ch = next++) < chunks;) {
+    for (int64_t ch = first[size_t(q)]; ch < first[size_t(q + 1)]; ++ch) {
+      if (stop.load(std::memory_order_relaxed)) break;
       const int64_t c0 = starts[size_t(ch)], c1 = starts[size_t(ch + 1)], cw = c1 - c0;
       const T* a = nullptr;
       int lda = int(cw);
@@ -370,31 +409,21 @@ Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K
             break;
           }
         } else if (s != T(1)) {
-          for (int64_t q = 0; q < n * cw; ++q) buf[q] *= s;
+          for (int64_t k = 0; k < n * cw; ++k) buf[k] *= s;
         }
         a = buf;
       }
       if (!syrk) continue;
-      const bool first = Kmine == nullptr;
-      if (first) {
-        if (t == 0) {
-          Kmine = K;
-        } else {
-          Kmine = sc.Kpart.get(size_t(n * n));
-        }
-        Kt[size_t(t)] = Kmine;
-      }
-      syrk_upper(int(n), int(cw), a, lda, first ? T(0) : T(1), Kmine);
+      const bool fresh = Kmine == nullptr;
+      if (fresh) Kt[size_t(q)] = Kmine = mine[size_t(q)];
+      syrk_upper(int(n), int(cw), a, lda, fresh ? T(0) : T(1), Kmine);
     }
   };
-  Pool::get().run(nt, job);
-  Pass r;
-  for (const Pass& p : part) {
-    r.amax = std::max(r.amax, p.amax);
-    r.mu_sq += p.mu_sq;
-    r.aborted = r.aborted || p.aborted;
-    r.varies = r.varies || p.varies;
-  }
+  Pool::get().run(int(slots), [&](int) {
+    for (int64_t q; (q = next++) < slots;) sweep(q);
+    Scratch<T>::mine().trim_work();
+  });
+  const Pass r = combine(part);
   if (syrk && !r.aborted) finish_triangle(K, n, center && !r.varies, Kt);
   return r;
 }
@@ -501,7 +530,11 @@ int rbf_upper(T* K, T* dg, int64_t n, int64_t d, T* scr, const GramArgs& args) {
 // Packed centered row from the upper triangle of a symmetric kernel K and its diagonal.
 template <class T>
 void center_pack(const T* K, const T* dg, int64_t n, bool unbiased, T* out) {
-  if (simd::available()) return simd::center_pack<T>(K, dg, n, unbiased, out);
+  if (const simd::Kernels<T>* kk = simd::kernels<T>()) {
+    Scratch<T>& sc = Scratch<T>::mine();
+    return kk->center_pack(K, dg, n, unbiased, out, sc.r.get(size_t(n + 16)),
+                           sc.m.get(size_t(n + 16)));
+  }
   std::vector<double> r(size_t(n), 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const T* Ki = K + i * n;
@@ -548,10 +581,12 @@ LayerStats gram_layer(const Layer& ly, const GramArgs& args, int nt) {
   GramArgs a = args;
   a.scale = s;
   const double sq_c = sq / (s * s), row_scale = args.kernel == 1 ? 1.0 : s;
-  const LayerStats st{sq_c, sq_c + double(n) * p.mu_sq, row_scale, 0.0};
+  LayerStats st{sq_c, sq_c + double(n) * p.mu_sq, row_scale, 0.0};
   if (args.kernel == 1 && rbf_upper(K, dg.data(), n, ly.lay.a * ly.lay.b, out, a) != 0)
-    return {st.sq_c, st.sq, st.scale, 1.0};
-  center_pack(K, dg.data(), n, args.unbiased, out);
+    st.status = 1.0;
+  else
+    center_pack(K, dg.data(), n, args.unbiased, out);
+  Scratch<T>::mine().trim();  // the triangles of this layer: done
   return st;
 }
 
@@ -619,6 +654,7 @@ int kernel_matrix_t(const I* x, const Layout& L, T* out, const GramArgs& args) {
     out[i * n + i] = dg[i];
     for (int64_t j = i + 1; j < n; ++j) out[j * n + i] = out[i * n + j];
   }
+  Scratch<T>::mine().trim();
   return 0;
 }
 
@@ -644,15 +680,18 @@ void center_full_t(const T* k, T* out, int64_t n, bool unbiased) {
                            : T(double(k[i * n + j]) - r[i] / div - c[j] / div + g);
 }
 
-// The end of a split pair stage: out (thread 0's product, or 0 when it had no slice) plus
-// the other threads' partial products; for one set of rows, the lower triangle mirrored.
+// The end of a split pair stage: out (double) = the slots' partial products (in T) added
+// in slot order, in T as before (so that the numbers do not depend on the split more than
+// they must), then widened; for one set of rows, the lower triangle mirrored.
 template <class T>
-void pair_reduce(T* out, int64_t la, int64_t lb, bool same,
-                 const std::vector<std::vector<T>>& partial, const std::vector<char>& used) {
-  if (!used[0]) std::fill(out, out + la * lb, T(0));
+void pair_reduce(double* out, int64_t la, int64_t lb, bool same,
+                 std::vector<std::vector<T>>& partial, const std::vector<char>& used) {
+  T* sum = partial[0].data();
+  if (!used[0]) std::fill(sum, sum + la * lb, T(0));
   for (size_t t = 1; t < used.size(); ++t)
     if (used[t])
-      for (int64_t i = 0; i < la * lb; ++i) out[i] += partial[t][size_t(i)];
+      for (int64_t i = 0; i < la * lb; ++i) sum[i] += partial[t][size_t(i)];
+  for (int64_t i = 0; i < la * lb; ++i) out[i] = double(sum[i]);
   if (same)
     for (int64_t i = 0; i < la; ++i)
       for (int64_t j = i + 1; j < la; ++j) out[j * la + i] = out[i * la + j];
@@ -662,83 +701,68 @@ void pair_reduce(T* out, int64_t la, int64_t lb, bool same,
 // measured, 12-48 rows 1.3-2x faster than packing them (bench/results/cpu-2core/), 64 even.
 constexpr int64_t kFewRows = 64;
 
-// out = ga gbᵀ, split over the row length m: threads pull slices in turn (blocks of chunks
-// on AVX-512, below) and multiply them, thread t > 0 into its own (la, lb) partial, summed
-// at the end (pair_reduce).
+// out = ga gbᵀ, split over the row length m into nt slots of consecutive chunks (slot q:
+// chunks [chunks·q/nt, chunks·(q+1)/nt), in order, the next chunk's rows prefetched while
+// one is multiplied), slot q > 0 into its own (la, lb) partial, summed in slot order
+// (pair_reduce): the same sums in the same order whichever threads run the slots.
 template <class T>
 void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64_t ldb,
-            int64_t m, T* out, int threads) {
+            int64_t m, double* out, int threads) {
   const bool same = ga == gb && la == lb && lda == ldb;
-  if (simd::available()) {  // the same split, over chunks of packed panels (few rows:
-    // dot_rows on the rows as they lie, where packing would cost as much as the products)
-    constexpr int64_t P = simd::panel_rows<T>();
-    const bool few = la <= kFewRows && lb <= kFewRows;
-    const int64_t W = few ? simd::kDotChunk : simd::kChunk;
-    const int64_t chunks = (m + W - 1) / W;
-    int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
-    if (la * lb * m < (int64_t(1) << 20)) nt = 1;
-    // Threads pull blocks of consecutive chunks (about 4 blocks a thread): the next chunk's
-    // rows are prefetched while one is multiplied.
-    const int64_t block = std::max<int64_t>(1, std::min<int64_t>(16, chunks / (4 * nt)));
-    std::vector<std::vector<T>> partial(static_cast<size_t>(nt));
-    std::vector<char> used(size_t(nt), 0);
-    std::atomic<int64_t> next{0};
-    Pool::get().run(nt, [&](int t) {
-      Scratch<T>& sc = Scratch<T>::mine();
-      T* pa = few ? nullptr : sc.pan.get(size_t((la + P - 1) / P * P * W));
-      T* pb = few || same ? pa : sc.pan2.get(size_t((lb + P - 1) / P * P * W));
-      T* o = out;
-      if (t > 0) {
-        partial[size_t(t)].resize(size_t(la * lb));
-        o = partial[size_t(t)].data();
-      }
-      for (int64_t blk; (blk = next++) * block < chunks;)
-        for (int64_t ch = blk * block; ch < std::min(chunks, (blk + 1) * block); ++ch) {
-          const int64_t c0 = ch * W, cw = std::min(W, m - c0);
-          if (ch + 1 < std::min(chunks, (blk + 1) * block)) {
-            const int64_t nw = std::min(W, m - c0 - W);
-            simd::prefetch_rows<T>(ga + c0 + W, lda, la, nw);
-            if (!same) simd::prefetch_rows<T>(gb + c0 + W, ldb, lb, nw);
-          }
-          const bool acc = used[size_t(t)] != 0;
-          if (few) {
-            simd::dot_rows<T>(ga + c0, lda, la, gb + c0, ldb, lb, cw, o, lb, acc, same);
-          } else if (same) {
-            simd::pack_plain<T>(ga + c0, lda, la, cw, pa);
-            simd::syrk_panels<T>(pa, la, cw, 0, INT64_MAX, o, la, acc);
-          } else {
-            simd::pack_plain<T>(ga + c0, lda, la, cw, pa);
-            simd::pack_plain<T>(gb + c0, ldb, lb, cw, pb);
-            simd::gemm_panels<T>(pa, la, pb, lb, cw, o, lb, acc);
-          }
-          used[size_t(t)] = 1;
-        }
-    });
-    pair_reduce(out, la, lb, same, partial, used);
-    return;
-  }
-  set_blas_threads(1);
-  int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, m / 4096)));
+  const simd::Kernels<T>* kk = simd::kernels<T>();
+  constexpr int64_t P = simd::panel_rows<T>();
+  // vector kernels: packed panels, or (few rows) dot_rows on the rows as they lie, where
+  // packing would cost as much as the products; OpenBLAS: slices of 4096 at least
+  const bool few = la <= kFewRows && lb <= kFewRows;
+  const int64_t W = kk == nullptr ? 4096 : few ? simd::kDotChunk : simd::kChunk;
+  const int64_t chunks = (m + W - 1) / W;
+  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, kk == nullptr ? m / W : chunks));
   if (la * lb * m < (int64_t(1) << 20)) nt = 1;
-  const int64_t slices = nt == 1 ? 1 : 4 * nt;
   std::vector<std::vector<T>> partial(static_cast<size_t>(nt));
   std::vector<char> used(size_t(nt), 0);
   std::atomic<int64_t> next{0};
-  Pool::get().run(nt, [&](int t) {
-    T* o = out;
-    if (t > 0) {
-      partial[size_t(t)].resize(size_t(la * lb));
-      o = partial[size_t(t)].data();
-    }
-    for (int64_t sl; (sl = next++) < slices;) {
-      const int64_t m0 = m * sl / slices, m1 = m * (sl + 1) / slices;
-      const T beta = used[size_t(t)] ? T(1) : T(0);
+  if (kk == nullptr) set_blas_threads(1);
+  partial[0].resize(size_t(la * lb));
+  auto sweep = [&](int64_t q) {
+    if (q > 0) partial[size_t(q)].resize(size_t(la * lb));
+    T* o = partial[size_t(q)].data();
+    if (kk == nullptr) {  // OpenBLAS: the slot's columns in one call
+      const int64_t m0 = m * q / nt, m1 = m * (q + 1) / nt;
       if (same)
-        syrk_upper(int(la), int(m1 - m0), ga + m0, int(lda), beta, o);
+        syrk_upper(int(la), int(m1 - m0), ga + m0, int(lda), T(0), o);
       else
-        gemm_abt(int(la), int(lb), int(m1 - m0), ga + m0, int(lda), gb + m0, int(ldb), beta, o);
-      used[size_t(t)] = 1;
+        gemm_abt(int(la), int(lb), int(m1 - m0), ga + m0, int(lda), gb + m0, int(ldb), T(0), o);
+      used[size_t(q)] = 1;
+      return;
     }
+    Scratch<T>& sc = Scratch<T>::mine();
+    T* pa = few ? nullptr : sc.pan.get(size_t((la + P - 1) / P * P * W));
+    T* pb = few || same ? pa : sc.pan2.get(size_t((lb + P - 1) / P * P * W));
+    const int64_t c_end = chunks * (q + 1) / nt;
+    for (int64_t ch = chunks * q / nt; ch < c_end; ++ch) {
+      const int64_t c0 = ch * W, cw = std::min(W, m - c0);
+      if (ch + 1 < c_end) {
+        const int64_t nw = std::min(W, m - c0 - W);
+        kk->prefetch_rows(ga + c0 + W, lda, la, nw);
+        if (!same) kk->prefetch_rows(gb + c0 + W, ldb, lb, nw);
+      }
+      const bool acc = used[size_t(q)] != 0;
+      if (few) {
+        kk->dot_rows(ga + c0, lda, la, gb + c0, ldb, lb, cw, o, lb, acc, same);
+      } else if (same) {
+        kk->pack_plain(ga + c0, lda, la, cw, pa);
+        kk->syrk_panels(pa, la, cw, 0, INT64_MAX, o, la, acc);
+      } else {
+        kk->pack_plain(ga + c0, lda, la, cw, pa);
+        kk->pack_plain(gb + c0, ldb, lb, cw, pb);
+        kk->gemm_panels(pa, la, pb, lb, cw, o, lb, acc);
+      }
+      used[size_t(q)] = 1;
+    }
+  };
+  Pool::get().run(int(nt), [&](int) {
+    for (int64_t q; (q = next++) < nt;) sweep(q);
+    Scratch<T>::mine().trim_work();
   });
   pair_reduce(out, la, lb, same, partial, used);
 }
@@ -797,13 +821,13 @@ void center_full(const void* k, void* out, int64_t n, int dtype, bool unbiased) 
 }
 
 void pair(const void* ga, int64_t la, int64_t lda, const void* gb, int64_t lb, int64_t ldb,
-          int64_t m, void* out, int dtype, int threads) {
+          int64_t m, double* out, int dtype, int threads) {
   if (dtype == kF32)
     pair_t(static_cast<const float*>(ga), la, lda, static_cast<const float*>(gb), lb, ldb, m,
-           static_cast<float*>(out), threads);
+           out, threads);
   else
     pair_t(static_cast<const double*>(ga), la, lda, static_cast<const double*>(gb), lb, ldb,
-           m, static_cast<double*>(out), threads);
+           m, out, threads);
 }
 
 }  // namespace flashcka

@@ -57,10 +57,11 @@ int kernel_matrix(const void* x, int x_dtype, const Layout& lay, void* out, int 
 // U-centering or HKH of a contiguous (n, n) matrix k (any, not necessarily symmetric).
 void center_full(const void* k, void* out, int64_t n, int dtype, bool unbiased);
 
-// out (la, lb, contiguous, dtype) = ga gb^T; ga (la, m) ld lda, gb (lb, m) ld ldb.
-// Same pointer and shape: one SYRK and a mirror.
+// out (la, lb, contiguous, float64) = ga gb^T, summed in the rows' dtype; ga (la, m) ld
+// lda, gb (lb, m) ld ldb. Same pointer and shape: one SYRK and a mirror. The split of the
+// work is fixed by m, la, lb and threads (bitwise reproducible).
 void pair(const void* ga, int64_t la, int64_t lda, const void* gb, int64_t lb, int64_t ldb,
-          int64_t m, void* out, int dtype, int threads);
+          int64_t m, double* out, int dtype, int threads);
 
 // out (count, float64) = squared norms of the rows g (count, m), ld ld, accumulated in
 // double (the self terms of the pair stage when the two sides differ).

@@ -44,7 +44,19 @@ PYBIND11_MODULE(_C, m) {
   // Looked up now, while this is the process that imported us (pool.h: fork).
   m.attr("threads") = flashcka::Gomp::get().usable() ? "GNU OpenMP (the process's libgomp)"
                                                      : "own pool";
-  m.attr("simd") = flashcka::simd::available() ? "AVX-512 packed SYRK" : "OpenBLAS SYRK";
+  {
+    namespace simd = flashcka::simd;
+    const simd::Isa isa = simd::active();
+    m.attr("simd") = isa == simd::Isa::none ? std::string("OpenBLAS SYRK")
+                                            : std::string(simd::name(isa)) + " packed SYRK";
+    m.attr("simd_isa") = isa == simd::Isa::avx512 ? "avx512" : isa == simd::Isa::avx2 ? "avx2" : "0";
+    m.attr("simd_error") = std::string(simd::env_error());
+    std::vector<std::string> sup;
+    if (simd::supported(simd::Isa::avx512)) sup.push_back("avx512");
+    if (simd::supported(simd::Isa::avx2)) sup.push_back("avx2");
+    sup.push_back("0");
+    m.attr("simd_supported") = sup;
+  }
 
   m.def(
       "centered_gram_rows",
@@ -92,9 +104,11 @@ PYBIND11_MODULE(_C, m) {
       "pair",
       [](std::uintptr_t ga, int64_t la, int64_t lda, std::uintptr_t gb, int64_t lb,
          int64_t ldb, int64_t mm, std::uintptr_t out, int dtype, int threads) {
-        flashcka::pair(cptr(ga), la, lda, cptr(gb), lb, ldb, mm, mptr(out), dtype, threads);
+        flashcka::pair(cptr(ga), la, lda, cptr(gb), lb, ldb, mm,
+                       static_cast<double*>(mptr(out)), dtype, threads);
       },
-      py::call_guard<py::gil_scoped_release>(), "out (la, lb) = ga gb^T (rows of length m).");
+      py::call_guard<py::gil_scoped_release>(),
+      "out (la, lb) float64 = ga gb^T (rows of length m, summed in their dtype).");
   m.def(
       "row_sq_norms",
       [](std::uintptr_t g, int64_t count, int64_t ld, int64_t mm, int dtype, std::uintptr_t out,

@@ -32,20 +32,27 @@ _lib, _lib_error = None, None
 
 def _load():
     """Import flashcka._C after loading the wheel's OpenBLAS (rpath may be stale). On
-    AVX-512 CPUs the kernels are our own (csrc/simd_cpu.cpp) and OpenBLAS is not called;
-    elsewhere (or with FLASHCKA_SIMD=0) OpenBLAS picks its kernels as it always does."""
+    x86-64 CPUs with AVX-512 or AVX2 + FMA the kernels are our own (csrc/simd_*.cpp) and
+    OpenBLAS is not called; elsewhere (or with FLASHCKA_SIMD=0) OpenBLAS picks its kernels
+    as it always does. FLASHCKA_SIMD naming a set this CPU cannot run makes the backend
+    unusable, with the reason."""
     global _lib, _lib_error
     if _lib is not None or _lib_error is not None:
         return _lib
     try:
         import scipy_openblas32 as sob
-        name = f"lib{sob.get_library()}.so"
+        try:  # the file's own name: libscipy_openblas.so, .dylib on macOS
+            name = sob.get_library(fullname=True)
+        except TypeError:  # an older scipy-openblas32 without fullname= (Linux name)
+            name = f"lib{sob.get_library()}.so"
         path = os.path.join(sob.get_lib_dir(), name)
         if os.path.exists(path):
             ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         from .. import _C
         if not getattr(_C, "has_cpu_kernels", False):
             raise ImportError("flashcka._C was built without the CPU kernels")
+        if getattr(_C, "simd_error", ""):  # FLASHCKA_SIMD names what cannot run here
+            raise RuntimeError(_C.simd_error)
         _lib = _C
     except Exception as e:  # a missing or stale build is a reason, not a crash
         _lib_error = f"{type(e).__name__}: {e}"
@@ -207,10 +214,10 @@ class NativeBackend(Backend):
             and gb.stride() == ga.stride() else self._rows(gb)
         if max(m, ga.stride(0), gb.stride(0), la, lb) > _INT_MAX:
             return (ga @ gb.T).to(torch.float64)
-        out = torch.empty(la, lb, dtype=ga.dtype)
+        out = torch.empty(la, lb, dtype=torch.float64)
         _load().pair(ga.data_ptr(), la, ga.stride(0), gb.data_ptr(), lb, gb.stride(0), m,
                      out.data_ptr(), _CODES[ga.dtype], self._threads())
-        return out.to(torch.float64)
+        return out
 
     def sq_row_norms(self, g):
         """‖g_i‖² (L,) float64 of rows g (L, m), accumulated in double (float32 sums of
