@@ -22,6 +22,7 @@ def capabilities() -> dict:
                           if k.startswith(keys) and not callable(getattr(_C, k))}
     except ImportError as e:
         info["native"] = {"error": str(e)}
+    info["auto_cpu"] = backends.get("native").auto_rule()
     try:
         import triton
         info["triton"] = triton.__version__
@@ -37,4 +38,6 @@ def format_capabilities(info: dict) -> str:
         state = "usable" if b["usable"] else f"not usable: {b['reason']}"
         lines.append(f"  backend {name:7s} {state}")
     lines.append(f"  compiled module: {info['native']}")
+    lines.append(f"  backend='auto' on CPU tensors runs native for {info['auto_cpu']}; "
+                 f"FLASHCKA_SIMD=avx512|avx2|0 forces a kernel set")
     return "\n".join(lines)

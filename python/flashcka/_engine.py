@@ -300,25 +300,27 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
     if shift is not None:  # centred in float64 before anything is rounded to ct
         x = x - shift
         mu = torch.zeros(shift.shape, dtype=ct, device=x.device)
-    elif x.device.type == "cpu":  # in float64: a float32 sum near float32's max overflows
-        mu = be.column_mean(x, torch.float64).to(ct)
     else:
         mu = be.column_mean(x, ct)
-    amax, constant = _max_abs_dev(x, mu, ct)
+        if x.device.type == "cpu" and not bool(torch.isfinite(mu).all()):
+            mu = be.column_mean(x, torch.float64).to(ct)  # a float32 sum near its max overflows
     mu_sq = (shift if shift is not None else mu).to(torch.float64).square().sum()
-    if constant:  # every column constant: X_c = 0 exactly, whatever the rounding of μ;
-        out.zero_()  # its centered kernel (0, or 11ᵀ for RBF) centres to exactly 0
+    if _constant_rows(x):  # X_c = 0 exactly, whatever the rounding of μ; its centered
+        out.zero_()        # kernel (0, or 11ᵀ for RBF) centres to exactly 0
         scale_out.fill_(1.0)
         zero = torch.zeros((), dtype=torch.float64, device=x.device)
         return zero, zero + n * mu_sq
-    scale = pow2_scale(amax, ct, x.numel())
-    xs, mus, sigma = x, mu, s.sigma
-    if scale != 1.0:  # (a float64 x stays float64: the backend centres it before rounding)
-        xs, mus = (x if x.dtype == torch.float64 else x.to(ct)) * scale, mu * scale
-        sigma = None if s.sigma is None else s.sigma * scale
     try:
-        sq_c = be.centered_gram_row(xs, mus, out, kernel=s.kernel, sigma=sigma,
+        sq_c = be.centered_gram_row(x, mu, out, kernel=s.kernel, sigma=s.sigma,
                                     threshold=s.threshold, unbiased=s.unbiased)
+        scale = 1.0
+        if _may_need_scale(float(sq_c), ct, x.numel()):  # rare: the exact rule, and redo
+            scale = pow2_scale(_max_abs_dev(x, mu, ct), ct, x.numel())
+        if scale != 1.0:  # (a float64 x stays float64: the backend centres it before rounding)
+            xs, mus = (x if x.dtype == torch.float64 else x.to(ct)) * scale, mu * scale
+            sigma = None if s.sigma is None else s.sigma * scale
+            sq_c = be.centered_gram_row(xs, mus, out, kernel=s.kernel, sigma=sigma,
+                                        threshold=s.threshold, unbiased=s.unbiased)
     except ZeroBandwidthError as e:
         raise ValueError(f"{name}: {e}") from None
     sq_c = sq_c.to(torch.float64) / (scale * scale)
@@ -326,13 +328,29 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
     return sq_c, sq_c + n * mu_sq
 
 
-def _max_abs_dev(x, mu, ct) -> tuple[float, bool]:
-    """(max |x − μ| over all elements, whether every column is constant), from each
-    column's min and max (one pass; no graph)."""
+def _may_need_scale(sq_c: float, ct, nd: int) -> bool:
+    """Whether ``pow2_scale`` could give a scale other than 1 for a layer whose ‖X_c‖²
+    (computed in ct) is ``sq_c``: max|x − μ|² ≤ ‖X_c‖² ≤ n·d·max|x − μ|², so a maximum
+    outside [lo, hi] shows as ‖X_c‖² outside [lo², n·d·hi²]; a factor 2 covers the
+    rounding of ‖X_c‖². Inside, no pass over x for the maximum is needed."""
+    lo, hi, pair = _SAFE_RANGE.get(ct, _SAFE_RANGE_F32)
+    hi = min(hi, math.sqrt(pair / max(nd, 1)))
+    return not (2 * nd * lo * lo < sq_c < hi * hi / 2)
+
+
+def _constant_rows(x) -> bool:
+    """Every row of x equal to the first (and finite): zero variance, exactly. Rows 0 and
+    1 decide at once for real data."""
+    x = x.detach()
+    return (bool(torch.equal(x[0], x[1])) and bool(torch.equal(x, x[:1].expand_as(x)))
+            and bool(torch.isfinite(x[0]).all()))
+
+
+def _max_abs_dev(x, mu, ct) -> float:
+    """max |x − μ| over all elements, from each column's min and max (one pass; no graph)."""
     lo, hi = torch.aminmax(x.detach().reshape(x.shape[0], -1), dim=0)
     m = mu.detach().reshape(-1)
-    amax = float(torch.maximum(hi.to(ct) - m, m - lo.to(ct)).max())
-    return amax, bool((hi == lo).all()) and bool(torch.isfinite(lo).all())
+    return float(torch.maximum(hi.to(ct) - m, m - lo.to(ct)).max())
 
 
 def zero_variance(sq_c: torch.Tensor, sq: torch.Tensor, ct: torch.dtype) -> torch.Tensor:

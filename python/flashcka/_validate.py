@@ -5,6 +5,7 @@ tensors of consistent sample count, on one device, with non-empty features.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -41,13 +42,15 @@ def representation(x, name: str) -> None:
     """One representation: a floating tensor of shape (n, ...) with at least one feature."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    storage(x, name)
-    if x.is_complex() or not x.is_floating_point():
+    if x.layout is not torch.strided or x.is_meta:
+        storage(x, name)
+    if not x.is_floating_point():  # (complex tensors are not floating point either)
         raise TypeError(f"{name} has dtype {x.dtype}; CKA needs real floating-point "
                         f"activations (float16, bfloat16, float32 or float64)")
-    if x.dim() == 0:
+    shape = x.shape
+    if not shape:
         raise ValueError(f"{name} is a scalar; a representation has shape (n, ...)")
-    if x.shape[0] == 0 or x[:1].numel() == 0:
+    if shape[0] == 0 or math.prod(shape[1:]) == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): a representation needs "
                          f"at least one sample and one feature")
 

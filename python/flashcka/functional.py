@@ -105,8 +105,9 @@ def hsic(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "linear", unbiased: 
     unbiased (Song et al. 2012): ``⟨Û(K), Û(L)⟩_F / (n(n−3))`` with U-centered kernels;
     biased (Gretton et al. 2005): ``tr(K H L H) / (n−1)²``. Kernel arguments as in ``gram``.
     """
-    return _pairs([x], ["x"], [y], ["y"], Settings(kernel, unbiased, sigma, threshold),
-                  dtype, backend, "auto", want="hsic")[0, 0]
+    return _pairs(*_validate.representations(x, "x"), *_validate.representations(y, "y"),
+                  Settings(kernel, unbiased, sigma, threshold), dtype, backend, "auto",
+                  want="hsic")[0, 0]
 
 
 def cka(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "linear", unbiased: bool = True,
@@ -118,8 +119,8 @@ def cka(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "linear", unbiased: b
     debiased CKA (HSIC₁, U-centering), which can be slightly negative: never clamped.
     A zero-variance representation gives NaN and a warning.
     """
-    return _pairs([x], ["x"], [y], ["y"], Settings(kernel, unbiased, sigma, threshold),
-                  dtype, backend, "auto")[0, 0]
+    return _pairs(*_validate.representations(x, "x"), *_validate.representations(y, "y"),
+                  Settings(kernel, unbiased, sigma, threshold), dtype, backend, "auto")[0, 0]
 
 
 def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
@@ -150,7 +151,8 @@ def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
 def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
     """All-pairs HSIC (want="hsic") or CKA between xa and xb (None: xa with itself).
 
-    Everything is validated first. Route: the feature route (torch operations) is taken
+    Everything is validated first (each representation by ``_validate.representations``,
+    once, before this is called). Route: the feature route (torch operations) is taken
     for ``route="feature"``, or for ``route="auto"`` with the linear kernel when cheaper,
     unless a kernel backend ("native", "triton") is forced: those run the Gram route on
     their own kernels. With grad needed, ``backends.select`` gives the torch backend (or
@@ -160,9 +162,6 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
     _validate.route_arg(route, s.kernel)
     same = xb is None
     groups = [(xa, na)] + ([] if same else [(xb, nb)])
-    for tensors, names in groups:
-        for t, name in zip(tensors, names):
-            _validate.representation(t, name)
     n = _validate.sample_count(groups, s.unbiased)
     _validate.device_of(groups)
     ct = _validate.compute_dtype(groups, dtype)
@@ -171,8 +170,8 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
     if route == "feature" and forced:
         raise ValueError(f"route='feature' runs torch operations, not backend={backend!r}; "
                          f"pass backend='auto' or 'torch', or route='gram'")
-    dims_a = [t[0].numel() for t in xa]
-    dims_b = dims_a if same else [t[0].numel() for t in xb]
+    dims_a = [math.prod(t.shape[1:]) for t in xa]
+    dims_b = dims_a if same else [math.prod(t.shape[1:]) for t in xb]
     use_feature = route == "feature" or (
         route == "auto" and not forced and s.kernel == "linear"
         and _feature.cheaper(dims_a, dims_b, n, same))

@@ -63,7 +63,7 @@ def select(name: str, x: torch.Tensor, *, grad: bool = False) -> Backend:
                 ok, why = be.usable()
             except ImportError as e:
                 ok, why = False, f"{type(e).__name__}: {e}"
-            if ok and be.accepts(x):
+            if ok and be.accepts(x) and be.preferred(x):
                 return be
             if not ok and candidate not in _warned:
                 _warned.add(candidate)

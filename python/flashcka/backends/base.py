@@ -38,6 +38,12 @@ class Backend:
         """Whether this backend runs on ``x``'s device and dtype."""
         raise NotImplementedError
 
+    def preferred(self, x: torch.Tensor) -> bool:
+        """Whether ``backend="auto"`` should run this backend on representations like ``x``
+        (n, ...) rather than the torch backend it would otherwise fall back to: measured
+        rules (docs/design.md §4). True unless a backend says otherwise."""
+        return True
+
     def kernel_matrix(self, x: torch.Tensor, *, kernel: str, sigma, threshold: float,
                       ct: torch.dtype) -> torch.Tensor:
         """Uncentered kernel matrix K (n, n) in ``ct`` of x (n, ...)."""

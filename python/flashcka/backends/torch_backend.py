@@ -72,6 +72,22 @@ def rbf_from_gram(kc: torch.Tensor, sigma, threshold: float, dim: int = 1) -> to
     return torch.exp(d.div_(-two_s2)).masked_fill(zero, 1.0)
 
 
+def center_symmetric_(k: torch.Tensor, unbiased: bool, out: torch.Tensor) -> torch.Tensor:
+    """``center(k, unbiased)`` of a symmetric k (n, n), written into ``out`` (n, n); k is
+    overwritten (its diagonal zeroed when unbiased). Row sums stand for column sums:
+    ``Û_ij = K̃_ij − m_i − m_j`` with ``m_i = r_i/(n−2) − S/(2(n−1)(n−2))`` (biased:
+    ``r_i/n − S/(2n²)``), the formula of the native epilogue."""
+    n = k.shape[0]
+    if unbiased:
+        k.fill_diagonal_(0)
+    r = k.sum(1, keepdim=True)
+    total = r.sum()
+    m = r / (n - 2) - total / (2 * (n - 1) * (n - 2)) if unbiased else r / n - total / (2 * n * n)
+    torch.sub(k, m, out=out)
+    out.sub_(m.T)
+    return out.fill_diagonal_(0) if unbiased else out
+
+
 def center(k: torch.Tensor, unbiased: bool) -> torch.Tensor:
     """U-centering (Székely & Rizzo 2014) or HKH of k (n, n), never forming H."""
     n = k.shape[0]
@@ -117,8 +133,16 @@ class TorchBackend(Backend):
         sq_norm = k.diagonal().sum()
         if kernel == "rbf":
             k = rbf_from_gram(k, sigma, threshold, xc.shape[1])
-        out.copy_(center(k, unbiased).reshape(-1))
+        n = k.shape[0]
+        if out.is_contiguous() and not (torch.is_grad_enabled() and k.requires_grad):
+            center_symmetric_(k, unbiased, out.view(n, n))  # in place: no copy of k
+        else:
+            out.copy_(center(k, unbiased).reshape(-1))
         return sq_norm
 
     def pair(self, ga, gb):
         return (ga @ gb.T).to(torch.float64)
+
+    def sq_row_norms(self, g):
+        """‖g_i‖² (L,) float64 of rows g (L, m), accumulated in float64."""
+        return torch.linalg.vector_norm(g, dim=1, dtype=torch.float64).square()
