@@ -51,3 +51,83 @@ def test_ci_fails_when_native_is_required_but_missing(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ Triton fail-safe
+# backend="auto" checks the Triton kernels against the torch backend on first use per
+# dtype; on failure it warns once (FlashCKAWarning with the error and the device name) and
+# uses torch for the rest of the process; backend="triton" raises. Forced on the CPU: the
+# kernels run in the Triton interpreter and "auto" is made to pick Triton for CPU tensors.
+
+_TRITON_CASE = textwrap.dedent("""
+    import os, sys, warnings
+    os.environ["TRITON_INTERPRET"] = "1"
+    import torch, flashcka
+    from flashcka import backends
+    from flashcka.backends import triton_launch
+    backends._auto_order = lambda device: ("triton",)
+    MODE = sys.argv[1]
+    if MODE == "raise":                # a kernel that fails to compile or launch
+        class Broken:
+            def __getitem__(self, grid):
+                raise RuntimeError("boom: forced compile failure")
+        triton_launch._k._gram_stats_kernel = Broken()
+    elif MODE == "wrong":              # a kernel that runs but writes wrong numbers
+        real = triton_launch.center_pack_triton
+        def wrong(k, rowsum, out, *, unbiased):
+            real(k, rowsum, out, unbiased=unbiased)
+            out[::7] *= 1.01
+            return out
+        triton_launch.center_pack_triton = wrong
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(20, 30, generator=g) for _ in range(2)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = flashcka.cka_matrix(xs, route="gram")
+        b = flashcka.cka_matrix([x.double() for x in xs], route="gram")
+        flashcka.cka_matrix(xs, route="gram")
+    ours = [str(w.message) for w in caught if issubclass(w.category, flashcka.FlashCKAWarning)]
+    print("WARNINGS", len(ours))
+    for m in ours:
+        print("MSG", m)
+    print("AUTO", backends.select("auto", xs[0]).name)
+    t = flashcka.cka_matrix(xs, route="gram", backend="torch")
+    print("EQUAL_TORCH", bool(torch.equal(a, t)))
+    try:
+        flashcka.cka_matrix(xs, route="gram", backend="triton")
+        print("EXPLICIT ok")
+    except RuntimeError as e:
+        print("EXPLICIT raised", e)
+""")
+
+
+def _run_triton_case(mode):
+    import pytest
+    pytest.importorskip("triton")
+    out = subprocess.run([sys.executable, "-c", _TRITON_CASE, mode], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_triton_failing_kernel_falls_back_to_torch_once():
+    out = _run_triton_case("raise")
+    assert "WARNINGS 1" in out, out                       # once, not per call or dtype
+    assert "boom: forced compile failure" in out and "cpu (Triton interpreter)" in out, out
+    assert "using the torch backend for the rest of this process" in out, out
+    assert "AUTO torch" in out and "EQUAL_TORCH True" in out, out
+    assert "EXPLICIT raised backend='triton'" in out and "boom" in out.split("EXPLICIT")[1]
+
+
+def test_triton_wrong_numbers_fall_back_to_torch():
+    out = _run_triton_case("wrong")
+    assert "WARNINGS 1" in out, out
+    assert "max error" in out and "> tolerance" in out, out
+    assert "AUTO torch" in out and "EQUAL_TORCH True" in out, out
+    assert "EXPLICIT raised" in out, out
+
+
+def test_triton_healthy_kernels_are_used_without_warning():
+    out = _run_triton_case("ok")
+    assert "WARNINGS 0" in out, out
+    assert "AUTO triton" in out and "EXPLICIT ok" in out, out

@@ -110,7 +110,8 @@ def _gram_stats_kernel(x_ptr, mu_ptr, k_ptr, diag_ptr, rowpart_ptr, part_ptr,
             b = b.to(tl.bfloat16).to(tl.float32)
             acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION,
+                         out_dtype=mu_ptr.dtype.element_ty)   # float64: Triton 3.6 needs it
     if SPLIT:
         r = tl.arange(0, BLOCK)
         base = (s * tl.num_programs(0) + tile).to(tl.int64) * (BLOCK * BLOCK)

@@ -30,6 +30,7 @@ def _pair_kernel(ga_ptr, gb_ptr, part_ptr, LA, LB, m, stride_a, stride_b, CHUNK,
         mk = k < m
         a = tl.load(a_rows + k[None, :], mask=ma[:, None] & mk[None, :], other=0.0)
         b = tl.load(b_rows + k[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION,
+                     out_dtype=ga_ptr.dtype.element_ty)   # float64: Triton 3.6 needs it
     out = part_ptr + (s.to(tl.int64) * LA + ra)[:, None] * LB + rb[None, :]
     tl.store(out, acc.to(tl.float64), mask=ma[:, None] & mb[None, :])

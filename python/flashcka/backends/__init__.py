@@ -64,6 +64,10 @@ def select(name: str, x: torch.Tensor, *, grad: bool = False) -> Backend:
             except ImportError as e:
                 ok, why = False, f"{type(e).__name__}: {e}"
             if ok and be.accepts(x) and be.preferred(x):
+                if candidate == "triton":   # first use per dtype: checked against torch
+                    from .triton_backend import fail_safe
+                    if not fail_safe(be, x, strict=False):
+                        return get("torch")
                 return be
             if not ok and candidate not in _warned:
                 _warned.add(candidate)
@@ -77,6 +81,9 @@ def select(name: str, x: torch.Tensor, *, grad: bool = False) -> Backend:
     if not be.accepts(x):
         raise ValueError(f"backend={name!r} does not run on {x.device} tensors of dtype "
                          f"{x.dtype}; use backend='auto' or 'torch'")
+    if name == "triton":
+        from .triton_backend import fail_safe
+        fail_safe(be, x, strict=True)    # raises if its first-use check failed
     return be
 
 

@@ -101,3 +101,116 @@ class TritonBackend(Backend):
 
     def pair(self, ga, gb):
         return _launch().pair_triton(ga, gb, allow_tf32=self.allow_tf32)
+
+
+# ------------------------------------------------------------------ fail-safe first use
+
+_checked: dict[tuple, str] = {}      # (x dtype, allow_tf32, allow_bf16) -> "" (passed) or why
+_failure: str = ""                   # the first failure: Triton is off for this process
+
+
+def _unit_roundoff(be: TritonBackend, x_dtype: torch.dtype, ct: torch.dtype) -> float:
+    """Unit roundoff of the products the kernels make for x_dtype (docs/design.md §7)."""
+    if ct == torch.float64:
+        return 2.0 ** -53
+    if be.allow_bf16 and x_dtype == torch.bfloat16:
+        return 2.0 ** -8
+    return 2.0 ** -11 if be.allow_tf32 else 2.0 ** -24
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} (Triton interpreter)"
+
+
+def self_check(be: TritonBackend, x_dtype: torch.dtype, device: torch.device) -> str:
+    """Run every Triton kernel once on a tiny fixed input of x_dtype (n = 37, d = 45: partial
+    tiles) and compare with the torch backend; return "" if all agree, else what failed.
+
+    Checked: the linear centered Gram row (``_gram_stats_kernel``, ``_center_pack_kernel``),
+    the RBF row with the median heuristic (``_rbf_kernel``), both estimators, and the pair
+    stage (``_pair_kernel``). Tolerance (max-abs): 16·u·√d·max_i ‖x_i − μ‖² on Gram entries,
+    16·u·√m·max‖row‖² on the pair products, u the products' unit roundoff (float32 2^-24,
+    TF32 2^-11, bf16 2^-8, float64 2^-53); a kernel that compiles but writes wrong tiles,
+    NaN, or misses entries is off by O(1) of these scales."""
+    from .torch_backend import TorchBackend
+    n, d = 37, 45
+    ct = torch.float64 if x_dtype == torch.float64 else torch.float32
+    g = torch.Generator().manual_seed(1234)
+    x = (torch.randn(n, d, generator=g, dtype=torch.float64) + 3).to(x_dtype).to(device)
+    mu = x.mean(0, dtype=ct)
+    u = _unit_roundoff(be, x_dtype, ct)
+    tb = TorchBackend()
+    step = "start"
+    try:
+        rows = []
+        for kernel, unbiased in (("linear", True), ("linear", False), ("rbf", True)):
+            step = f"{kernel} centered Gram row ({'unbiased' if unbiased else 'biased'})"
+            out = torch.full((be.row_length(n, unbiased),), float("nan"), dtype=ct,
+                             device=device)
+            be.centered_gram_row(x, mu, out, kernel=kernel, sigma=None, threshold=1.0,
+                                 unbiased=unbiased)
+            want = torch.empty(n * n, dtype=ct, device=device)
+            tb.centered_gram_row(x, mu, want, kernel=kernel, sigma=None, threshold=1.0,
+                                 unbiased=unbiased)
+            got = _unpack_row(out.double(), n, unbiased)
+            want = want.double().reshape(n, n)
+            if kernel == "linear":
+                scale = (x.double() - mu.double()).square().sum(1).max().item()
+            else:
+                scale = 1.0
+            tol = 16 * u * d ** 0.5 * scale
+            err = (got - want).abs().max().item()
+            if not err <= tol:             # NaN fails too
+                return f"{step}: max error {err:.3g} > tolerance {tol:.3g}"
+            rows.append(out)
+        step = "pair stage"
+        ga = rows[0][None]
+        gb = torch.stack([rows[0], -0.5 * rows[0]])
+        got = be.pair(ga, gb)
+        want = ga.double() @ gb.double().T
+        tol = 16 * (2.0 ** -11 if be.allow_tf32 and ct == torch.float32 else u) * \
+            ga.shape[1] ** 0.5 * ga.double().square().sum().item()
+        err = (got.double() - want).abs().max().item()
+        if not err <= tol:
+            return f"{step}: max error {err:.3g} > tolerance {tol:.3g}"
+    except Exception as e:  # noqa: BLE001 - a compile or launch error of any kind
+        return f"{step}: {type(e).__name__}: {e}"
+    return ""
+
+
+def _unpack_row(row: torch.Tensor, n: int, unbiased: bool) -> torch.Tensor:
+    iu = torch.triu_indices(n, n, 1, device=row.device)
+    c = torch.zeros(n, n, dtype=row.dtype, device=row.device)
+    c[iu[0], iu[1]] = row[: n * (n - 1) // 2] / 2 ** 0.5
+    c = c + c.T
+    if not unbiased:
+        c = c + torch.diag(row[n * (n - 1) // 2:])
+    return c
+
+
+def fail_safe(be: TritonBackend, x: torch.Tensor, *, strict: bool) -> bool:
+    """Whether the Triton kernels may run on tensors like x: on first use per (x dtype,
+    precision settings) in the process, ``self_check`` compares them with the torch backend.
+    On a failure (compile or launch error, or a mismatch beyond its tolerance) ``strict``
+    (backend="triton" asked by name) raises a RuntimeError; otherwise (backend="auto") one
+    FlashCKAWarning gives the error and the device name, and False is returned for the rest
+    of the process, every dtype included (the caller then uses the torch backend)."""
+    global _failure
+    if not _failure:
+        key = (x.dtype, be.allow_tf32, be.allow_bf16)
+        if key not in _checked:
+            why = self_check(be, x.dtype, x.device)
+            _checked[key] = why
+            if why:
+                _failure = (f"the Triton kernels failed their first-use check on "
+                            f"{device_name(x.device)} for {x.dtype}: {why}")
+                if not strict:
+                    import warnings
+                    from .._validate import FlashCKAWarning
+                    warnings.warn(f"flashcka: {_failure}; using the torch backend for the "
+                                  f"rest of this process", FlashCKAWarning, stacklevel=4)
+    if _failure and strict:
+        raise RuntimeError(f"backend='triton': {_failure}")
+    return not _failure

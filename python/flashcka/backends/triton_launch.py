@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 import triton
 
+from . import triton_configs as _cfg
 from .torch_backend import median_sq_distance, noise_tol
 from .base import ZeroBandwidthError
 
@@ -63,13 +64,14 @@ MIN_STEPS = 8   # split-K: at least this many BLOCK_K steps of features per spli
 FILL = 2        # split-K when the upper-triangle tiles are fewer than FILL × SMs programs
 
 
-def _gram_config(ct: torch.dtype, n: int, interpret: bool | None = None) -> dict:
-    if interpreting() if interpret is None else interpret:
-        return dict(BLOCK=32 if n > 16 else 16, BLOCK_K=64)
-    if ct == torch.float64:
-        return dict(BLOCK=32, BLOCK_K=16, num_warps=4, num_stages=2)
-    blk = 64 if n > 128 else 32
-    return dict(BLOCK=blk, BLOCK_K=32, num_warps=4, num_stages=3)
+def _name(dt: torch.dtype) -> str:
+    return str(dt).rsplit(".", 1)[-1]
+
+
+def _gram_config(ct: torch.dtype, n: int, interpret: bool | None = None,
+                 prec: str = "ieee") -> dict:
+    return _cfg.gram_config(_name(ct), n, interpreting() if interpret is None else interpret,
+                            prec)
 
 
 class GramPlan(NamedTuple):
@@ -86,12 +88,12 @@ class GramPlan(NamedTuple):
 
 
 def gram_plan(n: int, T: int, C: int, ct: torch.dtype, *, sms: int,
-              interpret: bool | None = None) -> GramPlan:
+              interpret: bool | None = None, prec: str = "ieee") -> GramPlan:
     """The grid for an (n, T, C) input (T = 1 for (n, d)) on a device of ``sms``
     multiprocessors: one program per upper-triangle tile, and when those are fewer than
     FILL·sms, the T·ceil(C/BLOCK_K) feature steps split S ways (S ≤ steps/MIN_STEPS) so
     that about FILL·sms programs run; the S partial tiles are added in a fixed order."""
-    cfg = _gram_config(ct, n, interpret)
+    cfg = _gram_config(ct, n, interpret, prec)
     nb = triton.cdiv(n, cfg["BLOCK"])
     ntri = nb * (nb + 1) // 2
     steps = max(1, T * triton.cdiv(C, cfg["BLOCK_K"]))
@@ -104,21 +106,11 @@ def gram_plan(n: int, T: int, C: int, ct: torch.dtype, *, sms: int,
 
 def _precision(x_dtype: torch.dtype, ct: torch.dtype, allow_tf32: bool,
                allow_bf16: bool) -> str:
-    """Products of the centered float32 values: "bf16" (bfloat16 inputs, allow_bf16),
-    "tf32" (allow_tf32; float32, float16 and, without allow_bf16, bfloat16 inputs) or
-    "ieee". float64 compute is always "ieee"."""
-    if ct != torch.float32:
-        return "ieee"
-    if allow_bf16 and x_dtype == torch.bfloat16:
-        # The interpreter's tl.dot mistakes bf16 for integers: same rounding, fp32 products.
-        return "bf16_rounded" if interpreting() else "bf16"
-    if allow_tf32 and x_dtype != torch.float64:
-        return "tf32"
-    return "ieee"
+    return _cfg.precision(_name(x_dtype), _name(ct), allow_tf32, allow_bf16, interpreting())
 
 
 def _epilogue_block(n: int) -> int:
-    return 32 if interpreting() or n <= 256 else 64
+    return _cfg.epilogue_block(n, interpreting())
 
 
 def token_view(x: torch.Tensor):
@@ -163,11 +155,14 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     if ct not in (torch.float32, torch.float64):
         raise TypeError(f"mu must be float32 or float64, got {ct}")
     n = x.shape[0]
+    if _cfg.kernel_x_dtype(_name(x.dtype), _name(ct)) != _name(x.dtype):
+        x = x.float()        # 16-bit x, float64 compute: see triton_configs.kernel_x_dtype
     xv, T, C, st_n, st_t, st_c = token_view(x)
     mu_flat = mu.reshape(-1).contiguous()
     if mu_flat.numel() != T * C:
         raise ValueError(f"mu has {mu_flat.numel()} entries for {T * C} features")
-    plan = gram_plan(n, T, C, ct, sms=_num_sms(x.device))
+    prec = _precision(x.dtype, ct, allow_tf32, allow_bf16)
+    plan = gram_plan(n, T, C, ct, sms=_num_sms(x.device), prec=prec)
     blk = plan.cfg["BLOCK"]
     k = _scratch((n, n), ct, x.device)
     diag = _scratch((n,), ct, x.device)
@@ -177,7 +172,7 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     _k._gram_stats_kernel[(plan.ntri, plan.splits)](
         xv, mu_flat, k, diag, rowpart, part, n, T, C, st_n, st_t, st_c, k.stride(0),
         plan.nb, plan.per_split,
-        INPUT_PRECISION=_precision(x.dtype, ct, allow_tf32, allow_bf16),
+        INPUT_PRECISION=prec,
         CENTER_WIDE=x.dtype == torch.float64 and ct == torch.float32, SPLIT=split,
         **plan.cfg)
     if split:
@@ -276,11 +271,7 @@ def pair_triton(ga: torch.Tensor, gb: torch.Tensor, *, allow_tf32: bool = False)
     if gb.shape[1] and gb.stride(1) != 1:
         gb = gb.contiguous()
     (LA, m), LB = ga.shape, gb.shape[0]
-    if interpreting():
-        ba, bk, cfg = 16, 128, {}
-    else:
-        ba, bk = (64, 64) if dt == torch.float32 else (32, 16)
-        cfg = dict(num_warps=4, num_stages=3)
+    ba, bk, cfg = _cfg.pair_config(_name(dt), interpreting())
     bb = ba
     tiles = triton.cdiv(LA, ba) * triton.cdiv(LB, bb)
     kblocks = max(1, triton.cdiv(m, bk))
@@ -290,7 +281,7 @@ def pair_triton(ga: torch.Tensor, gb: torch.Tensor, *, allow_tf32: bool = False)
     chunk = bk * triton.cdiv(kblocks, splits)
     splits = max(1, triton.cdiv(m, chunk))
     part = _scratch((splits, LA, LB), torch.float64, ga.device)
-    precision = "tf32" if (allow_tf32 and dt == torch.float32) else "ieee"
+    precision = _precision(dt, dt, allow_tf32, False)
     _k._pair_kernel[(triton.cdiv(LA, ba), triton.cdiv(LB, bb), splits)](
         ga, gb, part, LA, LB, m, ga.stride(0), gb.stride(0), chunk,
         BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=bk, INPUT_PRECISION=precision, **cfg)

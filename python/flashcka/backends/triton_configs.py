@@ -1,0 +1,126 @@
+"""Every compile-time choice the Triton launchers (triton_launch.py) can make, torch-free.
+
+The launchers take their block sizes, warps, stages and product precision from here, and
+``bench/aot.py`` compiles every case of ``aot_cases()`` for sm_80 and sm_90 with no GPU (it
+loads this file by path, without torch or flashcka). So the AOT check covers exactly what
+the launchers can launch: a new branch added here is compiled by CI.
+
+dtypes are named as torch names them: "float16", "bfloat16", "float32", "float64".
+"""
+from __future__ import annotations
+
+import itertools
+
+X_DTYPES = ("float16", "bfloat16", "float32", "float64")
+COMPUTE = ("float32", "float64")
+TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
+
+
+def gram_config(ct: str, n: int, interpret: bool, prec: str = "ieee") -> dict:
+    """``_gram_stats_kernel`` block sizes (and warps/stages on a GPU), chosen so that no
+    variant spills registers on sm_80 or sm_90 (bench/aot.py checks each; e.g. 64×64×32
+    IEEE tiles on 4 warps spilled 300 B on sm_80): 64×64 tiles for n > 128 (8 warps;
+    IEEE float32 products two stages deep), 32×32 below."""
+    if interpret:
+        return dict(BLOCK=32 if n > 16 else 16, BLOCK_K=64)
+    if ct == "float64":
+        return dict(BLOCK=32, BLOCK_K=16, num_warps=8, num_stages=2)
+    if n <= 128:
+        if prec == "ieee":
+            return dict(BLOCK=32, BLOCK_K=16, num_warps=4, num_stages=3)
+        return dict(BLOCK=32, BLOCK_K=32, num_warps=4, num_stages=2)
+    return dict(BLOCK=64, BLOCK_K=32, num_warps=8, num_stages=2 if prec == "ieee" else 3)
+
+
+def precision(x_dtype: str, ct: str, allow_tf32: bool, allow_bf16: bool,
+              interpret: bool) -> str:
+    """Products of the centered values: "bf16" (bfloat16 inputs, allow_bf16), "tf32"
+    (allow_tf32; float32, float16 and, without allow_bf16, bfloat16 inputs) or "ieee";
+    float64 compute is always "ieee". The interpreter's tl.dot treats bf16 as integers:
+    there "bf16_rounded" (the same bf16 rounding, float32 products)."""
+    if ct != "float32":
+        return "ieee"
+    if allow_bf16 and x_dtype == "bfloat16":
+        return "bf16_rounded" if interpret else "bf16"
+    if allow_tf32 and x_dtype != "float64":
+        return "tf32"
+    return "ieee"
+
+
+def kernel_x_dtype(x_dtype: str, ct: str) -> str:
+    """The dtype ``_gram_stats_kernel`` reads x in: float16/bfloat16 inputs with float64
+    compute are upcast to float32 first (exact) by the launcher, because Triton 3.6's
+    float64 MMA lowering asserts on operands loaded as 16-bit ("fp64 don't support largeK
+    MMA"; seen by bench/aot.py)."""
+    if ct == "float64" and x_dtype in ("float16", "bfloat16"):
+        return "float32"
+    return x_dtype
+
+
+def epilogue_block(n: int, interpret: bool) -> int:
+    """BLOCK of ``_center_pack_kernel`` and ``_rbf_kernel``."""
+    return 32 if interpret or n <= 256 else 64
+
+
+def pair_config(dt: str, interpret: bool) -> tuple[int, int, dict]:
+    """(BLOCK_A = BLOCK_B, BLOCK_K, launch options) of ``_pair_kernel``."""
+    if interpret:
+        return 16, 128, {}
+    if dt == "float32":
+        return 64, 32, dict(num_warps=8, num_stages=3)
+    return 32, 16, dict(num_warps=4, num_stages=3)
+
+
+_NS = (64, 4096)      # a small and a large n: every block-size branch above
+
+
+def aot_cases():
+    """Yield (kernel name, signature, constexprs, options, label) for every compiled
+    variant the launchers can choose on a GPU. Signature entries are Triton type strings;
+    integer arguments are i32 and pointers 16-byte aligned (the common specialisation)."""
+    ptr = lambda d: "*" + TRITON_TYPE[d]  # noqa: E731
+    seen = set()
+    for x, ct, tf32, bf16, n, split in itertools.product(
+            X_DTYPES, COMPUTE, (False, True), (False, True), _NS, (False, True)):
+        x = kernel_x_dtype(x, ct)
+        prec = precision(x, ct, tf32, bf16, False)
+        cfg = gram_config(ct, n, False, prec)
+        key = (x, ct, prec, tuple(sorted(cfg.items())), split)
+        if key in seen:
+            continue
+        seen.add(key)
+        opts = {k: cfg[k] for k in ("num_warps", "num_stages")}
+        sig = dict(x_ptr=ptr(x), mu_ptr=ptr(ct), k_ptr=ptr(ct), diag_ptr=ptr(ct),
+                   rowpart_ptr=ptr(ct), part_ptr=ptr(ct), n="i32", T="i32", C="i32",
+                   stride_n="i32", stride_t="i32", stride_c="i32", stride_k="i32",
+                   nb="i32", per_split="i32")
+        cst = dict(BLOCK=cfg["BLOCK"], BLOCK_K=cfg["BLOCK_K"], INPUT_PRECISION=prec,
+                   CENTER_WIDE=x == "float64" and ct == "float32", SPLIT=split)
+        yield ("_gram_stats_kernel", sig, cst, opts,
+               f"x={x} ct={ct} {prec} B{cfg['BLOCK']}xK{cfg['BLOCK_K']}"
+               f"{' split' if split else ''}")
+    for ct in COMPUTE:
+        for blk in sorted({gram_config(ct, n, False)["BLOCK"] for n in _NS}):
+            sig = dict(part_ptr=ptr(ct), k_ptr=ptr(ct), diag_ptr=ptr(ct), rowpart_ptr=ptr(ct),
+                       n="i32", stride_k="i32", nb="i32", splits="i32")
+            yield "_gram_reduce_kernel", sig, dict(BLOCK=blk), {}, f"ct={ct} B{blk}"
+        for blk in sorted({epilogue_block(n, False) for n in (64, 1024)}):
+            for unbiased in (True, False):
+                sig = dict(k_ptr=ptr(ct), m_ptr=ptr(ct), out_ptr=ptr(ct), n="i32",
+                           stride_k="i32", nb="i32")
+                yield ("_center_pack_kernel", sig, dict(BLOCK=blk, UNBIASED=unbiased), {},
+                       f"ct={ct} B{blk} {'unbiased' if unbiased else 'biased'}")
+            for dist, exp in ((True, True), (True, False), (False, True)):
+                sig = dict(k_ptr=ptr(ct), diag_ptr=ptr(ct), scale_ptr=ptr(ct),
+                           rowpart_ptr=ptr(ct), n="i32", stride_k="i32", tol="fp32",
+                           nb="i32")
+                yield ("_rbf_kernel", sig, dict(BLOCK=blk, DIST=dist, EXP=exp), {},
+                       f"ct={ct} B{blk} dist={dist} exp={exp}")
+        ba, bk, opts = pair_config(ct, False)
+        for prec in sorted({precision("float32" if ct == "float32" else ct, ct, t, False, False)
+                            for t in (False, True)}):
+            sig = dict(ga_ptr=ptr(ct), gb_ptr=ptr(ct), part_ptr="*fp64", LA="i32", LB="i32",
+                       m="i32", stride_a="i32", stride_b="i32", CHUNK="i32")
+            yield ("_pair_kernel", sig, dict(BLOCK_A=ba, BLOCK_B=ba, BLOCK_K=bk,
+                                             INPUT_PRECISION=prec), opts,
+                   f"ct={ct} {prec} {ba}x{ba}xK{bk}")
