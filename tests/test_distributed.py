@@ -60,10 +60,18 @@ def _batches(rng, sizes, dims):
     return out
 
 
-@pytest.mark.parametrize("kernel,unbiased", [("linear", True), ("rbf", False)])
-def test_two_ranks_equal_one_process(rng, tmp_path, kernel, unbiased):
+@pytest.mark.parametrize("kernel,unbiased,scaled", [("linear", True, False),
+                                                    ("rbf", False, False),
+                                                    ("linear", False, True)])
+def test_two_ranks_equal_one_process(rng, tmp_path, kernel, unbiased, scaled):
+    """``scaled``: layer 0 at 1e120 on rank 0's batches and 1e-90 on rank 1's, layer 1 at
+    1e-150: the ranks' per-layer units differ, all_reduce agrees on them first."""
     sizes = [16, 23, 9, 40, 31]                     # odd count: unequal shares per rank
     bx, by = _batches(rng, sizes, [3, 50, 7]), _batches(rng, sizes, [6, 2])
+    if scaled:
+        for b, layers in enumerate(bx):
+            layers[0] = layers[0] * (1e120 if b % 2 == 0 else 1e-90)
+            layers[1] = layers[1] * 1e-150
     data = tmp_path / "data.npz"
 
     def obj(bs):  # ragged (batches x layers) of arrays, as an object array
@@ -89,6 +97,8 @@ def test_two_ranks_equal_one_process(rng, tmp_path, kernel, unbiased):
         assert int(got["num_batches"]) == len(sizes)
         assert int(got["num_samples"]) == sum(sizes)
         np.testing.assert_allclose(got["cka"], want, rtol=0, atol=1e-12)
+    if scaled:      # (the one-process number at these scales: tests/test_minibatch.py)
+        return
     # and the one-process number is the estimator's (not merely self-consistent)
     np.testing.assert_allclose(want, ref.minibatch_cka(bx, by, kernel, unbiased), rtol=1e-9,
                                atol=0)
