@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _validate
+from . import _memory, _validate
 from .backends import ZeroBandwidthError, float64_shift
 
 
@@ -76,8 +76,9 @@ def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None =
     """One centered Gram row per representation, written into ``out`` (L, m) if given."""
     L = len(tensors)
     device = tensors[0].device
-    g = out if out is not None else torch.empty(
-        L, be.row_length(n, s.unbiased), dtype=ct, device=device)
+    m = be.row_length(n, s.unbiased)
+    check_memory(be, names, n, m, ct, device, rows=L if out is None else 0)
+    g = out if out is not None else torch.empty(L, m, dtype=ct, device=device)
     if hasattr(be, "centered_gram_rows"):       # native: all layers in one call
         sq_c, sq, scale = _fused_rows(be, tensors, names, g, n, s)
     else:
@@ -88,6 +89,23 @@ def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None =
             sq_c[i], sq[i] = gram_row(be, x, name, g[i], n, ct, s, scale_out=scale[i])
     check_finite(sq_c, names, ct, tensors)
     return Rows(g, sq_c, sq, scale)
+
+
+def check_memory(be, names, n, m, ct, device, rows: int) -> None:
+    """Before allocating: ``rows`` rows of m values in ct plus the backend's scratch for
+    Grams of n samples (``Backend.scratch_bytes``) must fit in what the device has left,
+    else a MemoryError naming the layers and what to do (_memory.check)."""
+    item = torch.empty((), dtype=ct).element_size()
+    need = rows * m * item + be.scratch_bytes(n, ct)
+    if need < 2 ** 28:  # nothing to check below 256 MiB
+        return
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    _memory.check(need, device, f"the centered Grams of {len(names)} layer(s) ({shown}) at "
+                  f"n = {n} samples ({rows} rows of {m:,} {ct} values + the {be.name} "
+                  f"backend's n x n scratch)",
+                  "Memory grows as n²: compare fewer samples at a time with "
+                  "flashcka.MinibatchCKA (minibatch CKA, Nguyen et al. 2021) or compare(..., "
+                  "batch_size=...), fewer layers per call, or float32 instead of float64.")
 
 
 def _fused_rows(be, tensors, names, g, n, s: Settings):

@@ -113,6 +113,11 @@ class NativeBackend(Backend):
             return True
         return not (x.shape[0] <= 128 and math.prod(x.shape[1:]) >= 2048)
 
+    def scratch_bytes(self, n, ct):
+        """Each working thread's n × n triangle (layers in parallel, or the slots of one
+        layer split over the threads): threads · n² values (csrc/gram_cpu.cpp)."""
+        return self._threads() * n * n * torch.empty((), dtype=ct).element_size()
+
     @staticmethod
     def auto_rule() -> str:
         """The shape classes ``auto`` gives this backend on this machine, in words."""
