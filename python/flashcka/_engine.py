@@ -95,8 +95,7 @@ def check_memory(be, names, n, m, ct, device, rows: int) -> None:
     """Before allocating: ``rows`` rows of m values in ct plus the backend's scratch for
     Grams of n samples (``Backend.scratch_bytes``) must fit in what the device has left,
     else a MemoryError naming the layers and what to do (_memory.check)."""
-    item = torch.empty((), dtype=ct).element_size()
-    need = rows * m * item + be.scratch_bytes(n, ct)
+    need = rows * m * ct.itemsize + be.scratch_bytes(n, ct)
     if need < 2 ** 28:  # nothing to check below 256 MiB
         return
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")

@@ -60,7 +60,7 @@ class Backend:
         """Working memory of one call building Grams of n samples in ct, beyond the rows
         (an estimate used to refuse calls that cannot fit: ``_engine.check_memory``).
         Default: the Gram, its centred copy and a temporary, n × n each."""
-        return 3 * n * n * torch.empty((), dtype=ct).element_size()
+        return 3 * n * n * ct.itemsize
 
     def column_mean(self, x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
         """Column mean μ of x (n, ...) -> x.shape[1:] in ct (the μ of centered_gram_row)."""

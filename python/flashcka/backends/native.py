@@ -116,7 +116,7 @@ class NativeBackend(Backend):
     def scratch_bytes(self, n, ct):
         """Each working thread's n × n triangle (layers in parallel, or the slots of one
         layer split over the threads): threads · n² values (csrc/gram_cpu.cpp)."""
-        return self._threads() * n * n * torch.empty((), dtype=ct).element_size()
+        return self._threads() * n * n * ct.itemsize
 
     @staticmethod
     def auto_rule() -> str:
