@@ -1,40 +1,96 @@
 #!/usr/bin/env bash
-# One command on any CUDA machine: build flashcka, run the GPU tests and the GPU benchmarks.
-#   bash bench/gpu.sh            (PYTHON=/path/to/python to pick the interpreter)
-# Results: bench/results/<gpu-name>/{tests.log, bench_triton.json, bench_cuda.json, env.txt}
-# (<gpu-name> is torch.cuda.get_device_name() as bench/conftest.py's machine_slug writes it).
-# Build dependencies (scikit-build-core, pybind11, scipy-openblas32, cmake, ninja) and
-# triton/pytest/pytest-benchmark must already be installed: the build is offline-safe
-# (--no-build-isolation --no-deps).
-set -euo pipefail
+# One call on a GPU machine (<= 8 minutes): install carried wheels, build flashcka, run the GPU
+# tests, run the GPU benchmarks (bench/gpu_bench.py: Gram + centring vs torch.matmul, pair
+# stage vs HBM bandwidth, MinibatchCKA.update vs model forward time), and write JSON, the
+# environment and the commit into the output folder. Exit status non-zero on any failure.
+#
+#   bash bench/gpu_prep.sh                    (CPU machine with the registry: fills .whl/)
+#   bash bench/gpu.sh                         (GPU machine; device tool: carry [".whl"])
+#   bash bench/gpu.sh --dry-run               (CPU: the same steps, TRITON_INTERPRET=1, tiny
+#                                              sizes, the installed flashcka; CI runs this)
+# Output: $OUT if set (the device tool brings it back), else bench/results/gpu-run/
+# (dry run: /tmp/flashcka-gpu-dry). Files: env.txt, build.log, tests.log, bench.json,
+# bench.md, summary.txt (at most 8 files: what the device tool returns).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
-
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
-SLUG=$("$PY" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
-OUT="bench/results/$SLUG"
-mkdir -p "$OUT"
-
-echo "== build (editable, CUDA kernels when a toolkit is found)"
-FLASHCKA_CUDA=${FLASHCKA_CUDA:-AUTO} "$PY" -m pip install --no-build-isolation --no-deps -e .
-
-{
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
-  "$PY" -c "import torch, triton, flashcka; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'flashcka', flashcka.__version__); print(flashcka.capabilities())"
-} | tee "$OUT/env.txt"
-
-echo "== GPU tests (TRITON_INTERPRET unset: real kernels)"
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+PY=${PYTHON:-python3}
+command -v "$PY" >/dev/null || PY=python
+if [ "$DRY" = 1 ]; then
+  DEST=${OUT:-/tmp/flashcka-gpu-dry}
+  export TRITON_INTERPRET=1
+else
+  DEST=${OUT:-bench/results/gpu-run}
+  unset TRITON_INTERPRET
+fi
+mkdir -p "$DEST"
+export PYTHONUNBUFFERED=1
 status=0
-env -u TRITON_INTERPRET "$PY" -m pytest tests -m "triton or gpu" -q -rs 2>&1 | tee "$OUT/tests.log" || status=$?
+T0=$(date +%s)
+step() { echo "== [$(( $(date +%s) - T0 )) s] $*" | tee -a "$DEST/summary.txt"; }
+fail() { echo "FAILED: $*" | tee -a "$DEST/summary.txt"; status=1; }
 
-echo "== GPU benchmarks"
-env -u TRITON_INTERPRET "$PY" -m pytest bench/bench_triton.py -q \
-    --benchmark-json="$OUT/bench_triton.json" --benchmark-columns=min,median,max || status=$?
-# The shared suites (bench_gram.py, bench_pair.py, ...) on their cuda targets only.
-env -u TRITON_INTERPRET "$PY" -m pytest bench -q -k "cuda" --ignore=bench/bench_triton.py \
-    --bench-dtypes=float32,bfloat16 --benchmark-json="$OUT/bench_cuda.json" \
-    --benchmark-columns=min,median,max || { rc=$?; [ "$rc" -eq 5 ] || status=$rc; }  # 5: none selected
+step "1/5 wheels"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/flashcka-site .whl/*.whl || fail "wheel install"
+  export PYTHONPATH=/tmp/flashcka-site${PYTHONPATH:+:$PYTHONPATH}
+elif [ "$DRY" = 1 ]; then
+  echo "dry run: no .whl/ (bench/gpu_prep.sh fills it); using this machine's packages"
+else
+  fail "no .whl/: run bench/gpu_prep.sh first and carry .whl"
+fi
 
-echo "== results in $OUT (exit status $status)"
+step "2/5 environment"
+{
+  if git rev-parse HEAD >/dev/null 2>&1; then
+    echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD 2>/dev/null || echo ' dirty')"
+  elif [ -f .whl/COMMIT ]; then
+    echo "commit (from bench/gpu_prep.sh): $(tr '\n' ' ' < .whl/COMMIT)"
+  else
+    echo "commit: unknown"
+  fi
+  date -u +"date: %Y-%m-%dT%H:%M:%SZ"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
+      2>/dev/null || echo "nvidia-smi: none"
+  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', \
+torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, \
+'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+} > "$DEST/env.txt" 2>&1 || fail "environment"
+cat "$DEST/env.txt"
+if [ "$DRY" = 0 ]; then
+  "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+      || { fail "no CUDA device"; exit 1; }
+fi
+
+step "3/5 build"
+if [ "$DRY" = 1 ]; then
+  echo "dry run: build skipped (CI installed flashcka); checking it imports" > "$DEST/build.log"
+  "$PY" -m flashcka info >> "$DEST/build.log" 2>&1 || fail "flashcka import"
+else
+  # Offline, no isolation: scikit-build-core, pybind11, cmake, ninja are on the machine;
+  # scipy-openblas32 comes from .whl (PYTHONPATH, inherited by the build).
+  timeout 240 "$PY" -m pip install --no-build-isolation --no-deps --no-index -v . \
+      > "$DEST/build.log" 2>&1 || fail "build (see build.log)"
+  tail -3 "$DEST/build.log"
+fi
+
+step "4/5 GPU tests"
+if [ "$DRY" = 1 ]; then
+  TESTS=(tests/test_triton_grid.py tests/test_triton.py -k "split_k or tensor_core or pair \
+or grid or minibatch")
+else
+  TESTS=(tests/test_triton.py tests/test_triton_grid.py tests/test_fallback.py)
+fi
+timeout 150 "$PY" -m pytest -q -x -p no:cacheprovider -rs "${TESTS[@]}" \
+    > "$DEST/tests.log" 2>&1 || fail "GPU tests (see tests.log)"
+tail -3 "$DEST/tests.log"
+
+step "5/5 benchmarks"
+BARGS=(--out "$DEST")
+[ "$DRY" = 1 ] && BARGS+=(--dry-run)
+timeout 270 "$PY" bench/gpu_bench.py "${BARGS[@]}" || fail "benchmarks"
+
+step "done: exit status $status, results in $DEST"
 exit $status

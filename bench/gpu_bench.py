@@ -1,0 +1,293 @@
+#!/usr/bin/env python
+"""The GPU benchmarks of issue 23, in one process that fits a short GPU call (bench/gpu.sh).
+
+    python bench/gpu_bench.py --out DIR [--dry-run]
+
+1. Ceilings measured here: device copy bandwidth (bytes read + written), torch.matmul rate
+   in fp32, tf32 and bf16.
+2. Gram + centring (``centered_gram_row``: fused centring, upper triangle, U-centring,
+   packed row) against ``torch.matmul(x, x.T)`` in the same precision (fp32 IEEE, tf32,
+   bf16 inputs), n ∈ {256, 1024, 4096}, d ∈ {4096, 197·768}. Speed-up = matmul time / ours.
+3. Pair stage at L = 1000 layers of n = 256 (rows of n(n−1)/2): GB/s of rows read as a
+   fraction of the copy bandwidth, and TFLOP/s.
+4. ``MinibatchCKA.update`` on the activations of random-weight ViT-B/16 (48 sub-layers:
+   per block ln_1 output, attention output, ln_2 input, MLP output; 197 × 768 tokens) and
+   ResNet-50 (16 bottleneck outputs) at n = 256, against the two models' forward time.
+
+Timing: CUDA events around each call, median of REPS after WARMUP calls (JIT included in
+warm-up), inputs rotated over 3 buffers. --dry-run: CPU, Triton interpreter, tiny sizes (the
+same code paths; the numbers mean nothing). Writes bench.json (rows + environment + commit)
+and bench.md into --out; exit status 1 if any case raised or a result is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+DRY = "--dry-run" in sys.argv
+if DRY:
+    os.environ["TRITON_INTERPRET"] = "1"      # before triton is imported
+import torch  # noqa: E402
+
+import flashcka  # noqa: E402
+from flashcka import backends  # noqa: E402
+from flashcka.backends.triton_backend import TritonBackend  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = "cpu" if DRY else "cuda"
+WARMUP, REPS = (1, 1) if DRY else (2, 7)
+SIZES = dict(
+    gram_n=[8, 24] if DRY else [256, 1024, 4096],
+    gram_d=[40, 300] if DRY else [4096, 197 * 768],
+    pair=(6, 8) if DRY else (1000, 256),                  # (L, n)
+    batch=6 if DRY else 256,
+    matmul=64 if DRY else 8192,
+)
+rows: list[dict] = []
+errors: list[str] = []
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fn, inputs) -> float:
+    """Median seconds of fn(inp), inputs rotated; CUDA events on the GPU."""
+    for i in range(WARMUP):
+        fn(inputs[i % len(inputs)])
+    sync()
+    times = []
+    for i in range(REPS):
+        inp = inputs[i % len(inputs)]
+        if DEV == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn(inp)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn(inp)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def case(name):
+    def wrap(f):
+        def run(*a, **k):
+            try:
+                return f(*a, **k)
+            except Exception as e:  # noqa: BLE001 - recorded, the script goes on
+                errors.append(f"{name}{a}: {type(e).__name__}: {e}")
+                traceback.print_exc()
+                if DEV == "cuda":
+                    torch.cuda.empty_cache()
+        return run
+    return wrap
+
+
+def randn(*shape, dtype=torch.float32, shift=2.0):
+    return torch.randn(*shape, device=DEV).add_(shift).to(dtype)
+
+
+@case("ceilings")
+def ceilings() -> dict:
+    n = (1 << 16) if DRY else (1 << 28)
+    src = [randn(n) for _ in range(2)]
+    dst = torch.empty_like(src[0])
+    t = timeit(lambda s: dst.copy_(s), src)
+    out = {"copy_gbytes_per_s": round(2 * n * 4 / t / 1e9, 1)}
+    m = SIZES["matmul"]
+    for mode, dt in (("fp32", torch.float32), ("tf32", torch.float32), ("bf16", torch.bfloat16)):
+        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+        xs = [randn(m, m, dtype=dt, shift=0) for _ in range(2)]
+        t = timeit(lambda x: x @ x, xs)
+        out[f"matmul_{mode}_tflops"] = round(2 * m ** 3 / t / 1e12, 2)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows.append(dict(op="ceilings", **out))
+    return out
+
+
+@case("gram")
+def gram(n: int, d: int, mode: str):
+    dt = torch.bfloat16 if mode == "bf16" else torch.float32
+    xs = [randn(n, d, dtype=dt) for _ in range(3)]
+    be = TritonBackend(allow_tf32=mode == "tf32", allow_bf16=mode == "bf16")
+    m = be.row_length(n, True)
+    out = torch.empty(m, dtype=torch.float32, device=DEV)
+
+    def ours(x):
+        mu = x.mean(0, dtype=torch.float32)
+        be.centered_gram_row(x, mu, out, kernel="linear", sigma=None, threshold=1.0,
+                             unbiased=True)
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    t_mm = timeit(lambda x: x @ x.T, xs)
+    t_ours = timeit(ours, xs)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    # correctness of the timed path: against the torch backend's row in float64
+    x = xs[0]
+    ours(x)
+    xc = x.double() - x.double().mean(0)
+    want = torch.empty(n * n, dtype=torch.float64, device=DEV)
+    backends.get("torch").centered_gram_row(xc, torch.zeros(d, dtype=torch.float64,
+                                                             device=DEV), want,
+                                            kernel="linear", sigma=None, threshold=1.0,
+                                            unbiased=True)
+    iu = torch.triu_indices(n, n, 1, device=DEV)
+    ref = want.reshape(n, n)[iu[0], iu[1]] * 2 ** 0.5
+    rel = ((out.double() - ref).norm() / ref.norm()).item()
+    limit = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 5e-2}[mode]
+    if not rel <= limit:
+        errors.append(f"gram n={n} d={d} {mode}: relative error {rel:.3g} > {limit}")
+    rows.append(dict(op="gram+centring", n=n, d=d, mode=mode, ms=round(t_ours * 1e3, 4),
+                     matmul_ms=round(t_mm * 1e3, 4), speedup_vs_matmul=round(t_mm / t_ours, 3),
+                     tflops_gemm_equiv=round(2 * n * n * d / t_ours / 1e12, 2),
+                     rel_error_vs_f64=float(f"{rel:.3g}")))
+
+
+@case("pair")
+def pair(copy_gbs: float, tf32: bool):
+    L, n = SIZES["pair"]
+    be = TritonBackend(allow_tf32=tf32)
+    m = be.row_length(n, True)
+    gs = [randn(2 * L, m, shift=0) for _ in range(2)]
+    t = timeit(lambda g: be.pair(g[:L], g[L:]), gs)
+    got = be.pair(gs[0][:L], gs[0][L:])
+    want = gs[0][:L].double() @ gs[0][L:].double().T
+    rel = ((got - want).norm() / want.norm()).item()
+    if not rel <= (1e-2 if tf32 else 1e-5):
+        errors.append(f"pair tf32={tf32}: relative error {rel:.3g}")
+    gbs = 2 * L * m * 4 / t / 1e9
+    rows.append(dict(op="pair", L=L, n=n, row_length=m, tf32=tf32, ms=round(t * 1e3, 4),
+                     gbytes_per_s=round(gbs, 1), fraction_of_copy_bw=round(gbs / copy_gbs, 3)
+                     if copy_gbs else None, tflops=round(2 * L * L * m / t / 1e12, 2),
+                     rel_error_vs_f64=float(f"{rel:.3g}")))
+
+
+def _models():
+    sys.path.insert(0, str(Path(__file__).parent))
+    import gpu_models
+    if DRY:
+        v = gpu_models.vit(image=32, patch=16, layers=2, heads=2, width=32, mlp=64)
+        size = 32
+    else:
+        v = gpu_models.vit()
+        size = 224
+    rn, rblocks = gpu_models.resnet50()
+    return (v[0].to(DEV).eval(), v[1], v[2]), (rn.to(DEV).eval(), rblocks), size
+
+
+def _capture(model, modules, pre):
+    acts, hooks = [], []
+    for m, is_pre in zip(modules, pre):
+        if is_pre:
+            hooks.append(m.register_forward_pre_hook(lambda mod, inp: acts.append(inp[0])))
+        else:
+            hooks.append(m.register_forward_hook(
+                lambda mod, inp, out: acts.append(out[0] if isinstance(out, tuple) else out)))
+    return acts, hooks
+
+
+@case("minibatch")
+def minibatch():
+    (vit, mods, pre), (rn, rmods), size = _models()
+    b = SIZES["batch"]
+    imgs = [torch.randn(b, 3, size, size, device=DEV) for _ in range(2)]
+    amp = torch.autocast(DEV, dtype=torch.bfloat16)
+    with torch.no_grad(), amp:
+        t_vit = timeit(vit, imgs)
+        t_rn = timeit(rn, imgs)
+        va, vh = _capture(vit, mods, pre)
+        ra, rh = _capture(rn, rmods, [False] * len(rmods))
+        vit(imgs[0])
+        rn(imgs[0])
+    for h in vh + rh:
+        h.remove()
+    assert len(va) == len(mods) and len(ra) == len(rmods), (len(va), len(ra))
+    for impl, bf16 in (("triton", False), ("triton", True), ("torch", False)):
+        tb = backends.get("triton")
+        old = tb.allow_bf16
+        tb.allow_bf16 = bf16
+        try:
+            acc = flashcka.MinibatchCKA(len(va), len(ra), backend=impl)
+            t = timeit(lambda _: acc.update(va, ra), [None])
+        finally:
+            tb.allow_bf16 = old
+        rows.append(dict(op="MinibatchCKA.update", impl=impl + ("+bf16" if bf16 else ""),
+                         batch=b, layers_a=len(va), layers_b=len(ra),
+                         act_dtype=str(va[0].dtype), ms=round(t * 1e3, 3),
+                         forward_ms=round((t_vit + t_rn) * 1e3, 3),
+                         vit_forward_ms=round(t_vit * 1e3, 3),
+                         resnet_forward_ms=round(t_rn * 1e3, 3),
+                         fraction_of_forward=round(t / (t_vit + t_rn), 3)))
+
+
+def environment() -> dict:
+    env = dict(python=platform.python_version(), torch=torch.__version__,
+               cuda=torch.version.cuda, flashcka=flashcka.__version__, dry_run=DRY,
+               device=torch.cuda.get_device_name() if DEV == "cuda" else platform.processor())
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
+                                       capture_output=True, timeout=10).stdout.strip()
+    except OSError:
+        env["commit"] = ""
+    if not env["commit"] and (ROOT / ".whl/COMMIT").is_file():
+        env["commit"] = (ROOT / ".whl/COMMIT").read_text().strip().replace("\n", " ")
+    try:
+        env["driver"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            text=True, capture_output=True, timeout=20).stdout.strip()
+    except OSError:
+        env["driver"] = None
+    return env
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+    if not DRY and not torch.cuda.is_available():
+        print("gpu_bench: no CUDA device (use --dry-run on a CPU)", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ceil = ceilings() or {}
+    for n in SIZES["gram_n"]:
+        for d in SIZES["gram_d"]:
+            for mode in ("fp32", "tf32", "bf16"):
+                gram(n, d, mode)
+    for tf32 in (False, True):
+        pair(ceil.get("copy_gbytes_per_s"), tf32)
+    minibatch()
+    result = dict(environment=environment(), seconds=round(time.perf_counter() - t0, 1),
+                  rows=rows, errors=errors)
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# GPU benchmarks ({'DRY RUN, numbers meaningless' if DRY else 'measured'})",
+             "", "```", json.dumps(result["environment"]), "```", ""]
+    for r in rows:
+        lines.append("- " + ", ".join(f"{k}={v}" for k, v in r.items()))
+    lines += ["", f"errors: {errors or 'none'}"]
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[5:]))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
