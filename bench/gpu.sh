@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a GPU machine (<= 8 minutes): install carried wheels, build flashcka, run the GPU
+# One call on a GPU machine (<= 8 minutes: build 150 s, tests 120 s, benchmarks 200 s at most): install carried wheels, build flashcka, run the GPU
 # tests, run the GPU benchmarks (bench/gpu_bench.py: Gram + centring vs torch.matmul, pair
 # stage vs HBM bandwidth, MinibatchCKA.update vs model forward time), and write JSON, the
 # environment and the commit into the output folder. Exit status non-zero on any failure.
@@ -25,6 +25,7 @@ else
   unset TRITON_INTERPRET
 fi
 mkdir -p "$DEST"
+: > "$DEST/summary.txt"
 export PYTHONUNBUFFERED=1
 status=0
 T0=$(date +%s)
@@ -71,8 +72,11 @@ if [ "$DRY" = 1 ]; then
 else
   # Offline, no isolation: scikit-build-core, pybind11, cmake, ninja are on the machine;
   # scipy-openblas32 comes from .whl (PYTHONPATH, inherited by the build).
-  timeout 240 "$PY" -m pip install --no-build-isolation --no-deps --no-index -v . \
-      > "$DEST/build.log" 2>&1 || fail "build (see build.log)"
+  if ! timeout -k 5 150 "$PY" -m pip install --no-build-isolation --no-deps --no-index -v . \
+      > "$DEST/build.log" 2>&1; then
+    fail "build (see build.log); the Triton tests and benchmarks go on from the source tree"
+    export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}   # flashcka without _C
+  fi
   tail -3 "$DEST/build.log"
 fi
 
@@ -83,14 +87,14 @@ or grid or minibatch")
 else
   TESTS=(tests/test_triton.py tests/test_triton_grid.py tests/test_fallback.py)
 fi
-timeout 150 "$PY" -m pytest -q -x -p no:cacheprovider -rs "${TESTS[@]}" \
+timeout -k 5 120 "$PY" -m pytest -q -x -p no:cacheprovider -rs "${TESTS[@]}" \
     > "$DEST/tests.log" 2>&1 || fail "GPU tests (see tests.log)"
 tail -3 "$DEST/tests.log"
 
 step "5/5 benchmarks"
-BARGS=(--out "$DEST")
+BARGS=(--out "$DEST" --budget 170)
 [ "$DRY" = 1 ] && BARGS+=(--dry-run)
-timeout 270 "$PY" bench/gpu_bench.py "${BARGS[@]}" || fail "benchmarks"
+timeout -k 5 200 "$PY" bench/gpu_bench.py "${BARGS[@]}" || fail "benchmarks"
 
 step "done: exit status $status, results in $DEST"
 exit $status
