@@ -169,10 +169,11 @@ def pair_stage(be, ga, gb, same: bool, names_a=None, names_b=None):
     zero = torch.zeros(ga.shape[0], dtype=torch.float64, device=raw.device)
     la, lb = zero, (zero if same else torch.zeros(gb.shape[0], dtype=torch.float64,
                                                   device=raw.device))
-    if not _in_range(raw, qa, qb, ga, gb, ga.dtype):
-        ga, la = _normalised(ga)
-        gb, lb = (ga, la) if same else _normalised(gb)
-        raw, qa, qb = _products(be, ga, gb, same)
+    if _in_range(raw, qa, qb, ga, gb, ga.dtype, same):  # (then every product is finite)
+        return raw, qa, qb, la, lb
+    ga, la = _normalised(ga)
+    gb, lb = (ga, la) if same else _normalised(gb)
+    raw, qa, qb = _products(be, ga, gb, same)
     _check_pair(raw, names_a, names_b, ga.dtype)
     if not same:
         _check_pair(qa[:, None], names_a, names_a, ga.dtype)
@@ -239,10 +240,16 @@ def _products(be, ga, gb, same):
 _NORM_SAFE = {torch.float32: (2.0 ** -60, 2.0 ** 100), torch.float64: (2.0 ** -900, 2.0 ** 900)}
 
 
-def _in_range(raw, qa, qb, ga, gb, dtype) -> bool:
+def _in_range(raw, qa, qb, ga, gb, dtype, same: bool = False) -> bool:
     """All products finite and every squared row norm q inside _NORM_SAFE, or 0 for a row
-    that is exactly zero (a constant layer; a q that underflowed is not)."""
+    that is exactly zero (a constant layer; a q that underflowed is not). The usual case
+    (all inside) is settled with one synchronisation."""
     lo, hi = _NORM_SAFE.get(dtype, _NORM_SAFE[torch.float32])
+    ok = torch.isfinite(raw).all() & ((qa >= lo) & (qa <= hi)).all()
+    if not same:
+        ok &= ((qb >= lo) & (qb <= hi)).all()
+    if bool(ok):
+        return True
     if not bool(torch.isfinite(raw).all()):
         return False
     for q, g in ((qa, ga), (qb, gb)):
@@ -387,6 +394,8 @@ def cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, names_a, name
     [0, 1]. ``names_b is names_a`` (one set of layers against itself) warns once a layer."""
     bad_a = undefined_a | ~(self_a > 0)
     bad_b = undefined_b | ~(self_b > 0)
+    if not bool(bad_a.any() | bad_b.any()):  # the usual case: every entry defined
+        return cross / (torch.sqrt(self_a)[:, None] * torch.sqrt(self_b)[None, :])
     sides = [(bad_a, names_a)]
     if not (names_b is names_a and torch.equal(bad_a, bad_b)):
         sides.append((bad_b, names_b))
