@@ -182,6 +182,8 @@ def test_forced_native_on_foreign_device_raises(rng):
     """backend='native' runs on CPU tensors only: another device raises, on any route."""
     x = torch.zeros(20, 3, device="meta")
     with pytest.raises(ValueError, match="backend='native' does not run on meta"):
+        flashcka.backends.select("native", x)      # the device check itself
+    with pytest.raises(ValueError, match=r"xs\[0\] is a meta tensor"):   # refused earlier
         flashcka.cka_matrix([x], [x], backend="native")
 
 

@@ -16,7 +16,10 @@ class MinibatchCKA:
         CKA_ij = Σ_b HSIC(K_i^b, L_j^b) / sqrt(Σ_b HSIC(K_i^b, K_i^b) · Σ_b HSIC(L_j^b, L_j^b))
 
     each HSIC normalised by its own batch's n_b(n_b − 3) (unbiased, HSIC₁) or (n_b − 1)²
-    (biased). Accumulators are float64. With ``num_layers_b=None`` the layers of one model
+    (biased). Accumulators are float64, each layer's HSICs in its own power-of-two unit
+    (``pow_a``/``pow_b``), so inputs at any float64 scale give the same CKA; ``update`` is
+    atomic (an error or Ctrl-C adds all of the batch or none). With ``num_layers_b=None``
+    the layers of one model
     are compared with each other (``update(xs)``, one Gram per layer per batch).
     RBF with ``sigma=None`` applies the median heuristic to each batch separately.
 
@@ -24,8 +27,9 @@ class MinibatchCKA:
     Dict batches are matched by key, never by order: the keys must be exactly the layer
     names (``names_a``/``names_b`` if given, else the keys of the first dict batch); a
     missing or unknown key raises a ValueError naming it. Sequences are positional.
-    ``compute()``: (L_A, L_B) float64. ``state_dict()``/``load_state_dict()`` resume a run;
-    ``all_reduce()`` sums the accumulators over torch.distributed ranks.
+    ``compute()``: (L_A, L_B) float64. ``state_dict()``/``load_state_dict()`` resume a run
+    (names or ``dtype`` given here must match the state's); ``all_reduce()`` sums the
+    accumulators over torch.distributed ranks.
     """
 
     def __init__(self, num_layers_a: int, num_layers_b: int | None = None, *,
