@@ -67,7 +67,7 @@ _TRITON_CASE = textwrap.dedent("""
     from flashcka.backends import triton_launch
     backends._auto_order = lambda device: ("triton",)
     MODE = sys.argv[1]
-    if MODE == "raise":                # a kernel that fails to compile or launch
+    if MODE.startswith("raise"):       # a kernel that fails to compile or launch
         class Broken:
             def __getitem__(self, grid):
                 raise RuntimeError("boom: forced compile failure")
@@ -81,6 +81,11 @@ _TRITON_CASE = textwrap.dedent("""
         triton_launch.center_pack_triton = wrong
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(20, 30, generator=g) for _ in range(2)]
+    if MODE == "raise_explicit_first":
+        try:
+            flashcka.cka_matrix(xs, route="gram", backend="triton")
+        except RuntimeError as e:
+            print("FIRST raised", e)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         a = flashcka.cka_matrix(xs, route="gram")
@@ -131,3 +136,9 @@ def test_triton_healthy_kernels_are_used_without_warning():
     out = _run_triton_case("ok")
     assert "WARNINGS 0" in out, out
     assert "AUTO triton" in out and "EXPLICIT ok" in out, out
+
+
+def test_triton_failure_seen_by_an_explicit_call_still_warns_auto_once():
+    out = _run_triton_case("raise_explicit_first")
+    assert "FIRST raised backend='triton'" in out and "boom" in out, out
+    assert "WARNINGS 1" in out and "AUTO torch" in out and "EQUAL_TORCH True" in out, out

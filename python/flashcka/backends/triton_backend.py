@@ -107,6 +107,7 @@ class TritonBackend(Backend):
 
 _checked: dict[tuple, str] = {}      # (x dtype, allow_tf32, allow_bf16) -> "" (passed) or why
 _failure: str = ""                   # the first failure: Triton is off for this process
+_warned = False                      # backend="auto" has said so (once)
 
 
 def _unit_roundoff(be: TritonBackend, x_dtype: torch.dtype, ct: torch.dtype) -> float:
@@ -197,7 +198,7 @@ def fail_safe(be: TritonBackend, x: torch.Tensor, *, strict: bool) -> bool:
     (backend="triton" asked by name) raises a RuntimeError; otherwise (backend="auto") one
     FlashCKAWarning gives the error and the device name, and False is returned for the rest
     of the process, every dtype included (the caller then uses the torch backend)."""
-    global _failure
+    global _failure, _warned
     if not _failure:
         key = (x.dtype, be.allow_tf32, be.allow_bf16)
         if key not in _checked:
@@ -206,11 +207,14 @@ def fail_safe(be: TritonBackend, x: torch.Tensor, *, strict: bool) -> bool:
             if why:
                 _failure = (f"the Triton kernels failed their first-use check on "
                             f"{device_name(x.device)} for {x.dtype}: {why}")
-                if not strict:
-                    import warnings
-                    from .._validate import FlashCKAWarning
-                    warnings.warn(f"flashcka: {_failure}; using the torch backend for the "
-                                  f"rest of this process", FlashCKAWarning, stacklevel=4)
-    if _failure and strict:
+    if not _failure:
+        return True
+    if strict:
         raise RuntimeError(f"backend='triton': {_failure}")
-    return not _failure
+    if not _warned:
+        _warned = True
+        import warnings
+        from .._validate import FlashCKAWarning
+        warnings.warn(f"flashcka: {_failure}; using the torch backend for the rest of this "
+                      f"process", FlashCKAWarning, stacklevel=4)
+    return False
