@@ -386,3 +386,22 @@ def test_load_state_dict_refuses_other_names_or_dtype(rng):
     free = flashcka.MinibatchCKA(2, 1)          # no names given: the state's are taken
     free.load_state_dict(state)
     assert free.names_a == ["p", "q"] and free.compute_dtype == torch.float32
+
+
+def test_version_1_state_in_input_units_loads(rng):
+    """A version-1 state (sums in the inputs' units, no pow_a/pow_b) still resumes."""
+    from flashcka._engine import ldexp
+    bx, by = batches(rng, [20, 30], [4, 6]), batches(rng, [20, 30], [3])
+    m = flashcka.MinibatchCKA(2, 1)
+    m.update([v * 1e60 for v in t(bx[0])], t(by[0]))
+    s = m.state_dict()
+    assert bool((s["pow_a"] != 0).any())                    # per-layer units in use
+    pa, pb = s.pop("pow_a"), s.pop("pow_b")
+    v1 = {**s, "version": 1, "cross": ldexp(s["cross"], pa[:, None] + pb[None, :]),
+          "hsic_a": ldexp(s["hsic_a"], 2 * pa), "hsic_b": ldexp(s["hsic_b"], 2 * pb)}
+    old = flashcka.MinibatchCKA(2, 1)
+    old.load_state_dict(v1)
+    np.testing.assert_allclose(old.compute().numpy(), m.compute().numpy(), rtol=1e-14)
+    for r in (old, m):
+        r.update([v * 1e60 for v in t(bx[1])], t(by[1]))
+    np.testing.assert_allclose(old.compute().numpy(), m.compute().numpy(), rtol=1e-14)
