@@ -272,3 +272,26 @@ def test_tiny_self_hsic_denominator_does_not_underflow():
         want = ref.hsic_song(k, l) / (np.sqrt(ref.hsic_song(k, k)) * np.sqrt(ref.hsic_song(l, l)))
         assert ref.hsic_song(k, k) < 1e-154
         assert abs(got - want) <= 1e-9 * abs(want) + 1e-12, (got, want)
+
+
+@pytest.mark.parametrize("scale", [1e80, 1e-80, 1e150, 1e-150, 1e-300])
+@pytest.mark.parametrize("backend,route,kernel", [("torch", "gram", "linear"),
+                                                  ("torch", "feature", "linear"),
+                                                  ("native", "gram", "linear"),
+                                                  ("native", "gram", "rbf"),
+                                                  ("torch", "gram", "rbf")])
+def test_float64_at_extreme_scales_every_backend_and_route(rng, scale, backend, route, kernel):
+    """Issue 25 item 1: x·1e80 gave CKA 0.0, x·1e-80 NaN with a false zero-variance warning
+    (self-HSIC out of float64's range); CKA is scale invariant."""
+    import warnings
+    x = rng.standard_normal((40, 30))
+    y = x @ rng.standard_normal((30, 20)) + 3 * rng.standard_normal((40, 20))
+    want = np.array([[ref.cka(x, y, kernel, u), ref.cka(x, x, kernel, u)]
+                     for u in (True, False)])
+    xt, yt = torch.tensor(x) * scale, torch.tensor(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")             # no "zero variance" warning
+        got = np.array([flashcka.cka_matrix([xt], [yt, xt], kernel=kernel, unbiased=u,
+                                            backend=backend, route=route)[0].numpy()
+                        for u in (True, False)])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
