@@ -316,7 +316,7 @@ def test_numpy_scalar_settings_are_stored_as_python_numbers(tmp_path):
 
 def test_interrupted_update_leaves_state_as_before(rng):
     """A KeyboardInterrupt at any line of update() (here raised from a trace function
-    at the k-th line executed in flashcka's modules) leaves the accumulators as they were
+    at the k-th line executed in minibatch.py and jackknife.py) leaves the accumulators as they were
     before the batch, or with the whole batch in: never half of it (cross updated and
     self terms not gave CKA 0.82 where the state before gave 0.55)."""
     import sys
@@ -339,8 +339,8 @@ def test_interrupted_update_leaves_state_as_before(rng):
     for k in range(1, 100000):
         m, count = fresh(), [0]
 
-        def trace(frame, event, arg):
-            if "flashcka" not in frame.f_code.co_filename:
+        def trace(frame, event, arg):     # the accumulator's own lines (the commit is there)
+            if not frame.f_code.co_filename.endswith(("minibatch.py", "jackknife.py")):
                 return None
             if event == "line":
                 count[0] += 1
@@ -358,7 +358,7 @@ def test_interrupted_update_leaves_state_as_before(rng):
         assert same(state, before) or same(state, after), k
         if count[0] < k:        # ran to the end without reaching line k
             break
-    assert interrupted > 50
+    assert interrupted > 30
 
 
 def test_first_update_under_inference_mode_then_outside(rng):
