@@ -23,10 +23,24 @@ def pytest_sessionstart(session):
 
 @pytest.fixture
 def rng():
-    """Fresh random inputs on every run (the seed is printed on failure)."""
-    seed = int(np.random.SeedSequence().entropy % (2 ** 31))
-    print(f"seed = {seed}")
-    return np.random.default_rng(seed)
+    """Fresh random inputs on every run; the seed is printed (shown on failure) and
+    ``FLASHCKA_TEST_SEED=<seed>`` replays it."""
+    return np.random.default_rng(seed_for_test())
+
+
+def seed_for_test() -> int:
+    """``FLASHCKA_TEST_SEED`` if set (an int), else a fresh seed; printed either way."""
+    given = os.environ.get("FLASHCKA_TEST_SEED")
+    if given is not None:
+        try:
+            seed = int(given)
+        except ValueError:
+            raise pytest.UsageError(f"FLASHCKA_TEST_SEED must be an integer, got {given!r}") \
+                from None
+    else:
+        seed = int(np.random.SeedSequence().entropy % (2 ** 31))
+    print(f"seed = {seed} (replay: FLASHCKA_TEST_SEED={seed})")
+    return seed
 
 
 def realistic(rng, n, d, latent=None, dtype=torch.float32):

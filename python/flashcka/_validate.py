@@ -21,9 +21,12 @@ class FlashCKAWarning(UserWarning):
 
 def representations(xs, arg: str) -> tuple[list[torch.Tensor], list[str]]:
     """Normalise ``xs`` (a tensor, a sequence of tensors or a name -> tensor mapping) to
-    a list of tensors and their names; the names are used in every message."""
+    a list of tensors and their names; the names are used in every message. NumPy arrays
+    are taken as ``torch.from_numpy`` views (no copy)."""
     if isinstance(xs, torch.Tensor):
         tensors, names = [xs], [arg]
+    elif type(xs).__name__ == "ndarray":
+        tensors, names = [_from_numpy(xs, arg)], [arg]
     elif isinstance(xs, Mapping):
         names, tensors = [str(k) for k in xs.keys()], list(xs.values())
     elif isinstance(xs, Sequence) and not isinstance(xs, (str, bytes)):
@@ -33,15 +36,28 @@ def representations(xs, arg: str) -> tuple[list[torch.Tensor], list[str]]:
                         f"got {type(xs).__name__}")
     if not tensors:
         raise ValueError(f"{arg} is empty: give at least one representation")
-    for t, name in zip(tensors, names):
+    for i, name in enumerate(names):
+        t = tensors[i]
+        if type(t).__name__ == "ndarray":
+            t = tensors[i] = _from_numpy(t, name)
         representation(t, name)
     return tensors, names
+
+
+def _from_numpy(a, name: str) -> torch.Tensor:
+    """A NumPy array as a tensor sharing its memory; what torch cannot view is named."""
+    try:
+        return torch.from_numpy(a)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} is a NumPy array that torch.from_numpy cannot take ({e}); "
+                        f"pass a float32/float64 array, e.g. {name}.astype('float32')") from None
 
 
 def representation(x, name: str) -> None:
     """One representation: a floating tensor of shape (n, ...) with at least one feature."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor (or a NumPy array), got "
+                        f"{type(x).__name__}")
     if x.layout is not torch.strided or x.is_meta:
         storage(x, name)
     if not x.is_floating_point():  # (complex tensors are not floating point either)

@@ -367,8 +367,12 @@ class MinibatchCKA:
 
     def all_reduce(self, group=None) -> None:
         """Sum the accumulators and counts over the ranks of a torch.distributed group, so
-        that every rank's ``compute()`` gives the CKA of all ranks' batches."""
+        that every rank's ``compute()`` gives the CKA of all ranks' batches. Outside a
+        process group (``torch.distributed`` not initialised, ``group=None``) this does
+        nothing: the one process already holds every batch, the world of one rank."""
         import torch.distributed as dist
+        if group is None and not (dist.is_available() and dist.is_initialized()):
+            return
         if self.cross is None:
             raise RuntimeError("all_reduce() before any update() on this rank")
         units = []   # each layer's largest unit over the ranks (-inf: nothing there)
