@@ -37,10 +37,10 @@ from typing import Dict, List
 import torch
 import torch.nn as nn
 
-from .._engine import Settings
-from .._validate import FlashCKAWarning
-from ..minibatch import MinibatchCKA
-from ._hooked import LastCallRecorder, forward_pass
+from ..._engine import Settings
+from ..._validate import FlashCKAWarning
+from ...minibatch import MinibatchCKA
+from .._hooked import LastCallRecorder, forward_pass
 
 __all__ = ["CKA"]
 
@@ -73,6 +73,8 @@ class CKA:
                               f"of layers whose features you are concerned with through the "
                               f"'model{i}_layers' parameter. Your CPU/GPU will thank you :)")
         self.model1_layers, self.model2_layers = model1_layers, model2_layers
+        self._features = [None, None]     # user-set model1/2_features, else computed
+        self._last_batch = None           # (x1, x2) of the last batch compared
         self.model1_info['Layers'] = _layers(model1, model1_layers, "model1_layers")
         self.model2_info['Layers'] = _layers(model2, model2_layers, "model2_layers")
         self.model1 = self.model1.to(self.device)
@@ -116,6 +118,7 @@ class CKA:
                     r1 = forward_pass(self.model1, rec1, x1.to(self.device), n)
                     r2 = forward_pass(self.model2, rec2, x2.to(self.device), n)
                     acc.add_rows(rec1.be, r1, r2, n, rec1.ct)
+                    self._last_batch, self._features = (x1, x2), [None, None]
         finally:
             for r in (rec1, rec2):
                 if r is not None:
@@ -123,6 +126,35 @@ class CKA:
         if acc.num_batches == 0:
             raise ValueError("the dataloaders gave no batch with at least 4 samples")
         self.hsic_matrix = acc.compute().cpu()
+
+    @property
+    def model1_features(self) -> Dict[str, torch.Tensor]:
+        """Output of each hooked module of model1 (firing order) on the last batch of
+        ``compare`` ({} before it). flashcka keeps Grams, not activations: on first
+        access the last batch is run through model1 once more (no_grad, eval mode), and
+        each output is cloned as its module returns it (the original's dict holds views
+        that later in-place ops may have overwritten)."""
+        return self._features_of(0)
+
+    @model1_features.setter
+    def model1_features(self, value) -> None:
+        self._features[0] = value
+
+    @property
+    def model2_features(self) -> Dict[str, torch.Tensor]:
+        """As ``model1_features``, for model2 and its batch (``dataloader2``'s)."""
+        return self._features_of(1)
+
+    @model2_features.setter
+    def model2_features(self, value) -> None:
+        self._features[1] = value
+
+    def _features_of(self, i: int) -> Dict[str, torch.Tensor]:
+        if self._features[i] is None:
+            self._features[i] = {} if self._last_batch is None else _outputs(
+                (self.model1, self.model2)[i], (self.model1_info, self.model2_info)[i]['Layers'],
+                self._last_batch[i].to(self.device))
+        return self._features[i]
 
     def export(self) -> Dict:
         """The CKA matrix with the model and layer names (torch-cka's keys)."""
@@ -137,19 +169,46 @@ class CKA:
         }
 
     def plot_results(self, save_path: str = None, title: str = None):
-        """Heatmap of the CKA matrix (model1 layers on y, origin lower, as torch-cka)."""
+        """Heatmap of the CKA matrix in torch-cka's layout (model1 layers on y from the
+        bottom, magma, colorbar by ``utils.add_colorbar``), drawn by flashcka's heatmap
+        helper; saved at 300 dpi when ``save_path`` is given, then ``plt.show()``."""
         import matplotlib.pyplot as plt
+        from .._plot import heatmap, limits, to_numpy
+        from .utils import add_colorbar
+        m = to_numpy(self.hsic_matrix, "hsic_matrix", ndim=2)
         fig, ax = plt.subplots()
-        im = ax.imshow(self.hsic_matrix.numpy(), origin='lower', cmap='magma')
-        ax.set_xlabel(f"Layers {self.model2_info['Name']}", fontsize=15)
-        ax.set_ylabel(f"Layers {self.model1_info['Name']}", fontsize=15)
+        im = heatmap(ax, m, cmap='magma', origin='lower', vmin=limits(m, None, None)[0],
+                     vmax=limits(m, None, None)[1])
+        ax.set_aspect("equal")                       # imshow's default, as the original
+        ax.set_xlabel(f"Layers {self.model2_info['Name']}", fontsize=15, parse_math=False)
+        ax.set_ylabel(f"Layers {self.model1_info['Name']}", fontsize=15, parse_math=False)
         ax.set_title(title if title is not None else
-                     f"{self.model1_info['Name']} vs {self.model2_info['Name']}", fontsize=18)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+                     f"{self.model1_info['Name']} vs {self.model2_info['Name']}", fontsize=18,
+                     parse_math=False)
+        add_colorbar(im)
         plt.tight_layout()
         if save_path is not None:
             plt.savefig(save_path, dpi=300)
         plt.show()
+
+
+def _outputs(model, names, x) -> Dict[str, torch.Tensor]:
+    """{name: output} of the named modules on one forward pass of ``x`` (first-firing
+    order; a module called twice keeps its last output, as the original's dict does)."""
+    modules, out = dict(model.named_modules()), {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            out[name] = output.clone() if isinstance(output, torch.Tensor) else output
+        return record
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 def _layers(model, wanted, arg) -> list[str]:
