@@ -295,3 +295,14 @@ def test_float64_at_extreme_scales_every_backend_and_route(rng, scale, backend, 
                                             backend=backend, route=route)[0].numpy()
                         for u in (True, False)])
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
+
+
+def test_feature_route_subnormal_input(rng):
+    """max |x| below float64's normal range (1e-320): the feature route scaled it by 2^1064,
+    which is no float (OverflowError); the answer is that of the input as it is."""
+    x = rng.standard_normal((40, 5))
+    y = x[:, :3] + rng.standard_normal((40, 3))
+    xt = torch.tensor(x) * 1e-320                      # subnormal: a few bits per value
+    want = ref.cka((xt * 2.0 ** 1000).numpy(), y)      # exact rescaling of those values
+    got = flashcka.cka_matrix([xt], [torch.tensor(y)], backend="torch", route="feature")
+    np.testing.assert_allclose(got.numpy(), [[want]], rtol=1e-10, atol=0)

@@ -12,7 +12,9 @@ Both are the full formulas, not their s_x = 0 special case, so the result does n
 on the rounding residue of the column mean (a 1e8 offset in float64 loses nothing).
 
 Scale: a representation whose magnitude is outside a safe range is multiplied by a power
-of two (exact) before and after centering. Float32 products then neither overflow nor underflow at any input scale.
+of two (exact) before and after centering. Float32 products then neither overflow nor
+underflow at any input scale; the scales stay apart from the HSICs as exponents
+(``exponents``), which cancel in CKA.
 Centering is done in float64, twice, so a large offset costs no precision; K1, diag K and
 ‖X_cᵀ1‖² come from those float64 features.
 """
@@ -39,24 +41,21 @@ def cheaper(dims_a, dims_b, n, same: bool) -> bool:
 @dataclass
 class Features:
     """L representations, centered and scaled: ``x[i]`` (n, d_i) in ct is
-    ``scale[i] · (X_i − 1μ_iᵀ)``; ``k1``/``dk`` (L, n) and ``ss`` (L,) float64 are K1,
-    diag K and ‖X_cᵀ1‖² of those scaled features; ``sq_c``/``sq`` (L,) float64 are
-    ‖X_c‖²_F and ‖X‖²_F in the input's own units; ``constant`` (L,) bool marks
+    ``2^log2_scale[i] · (X_i − 1μ_iᵀ)``; ``k1``/``dk`` (L, n) and ``ss`` (L,) float64 are K1,
+    diag K and ‖X_cᵀ1‖² of those scaled features; ``constant`` (L,) bool marks
     representations whose rows are all equal (zero variance), found exactly."""
     x: list
-    scale: torch.Tensor
+    log2_scale: torch.Tensor
     k1: torch.Tensor
     dk: torch.Tensor
     ss: torch.Tensor
-    sq_c: torch.Tensor
-    sq: torch.Tensor
     constant: torch.Tensor
 
     def one(self, i: int) -> "Features":
         """Representation i alone."""
         sl = slice(i, i + 1)
-        return Features(self.x[sl], self.scale[sl], self.k1[sl], self.dk[sl], self.ss[sl],
-                        self.sq_c[sl], self.sq[sl], self.constant[sl])
+        return Features(self.x[sl], self.log2_scale[sl], self.k1[sl], self.dk[sl], self.ss[sl],
+                        self.constant[sl])
 
 
 # Magnitudes (max |x| before centering, max row norm after) inside this range are used
@@ -66,11 +65,12 @@ _SAFE = {torch.float32: (2.0 ** -16, 2.0 ** 16), torch.float64: (2.0 ** -200, 2.
 
 
 def _pow2_scale(amax: float, ct: torch.dtype) -> float:
-    """1.0 if amax is 0 or inside _SAFE[ct], else 2^-e with amax = m·2^e, m in [1/2, 1)."""
+    """1.0 if amax is 0 or inside _SAFE[ct], else 2^-e with amax = m·2^e, m in [1/2, 1)
+    (at most 2^1000: a subnormal amax is brought into _SAFE, not to 1/2)."""
     lo, hi = _SAFE[ct]
     if amax == 0.0 or lo <= amax <= hi:
         return 1.0
-    return math.ldexp(1.0, -math.frexp(amax)[1])
+    return math.ldexp(1.0, min(-math.frexp(amax)[1], 1000))
 
 
 def centered(tensors, names, ct) -> Features:
@@ -78,7 +78,7 @@ def centered(tensors, names, ct) -> Features:
     two s₁ if its magnitude is outside _SAFE (the mean cannot overflow), centered twice
     (the second pass removes the rounding residue of the first mean, so an offset costs
     no precision), scaled by s₂ if its largest row norm is outside _SAFE, rounded to ct."""
-    cols = {k: [] for k in ("x", "scale", "k1", "dk", "ss", "sq_c", "sq", "constant")}
+    cols = {k: [] for k in ("x", "log2_scale", "k1", "dk", "ss", "constant")}
     for x, name in zip(tensors, names):
         n = x.shape[0]
         x64 = x.reshape(n, -1).to(torch.float64)
@@ -102,18 +102,16 @@ def centered(tensors, names, ct) -> Features:
         k1 = xc @ col
         if s2 != 1.0:
             xc, dk, k1, col = xc * s2, dk * s2 ** 2, k1 * s2 ** 2, col * s2
-        s = s1 * s2
-        c = dk.detach().sum() / (s * s)
+        log2_s = (math.frexp(s1)[1] - 1) + (math.frexp(s2)[1] - 1)   # s1·s2 may overflow
         cols["x"].append(xc.to(ct))
-        cols["scale"].append(torch.tensor(s, dtype=torch.float64, device=x.device))
+        cols["log2_scale"].append(torch.tensor(float(log2_s), dtype=torch.float64,
+                                               device=x.device))
         cols["k1"].append(k1)
         cols["dk"].append(dk)
         cols["ss"].append(col.square().sum())
-        cols["sq_c"].append(c)
-        cols["sq"].append(c + n * (mu.detach() / s1).square().sum())
         cols["constant"].append(torch.tensor(constant, device=x.device))
     return Features(cols["x"], *(torch.stack(cols[k]) for k in
-                                 ("scale", "k1", "dk", "ss", "sq_c", "sq", "constant")))
+                                 ("log2_scale", "k1", "dk", "ss", "constant")))
 
 
 def hsic(fa: Features, fb: Features, n: int, unbiased: bool) -> torch.Tensor:
@@ -139,8 +137,8 @@ def hsic(fa: Features, fb: Features, n: int, unbiased: bool) -> torch.Tensor:
 
 def exponents(fs: Features) -> torch.Tensor:
     """(L,) float64 e with HSIC in the inputs' units = ``hsic(...)`` · 2^(e_a + e_b):
-    e = −log2(scale²), kept apart because scale² itself can leave float64's range."""
-    return -2.0 * (torch.frexp(fs.scale)[1] - 1).to(torch.float64)
+    e = −2·log2_scale, kept apart because scale² itself can leave float64's range."""
+    return -2.0 * fs.log2_scale
 
 
 def self_hsic(fs: Features, n: int, unbiased: bool) -> torch.Tensor:
