@@ -66,6 +66,7 @@ class RunState:
         self.fingerprint = {**fingerprint, "rank": self.rank, "world_size": self.world,
                             "shard": shard}
         self.next_batch, self.skipped, self.state = 0, 0, None
+        self.saved_batch = 0           # the next_batch of the file on disk (0: none)
         self.since_save = 0
         if self.path is not None and self.path.exists():
             self._load()
@@ -102,6 +103,7 @@ class RunState:
         if not isinstance(ck["acc"], dict):
             self._bad("acc", f"must be a MinibatchCKA state dict, got {type(ck['acc']).__name__}")
         self.next_batch, self.skipped = ck["next_batch"], ck["skipped"]
+        self.saved_batch = self.next_batch
         self.state = ck["acc"]
 
     def _bad(self, field: str, what: str):
@@ -173,7 +175,7 @@ class RunState:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        self.since_save = 0
+        self.since_save, self.saved_batch = 0, self.next_batch
 
     # -- after the loop
     def reduce(self, acc: MinibatchCKA | None) -> None:

@@ -1,6 +1,7 @@
 """``compare``: minibatch CKA between every hooked layer of two models (or of one model)."""
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -15,6 +16,21 @@ from .selection import select_points
 from .minibatch import MinibatchCKA
 from ._checkpoint import RunState, dist_info
 from .result import CKAResult
+
+
+class CompareInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``compare``'s batch loop: where it stopped and where a run with the
+    same arguments resumes (``resume_batch``: the checkpoint's next batch, 0 without one)."""
+
+    def __init__(self, batch: int, total, checkpoint, resume_batch: int):
+        self.batch, self.total, self.checkpoint = batch, total, checkpoint
+        self.resume_batch = resume_batch
+        of = "" if total is None else f" of {total}"
+        how = (f"checkpoint {checkpoint} holds the batches before {resume_batch}: run the same "
+               f"compare() again to resume from batch {resume_batch}" if checkpoint is not None
+               else "no checkpoint= was given, so a new run starts over; pass checkpoint=PATH "
+               "to make runs resumable")
+        super().__init__(f"compare stopped at batch {batch}{of}; {how}")
 
 
 class _Context:
@@ -45,7 +61,7 @@ class _Context:
 
 def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=None,
             layers_b=None, tokens="flatten", mask=None, inputs_a=None, inputs_b=None,
-            max_batches: int | None = None, device=None, progress: bool = True,
+            max_batches: int | None = None, device=None, progress: bool | None = None,
             kernel: str = "linear", unbiased: bool = True, sigma: float | None = None,
             threshold: float = 1.0, dtype: torch.dtype | None = None,
             backend: str = "auto", jackknife=True, checkpoint=None,
@@ -106,7 +122,8 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             arguments), so that two models taking different inputs (a timm ViT: a tensor,
             an HF ViT: ``pixel_values=``) run on one loader. Default: as for ``loader``.
         max_batches: use at most this many batches of ``loader``.
-        progress: show a tqdm progress bar.
+        device: where batches go (``"cpu"``, ``"cuda:0"``); the models are not moved.
+        progress: show a tqdm progress bar; default (None): when stderr is a terminal.
         kernel, unbiased, sigma, threshold, backend: as for ``MinibatchCKA``.
         dtype: compute dtype; default float64 when a parameter/buffer of either model,
             or any hooked tensor of the first batch, is float64, else float32. On the first
@@ -161,9 +178,7 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
     with _uncompiled(model_a) as model_a, _uncompiled(model_b) as model_b:
         points_a = select_points(model_a, layers_a, "layers_a")
         points_b = points_a if same else select_points(model_b, layers_b, "layers_b")
-        if device is None:
-            device = _model_device(model_a)
-        device = torch.device(device)
+        device = _device_arg(device, model_a)
         models = [model_a] if same else [model_a, model_b]
         ctx = _Context(settings, dtype, backend, device, models)
         modes = [{m: m.training for m in model.modules()} for model in models]
@@ -186,8 +201,11 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
     run.save(acc)
     run.reduce(acc)
     if acc is None:
+        need = 4 if settings.unbiased else 2
         raise ValueError(f"loader gave no usable batches (skipped {skipped} with fewer than "
-                         f"{4 if unbiased else 2} samples)")
+                         f"{need} samples); give batches of at least {need} samples (the "
+                         f"loader's batch_size)"
+                         + (", or unbiased=False (n >= 2)" if settings.unbiased else ""))
     matrix = acc.compute().cpu()
     info = {"kernel": kernel, "unbiased": settings.unbiased, "sigma": settings.sigma,
             "threshold": settings.threshold,
@@ -224,8 +242,16 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
     if acc is not None:
         ctx.ct, ctx.fixed = acc.compute_dtype, True
     skipped, check_names = run.skipped, acc is not None
+    if acc is not None:
+        of = "" if total is None else f" of {total}"
+        done = " (every batch counted already)" if run.next_batch == total else ""
+        print(f"flashcka compare: resumed from batch {run.next_batch}{of} (checkpoint "
+              f"{run.path}){done}", file=sys.stderr)
+    if progress is None:
+        progress = sys.stderr is not None and sys.stderr.isatty()
     bar = tqdm(loader, total=total, disable=not progress, desc="flashcka compare",
                unit="batch", leave=False)
+    b = run.next_batch
     try:
         for b, batch in enumerate(bar):
             if max_batches is not None and b >= max_batches:
@@ -247,7 +273,7 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
             for model, rec, adapt in zip(models, recorders, adapters):
                 rec.start(n, bmask)
                 try:
-                    _forward(model, batch, adapt)
+                    _forward(model, batch, adapt, b, rec.side)
                 finally:
                     rec.active = False
                 rec.finish()
@@ -262,6 +288,8 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
             acc.add_rows(ctx.be, rows[0], rows[0] if same else rows[1], n, ctx.ct,
                          index=run.index(b))
             run.counted(b, acc)
+    except KeyboardInterrupt:
+        raise CompareInterrupted(b, total, run.path, run.saved_batch) from None
     finally:
         bar.close()
     return acc, skipped
@@ -292,7 +320,68 @@ def _check_resumed_layers(acc, recorders, same):
                              f"written")
 
 
-def _forward(model, batch, adapt=None):
+def _forward(model, batch, adapt, b, side):
+    """Run one model on one batch; an error that a wrong input mapping or a dtype/device
+    mismatch explains is raised again saying the fix (the model's own error chained)."""
+    try:
+        return _call(model, batch, adapt)
+    except (TypeError, RuntimeError, ValueError, IndexError) as e:
+        hint = _forward_hint(e, model, batch, adapt, b, side)
+        if hint is None:
+            raise
+        try:
+            said = type(e)(f"{side} failed on batch {b} ({type(e).__name__}: {e}); {hint}")
+        except Exception:  # noqa: BLE001 - an exception type with another constructor
+            raise e from None
+        raise said from e
+
+
+def _forward_hint(e, model, batch, adapt, b, side):
+    """What to change when ``model(batch)`` raised ``e``, or None when no fix is known."""
+    arg = "inputs_" + side[-1]
+    msg = str(e)
+    inputs = list(_tensors(adapt(batch) if adapt is not None else batch[0]
+                           if isinstance(batch, (tuple, list)) and batch else batch))
+    params = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    given = {t.dtype for t in inputs if t.is_floating_point()}
+    if params and given and not given & params and isinstance(e, RuntimeError):
+        want = ", ".join(sorted(str(d).replace("torch.", "") for d in params))
+        got = ", ".join(sorted(str(d).replace("torch.", "") for d in given))
+        x = "batch" if isinstance(batch, torch.Tensor) else "batch[0]" \
+            if isinstance(batch, (tuple, list)) else "INPUT"
+        return (f"{side} has {want} parameters but the batch's input is {got}: convert one "
+                f"to the other, e.g. {side}.to(torch.{got.split(',')[0]}) or "
+                f"{arg}=lambda batch: {x}.to(torch.{want.split(',')[0]})")
+    devices = {p.device for p in model.parameters()}
+    if devices and inputs and any(t.device not in devices for t in inputs) \
+            and isinstance(e, RuntimeError) and "device" in msg:
+        where = ", ".join(sorted(str(d) for d in devices))
+        return (f"{side}'s parameters are on {where} but the batch was moved to "
+                f"{inputs[0].device}: move the model ({side}.to('{inputs[0].device}')) or "
+                f"pass device='{where.split(',')[0]}'")
+    if adapt is not None:
+        return None
+    if isinstance(batch, Mapping):
+        return (f"a dict batch is passed as keyword arguments, {side}(**batch) with keys "
+                f"{list(batch)}; if {side} takes one of them as its input, pass e.g. "
+                f"{arg}=lambda batch: batch[{next(iter(batch))!r}] (a tensor is one "
+                f"positional argument, a tuple several, a dict keyword arguments)")
+    if isinstance(batch, (tuple, list)) and len(batch) > 1:
+        first = batch[0]
+        other = next((i for i, t in enumerate(batch[1:], 1) if isinstance(t, torch.Tensor)
+                      and t.is_floating_point() and t.dim() > 1), None)
+        looks_wrong = not isinstance(first, torch.Tensor) or not first.is_floating_point() \
+            or first.dim() < 2
+        if looks_wrong and other is not None:
+            desc = (f"a {first.dtype} tensor of shape {tuple(first.shape)}"
+                    if isinstance(first, torch.Tensor) else type(first).__name__)
+            return (f"a {type(batch).__name__} batch gives its first item to the model, here "
+                    f"{desc}; the input looks like item {other} (shape "
+                    f"{tuple(batch[other].shape)}): pass {arg}=lambda batch: batch[{other}]")
+    return None
+
+
+def _call(model, batch, adapt=None):
     if adapt is not None:
         args = adapt(batch)
         if isinstance(args, Mapping):
@@ -389,6 +478,26 @@ def _tensors(obj):
         if isinstance(obj, (tuple, list)) else ()
     for v in values:
         yield from _tensors(v)
+
+
+def _device_arg(device, model) -> torch.device:
+    """``device=`` as a torch.device (default: the model's); a CUDA device on a machine or
+    torch build without one is refused, naming the fix."""
+    if device is None:
+        return _model_device(model)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a device ({e}); pass e.g. 'cpu' or "
+                         f"'cuda:0'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "was built without CUDA" if torch.version.cuda is None else "sees no GPU"
+        raise ValueError(f"device={device!r}, but this torch ({torch.__version__}) {why}; "
+                         f"pass device='cpu' or leave device=None (the models' device)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}, but there are {torch.cuda.device_count()} CUDA "
+                         f"devices; pass device='cuda:0' … or leave device=None")
+    return dev
 
 
 def _model_device(model) -> torch.device:
