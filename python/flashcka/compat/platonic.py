@@ -4,6 +4,11 @@
 The static methods, keywords and return types of ``metrics.py`` of Huh et al. 2024, "The
 Platonic Representation Hypothesis" (github.com/minyoungg/platonic-rep): floats, except
 ``lcs_knn`` (0-d float32 tensor) and ``edit_distance_knn`` (0-d float64 tensor), as there.
+The module-level functions of ``metrics.py`` are here too (``hsic_unbiased``,
+``hsic_biased``, ``compute_knn_accuracy``, ``compute_nearest_neighbors``,
+``longest_ordinal_sequence``, ``compute_distance``, ``remove_outliers``; its
+``measure_alignment.prepare_features`` imports them), same signatures and return types.
+
 Features are (n, d) tensors; neighbours are by inner product, i excluded (the original
 fills the diagonal with −1e8; here −inf, so very negative inner products cannot make i
 its own neighbour), ties broken by ``torch.topk``.
@@ -37,7 +42,9 @@ from .. import _knn
 from ..functional import cka as _cka
 from ..similarity import similarity_matrix
 
-__all__ = ["AlignmentMetrics"]
+__all__ = ["AlignmentMetrics", "hsic_unbiased", "hsic_biased", "compute_knn_accuracy",
+           "compute_nearest_neighbors", "longest_ordinal_sequence", "compute_distance",
+           "remove_outliers"]
 
 
 class AlignmentMetrics:
@@ -138,7 +145,127 @@ class AlignmentMetrics:
         return ((ma * mb).sum() / torch.sqrt(ma.sum() * mb.sum())).item()
 
 
+# ------------------------------------------------------------------ module-level functions
+# metrics.py's own helpers, public there (measure_alignment.py imports them).
+
+def hsic_unbiased(K, L):
+    """Unbiased HSIC of kernel matrices K, L (m, m), m >= 4 (Song et al. 2012, eq. 5) ->
+    0-d tensor of their dtype, evaluated in float64 with O(m²) work (no m³ product)::
+
+        [tr(K̃L̃) + (1ᵀK̃1)(1ᵀL̃1)/((m−1)(m−2)) − 2/(m−2) · 1ᵀK̃L̃1] / (m(m−3)),  K̃ = K, diag 0
+
+    K and L need not be symmetric (CKNNA passes neighbour-masked kernels)."""
+    k, l = _square_pair(K, L, "hsic_unbiased", 4)
+    m = k.shape[0]
+    k.fill_diagonal_(0)
+    l.fill_diagonal_(0)
+    v = ((k * l.T).sum() + k.sum() * l.sum() / ((m - 1) * (m - 2))
+         - 2 * (k.sum(0) @ l.sum(1)) / (m - 2)) / (m * (m - 3))
+    return v.to(torch.result_type(K, L))
+
+
+def hsic_biased(K, L):
+    """Biased HSIC ``tr(K H L H)``, H = I − 11ᵀ/m, of K, L (m, m) -> 0-d tensor of their
+    dtype (not divided by (m−1)², as the original); evaluated in float64 as
+    ``Σ_ij (HKH)_ij L_ji`` without forming H."""
+    k, l = _square_pair(K, L, "hsic_biased", 1)
+    kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+    return (kc * l.T).sum().to(torch.result_type(K, L))
+
+
+def compute_knn_accuracy(knn):
+    """Fraction of rows i of ``knn`` (n, ...) integer indices that contain i (index = label)
+    -> 0-d float32 tensor. (The original broadcasts an (n, topk) input against (n, 1, 1) and
+    then tests whether i appears anywhere in the table; it agrees for the (n, k, k) tables
+    ``cycle_knn`` passes.)"""
+    if not isinstance(knn, torch.Tensor) or knn.dim() < 2 or knn.is_floating_point():
+        raise ValueError(f"knn must be an integer tensor (n, topk, ...), got "
+                         f"{getattr(knn, 'dtype', type(knn).__name__)} of shape "
+                         f"{tuple(getattr(knn, 'shape', ()))}")
+    n = knn.shape[0]
+    hit = knn.reshape(n, -1) == torch.arange(n, device=knn.device).view(-1, 1)
+    return hit.any(1).float().mean()
+
+
+def compute_nearest_neighbors(feats, topk=1):
+    """Indices of each sample's ``topk`` nearest neighbours by inner product, self
+    excluded, nearest first: ``feats`` (N, D) -> (N, topk) int64; 1 <= topk <= N − 1."""
+    if not isinstance(feats, torch.Tensor) or feats.dim() != 2:
+        raise ValueError(f"Expected feats to be 2D (N, D), got "
+                         f"{tuple(getattr(feats, 'shape', ())) or type(feats).__name__}")
+    n = feats.shape[0]
+    if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= n - 1:
+        raise ValueError(f"topk must be an int in [1, {n - 1}], got {topk!r}")
+    return _knn.knn_indices(_gram(feats), topk)
+
+
+def longest_ordinal_sequence(X, Y):
+    """Length of the longest common subsequence of each row pair of X, Y (B, N) integer
+    -> (B,) float64 tensor on the CPU, as the original."""
+    x, y = _rows(X, Y, "longest_ordinal_sequence")
+    return _lcs_lengths(x, y).to(device="cpu", dtype=torch.float64)
+
+
+def compute_distance(X, Y, dist_fn):
+    """``dist_fn(X[i], Y[i])`` of each row pair (rows as numpy arrays) -> (B,) float64
+    tensor; X, Y (B, N). Runs serially (the original uses pymp when installed)."""
+    x, y = _rows(X, Y, "compute_distance")
+    x, y = x.cpu().numpy(), y.cpu().numpy()
+    return torch.tensor([float(dist_fn(x[i], y[i])) for i in range(len(x))],
+                        dtype=torch.float64)
+
+
+def remove_outliers(feats, q, exact=False, max_threshold=None):
+    """``feats`` clamped to [−t, t]. ``q == 1``: unchanged. ``exact``: t = the element at
+    index ⌊q · numel⌋ of all sorted |values|; else t = the mean over samples of each
+    sample's q-quantile of |values| (linear interpolation, as ``torch.quantile``, with no
+    size limit). ``max_threshold`` is accepted and, as in the original, has no effect."""
+    if not isinstance(feats, torch.Tensor) or not feats.is_floating_point():
+        raise TypeError(f"feats must be a floating-point tensor, got "
+                        f"{getattr(feats, 'dtype', type(feats).__name__)}")
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 1:
+        raise ValueError(f"q must be a number in [0, 1], got {q!r}")
+    if q == 1:
+        return feats
+    a = feats.detach().abs()
+    if exact:
+        t = a.reshape(-1).sort().values[int(q * a.numel())]
+    else:
+        if feats.dim() < 2:
+            raise ValueError(f"feats must be (n, ...) with features per sample for "
+                             f"exact=False, got shape {tuple(feats.shape)}")
+        rows = a.reshape(a.shape[0], -1)
+        pos = q * (rows.shape[1] - 1)
+        lo, hi = int(pos), min(int(pos) + 1, rows.shape[1] - 1)
+        vlo = rows.kthvalue(lo + 1, dim=1).values.to(torch.float64)
+        vhi = rows.kthvalue(hi + 1, dim=1).values.to(torch.float64)
+        t = (vlo + (vhi - vlo) * (pos - lo)).mean().to(feats.dtype)
+    return feats.clamp(-t, t)
+
+
 # ------------------------------------------------------------------ helpers
+
+def _square_pair(K, L, fn, min_m):
+    for t, arg in ((K, "K"), (L, "L")):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != t.shape[1]:
+            raise ValueError(f"{fn}: {arg} must be a square (m, m) tensor, got "
+                             f"{tuple(getattr(t, 'shape', ())) or type(t).__name__}")
+    if K.shape != L.shape:
+        raise ValueError(f"{fn}: K {tuple(K.shape)} and L {tuple(L.shape)} differ in shape")
+    if K.shape[0] < min_m:
+        raise ValueError(f"{fn} needs m >= {min_m} samples, got m = {K.shape[0]}")
+    return K.detach().to(torch.float64).clone(), L.detach().to(torch.float64).clone()
+
+
+def _rows(X, Y, fn):
+    for t, arg in ((X, "X"), (Y, "Y")):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{fn}: {arg} must be a (B, N) tensor, got "
+                             f"{tuple(getattr(t, 'shape', ())) or type(t).__name__}")
+    if X.shape != Y.shape:
+        raise ValueError(f"{fn}: X {tuple(X.shape)} and Y {tuple(Y.shape)} differ in shape")
+    return X, Y
+
 
 def _gram(f: torch.Tensor) -> torch.Tensor:
     if f.dim() != 2:
