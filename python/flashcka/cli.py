@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -108,12 +110,37 @@ def main(argv=None) -> int:
         from . import demo
         if args.epochs is not None and args.epochs < 1:
             raise SystemExit(f"flashcka: --epochs must be >= 1, got {args.epochs}")
-        demo.run(args.out, epochs=args.epochs, quick=args.quick, progress=not args.no_progress)
+        demo.run(args.out, epochs=args.epochs, quick=args.quick,
+                 progress=False if args.no_progress else None)
         return 0
+    from .compare import CompareInterrupted
     try:
         return _compare(args)
     except ValueError as e:      # SpecError and compare's argument/data errors: no traceback
-        raise SystemExit(f"flashcka: {e}") from None
+        raise SystemExit(f"flashcka: {_in_flags(str(e))}") from None
+    except CompareInterrupted as e:
+        of = "" if e.total is None else f" of {e.total}"
+        again = "flashcka " + " ".join(shlex.quote(a) for a in (
+            sys.argv[1:] if argv is None else argv))
+        how = (f"run the same command to resume from batch {e.resume_batch}:\n  {again}"
+               if e.checkpoint is not None else "without --checkpoint FILE a new run starts "
+               "over; add it to make runs resumable")
+        print(f"\nflashcka: stopped (Ctrl-C) at batch {e.batch}{of}; {how}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nflashcka: stopped (Ctrl-C) before the first batch", file=sys.stderr)
+        return 130
+
+
+# compare()'s argument names as the command's flags, in its messages
+_FLAGS = {"layers_a": "--layers-a", "layers_b": "--layers-b", "max_batches": "--max-batches",
+          "the loader's batch_size": "--batch-size", "checkpoint_every": "--checkpoint-every",
+          "unbiased=False": "--biased"}
+
+
+def _in_flags(msg: str) -> str:
+    return re.sub("|".join(re.escape(k) + (r"\b" if k[-1].isalnum() else "")
+                           for k in _FLAGS), lambda m: _FLAGS[m.group(0)], msg)
 
 
 def _compare(args) -> int:
@@ -135,6 +162,10 @@ def _compare(args) -> int:
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     import torch
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError(f"--device {device}: this torch ({torch.__version__}) "
+                        f"{'was built without CUDA' if torch.version.cuda is None else 'sees no GPU'}"
+                        f"; pass --device cpu or leave --device out")
     torch.manual_seed(args.seed)
     lm_a = load_model(args.model_a, weights=args.weights_a, image_size=args.image_size,
                       kwargs=_json(args.kwargs_a, "--kwargs-a"), arg="--model-a")
@@ -187,7 +218,8 @@ def _compare(args) -> int:
                      mask=mask, inputs_a=adapters[0],
                      inputs_b=None if lm_b is None else adapters[1],
                      max_batches=args.max_batches, device=device,
-                     progress=not args.no_progress and rank == 0, kernel=args.kernel,
+                     progress=None if not args.no_progress and rank == 0 else False,
+                     kernel=args.kernel,
                      unbiased=not args.biased, sigma=args.sigma, backend=args.backend,
                      jackknife=not args.no_jackknife, checkpoint=args.checkpoint,
                      checkpoint_every=args.checkpoint_every,
