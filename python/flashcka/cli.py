@@ -224,7 +224,11 @@ def _compare(args) -> int:
                      jackknife=not args.no_jackknife, checkpoint=args.checkpoint,
                      checkpoint_every=args.checkpoint_every,
                      shard=isinstance(source, Batches) and world > 1)
-    result.settings.update(model_a=lm_a.name, model_b=(lm_b or lm_a).name, data=source.name)
+    kinds = ["trained" if w else "random" for w in (args.weights_a, args.weights_b)]
+    weights = kinds[0] if lm_b is None or kinds[0] == kinds[1] else \
+        f"A: {kinds[0]}, B: {kinds[1]}"
+    result.settings.update(model_a=lm_a.name, model_b=(lm_b or lm_a).name, data=source.name,
+                           weights=weights)
     if rank != 0:
         return 0
     print(repr(result))

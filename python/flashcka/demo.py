@@ -58,7 +58,7 @@ def accuracy(model: nn.Module, x, y) -> float:
 
 
 def run(out="flashcka_demo", *, epochs: int | None = None, quick: bool = False,
-        batch_size: int = 256, progress: bool = True, backend: str = "auto",
+        batch_size: int = 256, progress: bool | None = None, backend: str = "auto",
         log=print) -> dict:
     """Train both models, compare them, write ``{vit_vs_vit,resnet_vs_resnet,vit_vs_resnet}``
     ``.png`` and ``.json`` under ``out``. ``quick`` trains one epoch on a subset and compares
@@ -98,6 +98,7 @@ def run(out="flashcka_demo", *, epochs: int | None = None, quick: bool = False,
     results, files = {}, []
     for name, (a, b, la, lb) in jobs.items():
         r = compare(a, b, loader, layers_a=la, layers_b=lb, progress=progress, backend=backend)
+        r.settings.update(data="8x8 digits (test split)", weights="trained")
         results[name] = r
         files += [r.plot(out / f"{name}.png"), r.save(out / f"{name}.json")]
     seconds = time.perf_counter() - t0

@@ -206,12 +206,8 @@ class CKAResult:
         h = ph + label_in + 0.8
         fig = Figure(figsize=(w, h))
         FigureCanvasAgg(fig)
-        s = self.settings
         if title is None:
-            kind = "debiased" if s.get("unbiased", True) else "biased"
-            title = (f"{kind} {s.get('kernel', 'linear')} CKA: {s.get('model_a', 'A')} vs "
-                     f"{s.get('model_b', 'B')}"
-                     + (f" ({self.num_samples} samples)" if self.num_samples else ""))
+            title = self.title()
         if annotate is None:
             annotate = la <= 12 and lb <= 12
         lines = (blocks if blocks is not None else _wants_blocks(self.names_a),
@@ -237,7 +233,7 @@ class CKAResult:
                 for i in range(la):
                     for j in range(lb):
                         v = values[i, j]
-                        txt = "nan" if math.isnan(v) else f"{v:.2f}"
+                        txt = "nan" if math.isnan(v) else _cell(v)
                         if p == 0 and se is not None and not math.isnan(se[i, j]):
                             txt += f"\n±{se[i, j]:.2f}"
                         ax.text(j, i, txt, ha="center", va="center", fontsize=6,
@@ -245,8 +241,15 @@ class CKAResult:
                                 else "black")
             cax = fig.add_axes([(x0 + label_in + pw + 0.3) / w, label_in / h, 0.18 / w, ph / h])
             fig.colorbar(im, cax=cax, label=clabel)
-        fig.savefig(path, dpi=dpi, format=path.suffix.lower()[1:])
+        fig.savefig(path, dpi=dpi, format=path.suffix.lower()[1:], bbox_inches="tight",
+                    pad_inches=0.05)
         return path
+
+    def title(self) -> str:
+        """The plots' title: estimator and models, then data set and sample count, the
+        weights (trained or random) and the tokens setting, each where the settings say it
+        (``settings["data"]``, ``settings["weights"]``: set by the CLI and the demo)."""
+        return plot_title(self.settings, self.num_samples, self.num_batches)
 
     def _ticks(self, ax, font, pw, ph, lines):
         s = self.settings
@@ -265,6 +268,33 @@ class CKAResult:
                 for edge in _block_edges(names):
                     (ax.axvline if side == "b" else ax.axhline)(edge - 0.5, color="white",
                                                                 lw=0.5, alpha=0.8)
+
+
+def plot_title(settings: dict, num_samples: int = 0, num_batches: int = 0) -> str:
+    """One title style for every heatmap: ``debiased linear CKA (minibatch): A vs B`` and
+    a second line ``digits, 500 samples in 2 batches · trained weights · tokens: cls``."""
+    s = settings
+    kind = "debiased" if s.get("unbiased", True) else "biased"
+    est = f"{kind} {s.get('kernel', 'linear')} CKA" + (" (minibatch)" if num_batches > 1 else "")
+    a, b = s.get("model_a", "A"), s.get("model_b", "B")
+    head = f"{est}: {a}" + (" with itself" if s.get("same_model") or a == b and
+                            s.get("same_model") is None else f" vs {b}")
+    data = s.get("data")
+    samples = (f"{num_samples} samples" + (f" in {num_batches} batches" if num_batches > 1
+                                           else "")) if num_samples else ""
+    tokens = s.get("tokens")
+    if isinstance(tokens, (list, tuple)):
+        tokens = " / ".join(map(str, tokens))
+    parts = [", ".join(p for p in (data, samples) if p),
+             f"{s['weights']} weights" if s.get("weights") else "",
+             f"tokens: {tokens}" if tokens else ""]
+    return head + ("\n" + " · ".join(p for p in parts if p) if any(parts) else "")
+
+
+def _cell(v: float) -> str:
+    """A cell value to two decimals, never ``-0.00``."""
+    txt = f"{v:.2f}"
+    return "0.00" if txt == "-0.00" else txt
 
 
 def load_result(path) -> CKAResult:
