@@ -31,13 +31,14 @@ def inputs(rng, sizes, d_in=6):
 
 
 def activations(model, x, names):
-    """float64 outputs of the named modules of a float64 copy of ``model`` (last call)."""
+    """float64 outputs of the named modules of a float64 copy of ``model`` (last call), each
+    copied as its module returns it (a later in-place op cannot change it)."""
     m = copy.deepcopy(model).double().eval()
     mods = dict(m.named_modules())
     out, hs = {}, []
     for name in names:
         hs.append(mods[name].register_forward_hook(
-            lambda mod, i, o, name=name: out.__setitem__(name, o.detach().numpy())))
+            lambda mod, i, o, name=name: out.__setitem__(name, o.detach().clone().numpy())))
     with torch.no_grad():
         m(x.double())
     for h in hs:

@@ -194,8 +194,13 @@ def cka_from_features(features_x: torch.Tensor | Sequence[torch.Tensor],
     stage). Not clamped to [0, 1]; a zero-variance layer gives NaN with a warning (the
     original reports 0). Sequence entries of more than 2 dims are flattened to (n, -1).
     """
-    return cka_matrix(_layer_list(features_x, "features_x"),
-                      _layer_list(features_y, "features_y"), unbiased=True)
+    xs, ys = _layer_list(features_x, "features_x"), _layer_list(features_y, "features_y")
+    for layers, arg in ((xs, "features_x"), (ys, "features_y")):
+        for i, f in enumerate(layers):
+            if isinstance(f, torch.Tensor) and f.dim() >= 1 and f.shape[0] <= 3:
+                raise ValueError(f"cka_from_features requires n > 3 samples (unbiased HSIC "
+                                 f"divides by n(n-3)); {arg} layer {i} has n={f.shape[0]}")
+    return cka_matrix(xs, ys, unbiased=True)
 
 
 def _layer_list(feats, arg: str) -> list:
