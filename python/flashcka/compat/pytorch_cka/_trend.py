@@ -114,7 +114,10 @@ def plot_cka_trend(values, x_values=None, labels: Sequence[str] | None = None,
         ax.set_title(title, parse_math=False)
     if ylim is not None:
         ax.set_ylim(ylim)
-    ax.grid(grid, linestyle="--", alpha=0.3)
+    if grid:
+        ax.grid(True, linestyle="--", alpha=0.3)
+    else:                     # (the original's grid(False, linestyle=...) turns it on)
+        ax.grid(False)
     if legend and n > 1:
         if all(lab is None for lab in labs):
             ax.legend([f"Series {i + 1}" for i in range(n)])

@@ -5,7 +5,10 @@ Same arguments, defaults and layout as the original (heatmap: rows = model1 laye
 at the bottom, ``aspect="auto"``, colorbar "CKA Similarity"; trends: one line per series,
 tab10 colours, y from 0 to 1.05). The heatmap cells come from flashcka's heatmap helper
 (``compat._plot.heatmap``): names drawn as text (a ``$`` in a layer name is not TeX), NaN
-cells written "nan" (the original leaves them blank), colour limits from the finite values.
+cells written "nan" (the original leaves them blank), colour limits from the finite values;
+``grid=False`` turns the grid off (the original's ``grid(False, linestyle=...)`` turns it
+on); a heatmap drawn into a figure with a layout engine keeps it (the original switches
+``plot_cka_comparison``'s constrained layout to tight, with a warning).
 Works headless (Agg): nothing is shown unless ``show=True``.
 """
 from __future__ import annotations
@@ -89,7 +92,8 @@ def plot_cka_heatmap(cka_matrix, layers1: List[str] | None = None,
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(
             "CKA Similarity", fontsize=label_fontsize - 2)
     _recolor(fig, text_color)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:    # keep a grid's constrained layout (comparison)
+        fig.tight_layout()
     if show:
         plt.show()
     return fig, ax
