@@ -117,3 +117,50 @@ def test_resume_says_from_which_batch(tmp_path, capsys):
     r2 = flashcka.compare(net, None, loader, checkpoint=ck, progress=False)
     assert "resumed from batch 3 of 3" in capsys.readouterr().err
     assert torch.equal(r1.matrix, r2.matrix)
+
+
+def test_torchvision_built_for_another_torch_is_named(monkeypatch):
+    import importlib
+    from flashcka import specs
+    real = importlib.import_module
+
+    def fake(name, *a):
+        if name in ("torchvision", "timm"):
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real(name, *a)
+    monkeypatch.setattr(specs, "_version", lambda dist: "0.28.0")
+    monkeypatch.setattr(specs.importlib, "import_module", fake)
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    for spec in ("torchvision:resnet18", "timm:resnet18"):
+        with pytest.raises(specs.SpecError) as e:
+            specs.load_model(spec, arg="--model-b")
+        msg = str(e.value)
+        assert "torchvision 0.28.0 is installed but was built for another torch" in msg, msg
+        assert msg.endswith("pip install --force-reinstall --no-deps torchvision==0.28.0 "
+                            "--index-url https://download.pytorch.org/whl/cpu"), msg
+
+
+@pytest.mark.parametrize("version,command", [
+    ("2.13.0+cpu", "pip install torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu"),
+    ("2.14.1+cu126", "pip install torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu126"),
+    ("2.14.1", "pip install torchvision==0.29.1")])
+def test_torchvision_command_matches_torch(monkeypatch, version, command):
+    from flashcka import specs
+    monkeypatch.setattr(torch, "__version__", version)
+    assert specs.torchvision_command() == command
+
+
+def test_missing_timm_says_how_to_keep_torch(monkeypatch):
+    import importlib
+    from flashcka import specs
+    real = importlib.import_module
+
+    def fake(name, *a):
+        if name == "timm":
+            raise ModuleNotFoundError("No module named 'timm'", name="timm")
+        return real(name, *a)
+    monkeypatch.setattr(specs.importlib, "import_module", fake)
+    with pytest.raises(specs.SpecError, match=r"--model-a: timm models need timm, which is "
+                       r"not installed; install the torchvision built for torch .* first "
+                       r"\(pip install torchvision==.*\), then pip install timm"):
+        specs.load_model("timm:resnet18", arg="--model-a")

@@ -58,19 +58,21 @@ class Tiny(nn.Module):
 
 
 def manual(model, x):
-    """Every sublayer point of Tiny by hand: {label: tensor}."""
+    """Every sublayer point of Tiny by hand: {label: tensor}, under its module name and
+    its name in results (by meaning; a block's output that is the next block's input as
+    ``blocks.i = blocks.i+1:input``)."""
     out = {}
     h = model.embed(x)
     for i, b in enumerate(model.blocks):
         out[f"blocks.{i}:input"] = h
         a = b.attn(b.norm1(h))
-        out[f"blocks.{i}.attn"] = a
+        out[f"blocks.{i}.attn"] = out[f"blocks.{i}: attention branch"] = a
         h = h + a
-        out[f"blocks.{i}.norm2:input"] = h
+        out[f"blocks.{i}.norm2:input"] = out[f"blocks.{i}: residual after attention"] = h
         m = b.mlp(b.norm2(h))
-        out[f"blocks.{i}.mlp"] = m
+        out[f"blocks.{i}.mlp"] = out[f"blocks.{i}: MLP branch"] = m
         h = h + m
-        out[f"blocks.{i}"] = h
+        out[f"blocks.{i}"] = out[f"blocks.{i} = blocks.{i + 1}:input"] = h
     return out
 
 
@@ -125,8 +127,10 @@ def test_presets_and_input_suffix():
     assert labels(m, None) == labels(m, "blocks")
     assert labels(m, "blocks:output") == ["blocks"]          # the module named like a preset
     assert labels(m, "sublayers") == [
-        "blocks.0:input", "blocks.0", "blocks.0.attn", "blocks.0.norm2:input", "blocks.0.mlp",
-        "blocks.1:input", "blocks.1", "blocks.1.attn", "blocks.1.norm2:input", "blocks.1.mlp"]
+        "blocks.0:input", "blocks.0", "blocks.0: attention branch",
+        "blocks.0: residual after attention", "blocks.0: MLP branch",
+        "blocks.1:input", "blocks.1", "blocks.1: attention branch",
+        "blocks.1: residual after attention", "blocks.1: MLP branch"]
     assert labels(m, ["blocks.*.norm2:input", "embed"]) == \
         ["embed", "blocks.0.norm2:input", "blocks.1.norm2:input"]
     with pytest.raises(ValueError, match="preset 'blocks' found no repeated blocks"):
@@ -180,9 +184,12 @@ def test_sublayers_match_the_residual_stream_by_hand():
     m = Tiny(depth=3).double()
     data = token_batches([11, 10])
     r = compare(m, None, data, layers_a="sublayers", progress=False)
-    # firing order: block input, attention branch, residual after attention, MLP, output
-    assert r.names_a[:5] == ["blocks.0:input", "blocks.0.attn", "blocks.0.norm2:input",
-                             "blocks.0.mlp", "blocks.0"]
+    # firing order: block input, attention branch, residual after attention, MLP, output;
+    # a block's output is the next block's input: one row with both names
+    assert r.names_a[:5] == ["blocks.0:input", "blocks.0: attention branch",
+                             "blocks.0: residual after attention", "blocks.0: MLP branch",
+                             "blocks.0 = blocks.1:input"]
+    assert len(r.names_a) == 1 + 3 * 4 and r.names_a[-1] == "blocks.2"
     acts = [[manual(m, x)[nm] for nm in r.names_a] for x in data]
     torch.testing.assert_close(r.matrix, ref_minibatch(acts, acts), rtol=0, atol=1e-10)
 

@@ -13,6 +13,15 @@ from flashcka import FlashCKAWarning, compare
 from hub_models import need_timm, need_torchvision, need_transformers
 
 
+def hooked_names(model, names):
+    """Result names as the modules they hook: a sublayer named by meaning
+    (``blocks.0: MLP branch``) as its module, ``a = b`` (one tensor, two names) as ``a``."""
+    from flashcka.selection import select_points
+    plain = {p.label: p.module + (":input" if p.kind == "input" else "")
+             for p in select_points(model, "sublayers", "layers_a")}
+    return [plain.get(nm.split(" = ")[0], nm.split(" = ")[0]) for nm in names]
+
+
 def collect(model, labels, batches, call, feats=lambda t: t):
     """Activations at `labels` (module names, ":input" for a module's input) by plain
     forward hooks: a list over batches of lists over labels of float64 (n, d) tensors."""
@@ -98,10 +107,12 @@ def test_timm_vit_sublayers_and_stars():
     assert r.names_a == ["blocks.0", "blocks.1", "blocks.2"]
     # ("cls" would make blocks.0:input constant: the class token before any block)
     r = compare(m, None, data, layers_a="sublayers", tokens="mean", progress=False)
-    assert r.names_a[:5] == ["blocks.0:input", "blocks.0.drop_path1", "blocks.0.norm2:input",
-                             "blocks.0.drop_path2", "blocks.0"]
-    assert len(r.names_a) == 15
-    acts = collect(m, r.names_a, data, lambda mod, x: mod(x), feats=lambda t: t.mean(1))
+    assert r.names_a[:5] == ["blocks.0:input", "blocks.0: attention branch",
+                             "blocks.0: residual after attention", "blocks.0: MLP branch",
+                             "blocks.0 = blocks.1:input"]
+    assert len(r.names_a) == 13            # blocks.i and blocks.i+1:input shown once
+    acts = collect(m, hooked_names(m, r.names_a), data, lambda mod, x: mod(x),
+                   feats=lambda t: t.mean(1))
     torch.testing.assert_close(r.matrix, ref_cka(acts, acts), rtol=0, atol=1e-9)
     # `**` reaches every module; attn_drop & co. are skipped with one warning, not an error
     with pytest.warns(FlashCKAWarning, match="skipping"):
@@ -114,14 +125,16 @@ def test_swin_sublayers_and_mean_over_channels_last_maps():
     m = timm_model(name, **kw)
     data = images([6, 5], size)
     r = compare(m, None, data, layers_a="sublayers", tokens="mean", progress=False)
-    assert r.names_a[:5] == ["layers.0.blocks.0:input", "layers.0.blocks.0.drop_path1",
-                             "layers.0.blocks.0.norm2:input", "layers.0.blocks.0.drop_path2",
+    assert r.names_a[:5] == ["layers.0.blocks.0:input", "layers.0.blocks.0: attention branch",
+                             "layers.0.blocks.0: residual after attention",
+                             "layers.0.blocks.0: MLP branch",
                              "layers.0.blocks.0"]
 
     def mean_tokens(t):                    # (n, H, W, C) maps and (n, H·W, C) tokens
         return t.mean((1, 2)) if t.dim() == 4 else t.mean(1)
 
-    acts = collect(m, r.names_a, data, lambda mod, x: mod(x), feats=mean_tokens)
+    acts = collect(m, hooked_names(m, r.names_a), data, lambda mod, x: mod(x),
+                   feats=mean_tokens)
     torch.testing.assert_close(r.matrix, ref_cka(acts, acts), rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="a spatial map has no class token"):
         compare(m, None, data, layers_a="blocks", tokens="cls", progress=False)
@@ -152,11 +165,15 @@ def test_hf_vit_and_timm_vit_through_input_adapters():
     data = images([6, 5])
     r = compare(vit, hf, data, layers_a="blocks", layers_b="sublayers",
                 inputs_b=lambda x: {"pixel_values": x}, progress=False)
-    assert r.names_b == ["layers.0:input", "layers.0.attention", "layers.0.layernorm_after:input",
-                         "layers.0.mlp", "layers.0", "layers.1:input", "layers.1.attention",
-                         "layers.1.layernorm_after:input", "layers.1.mlp", "layers.1"]
+    assert r.names_b == ["layers.0:input", "layers.0: attention branch",
+                         "layers.0: residual after attention", "layers.0: MLP branch",
+                         "layers.0 = layers.1:input", "layers.1: attention branch",
+                         "layers.1: residual after attention", "layers.1: MLP branch",
+                         "layers.1"]
+    assert hooked_names(hf, r.names_b)[1:4] == ["layers.0.attention",
+                                                "layers.0.layernorm_after:input", "layers.0.mlp"]
     acts_a = collect(vit, r.names_a, data, lambda mod, x: mod(x))
-    acts_b = collect(hf, r.names_b, data, lambda mod, x: mod(pixel_values=x))
+    acts_b = collect(hf, hooked_names(hf, r.names_b), data, lambda mod, x: mod(pixel_values=x))
     torch.testing.assert_close(r.matrix, ref_cka(acts_a, acts_b), rtol=0, atol=1e-9)
 
 
@@ -183,9 +200,13 @@ def test_bert_padding_is_invisible_with_the_mask():
                   mask="attention_mask", progress=False)
     r32 = compare(bert, None, long, layers_a="sublayers", tokens="mean",
                   mask="attention_mask", progress=False)
-    assert r12.names_a[:5] == ["encoder.layer.0:input", "encoder.layer.0.attention.output.dense",
-                               "encoder.layer.0.intermediate:input",
-                               "encoder.layer.0.output.dense", "encoder.layer.0"]
+    assert r12.names_a[:5] == ["encoder.layer.0:input", "encoder.layer.0: attention branch",
+                               "encoder.layer.0: residual after attention",
+                               "encoder.layer.0: MLP branch",
+                               "encoder.layer.0 = encoder.layer.1:input"]
+    assert hooked_names(bert, r12.names_a)[1:4] == [
+        "encoder.layer.0.attention.output.dense", "encoder.layer.0.intermediate:input",
+        "encoder.layer.0.output.dense"]
     torch.testing.assert_close(r12.matrix, r32.matrix, rtol=0, atol=1e-9)
 
     def masked_mean(batches):
@@ -197,7 +218,8 @@ def test_bert_padding_is_invisible_with_the_mask():
         out = []
         for b in it:
             cur = b
-            out += collect(bert, r12.names_a, [b], lambda mod, bb: mod(**bb), feats=feats)
+            out += collect(bert, hooked_names(bert, r12.names_a), [b], lambda mod, bb: mod(**bb),
+                           feats=feats)
         return out
 
     acts = masked_mean(short)

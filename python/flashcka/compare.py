@@ -155,7 +155,10 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
         ``CKAResult`` with the (L_A, L_B) float64 matrix and the layer names. Layers are
         ordered by when they first appear in the first batch's forward pass; a module
         called k > 1 times per forward pass gives layers ``name#0 … name#(k-1)``; inputs
-        are named ``name:input``.
+        are named ``name:input``; the ``"sublayers"`` preset's inner points are named by
+        meaning (``blocks.3: attention branch``, ``blocks.3: residual after attention``,
+        ``blocks.3: MLP branch``). One tensor hooked under two names (a block's output is
+        the next block's input) is one layer named by both: ``blocks.3 = blocks.4:input``.
 
     One forward pass per batch per model, under ``torch.no_grad()`` with the models in
     eval mode. Each hooked tensor is turned into its centered Gram at once, written into

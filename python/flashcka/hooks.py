@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+import weakref
 from collections.abc import Mapping
 
 import torch
@@ -201,6 +202,8 @@ class GramRecorder:
         first = self.labels is None
         if first:
             self._order: list[tuple[str, int]] = []
+            self._seen: list = []                  # (weakref, version, key) of each row
+            self._twins: dict[tuple[str, int], tuple[str, int]] = {}
         m = self.ctx.row_length(n) if self.ctx.be is not None else None
         if not first and (self.g is None or self.g.shape[1] != m):
             self.g = None                                     # free the old rows first
@@ -218,10 +221,17 @@ class GramRecorder:
             x = self._tensor(p, name, output, call, first=True)
             if x is None:
                 return
+            twin = self._twin_of(self._raw)
+            if twin is not None:       # the tensor of an earlier point: one row, two names
+                self._twins[(label, k)] = twin
+                return
             i = len(self._order)
             self._order.append((label, k))
+            self._seen.append((weakref.ref(self._raw), self._raw._version, (label, k)))
             self._ensure_rows(i + 1, x)
         else:
+            if (label, k) in self._twins:
+                return
             i = self._index.get((label, k))
             if i is None:
                 if label in self._dropped:
@@ -237,12 +247,23 @@ class GramRecorder:
         self.sq_c[i] = sq_c
         self.sq[i] = sq
 
+    def _twin_of(self, raw: torch.Tensor):
+        """The (label, call) of an earlier point of this forward pass that hooked this very
+        tensor, unchanged since (same object, same version counter), or None. A block's
+        output is the next block's input: ``sublayers`` hooks both."""
+        for ref, version, key in self._seen:
+            if ref() is raw and raw._version == version:
+                return key
+        return None
+
     def _tensor(self, p: Point, name: str, output, call, first: bool = False):
         """The layer's (n, d) features. First batch: None (the point dropped, once, with
         the reason) when a point from a pattern/preset/type has no floating tensor with
         the batch in dimension 0; exact names raise. Token-mode errors always raise."""
         try:
             x = output_tensor(output, name) if call is None else input_tensor(*call, name)
+            if first:
+                self._raw = x                          # for _twin_of (first batch only)
             if x.dim() == 0 or x.shape[0] != self.n:
                 raise ValueError(f"layer {name} has {x.shape[0] if x.dim() else 0} samples "
                                  f"(shape {tuple(x.shape)}) but the batch has {self.n}; hook "
@@ -340,7 +361,15 @@ class GramRecorder:
             raise ValueError(f"{self.side}: none of the {len(self.points)} hooked points "
                              f"gave a usable tensor ({'; '.join(self._dropped.values())})")
         self._want = {label: self._calls[label] for label in self.handles}
-        self.labels = [f"{lb}#{k}" if self._want[lb] > 1 else lb for lb, k in self._order]
+
+        def name(key):
+            return f"{key[0]}#{key[1]}" if self._want[key[0]] > 1 else key[0]
+        also = {key: "" for key in self._order}
+        for twin, key in self._twins.items():
+            if key in also:
+                also[key] += f" = {name(twin)}"
+        self.labels = [name(key) + also[key] for key in self._order]
+        self._seen, self._raw = [], None
         self._index = {key: i for i, key in enumerate(self._order)}
         L = len(self._order)
         self.scale, self.sq_c, self.sq = self.scale[:L], self.sq_c[:L], self.sq[:L]

@@ -408,7 +408,7 @@ def _dec(v, where: str) -> float:
 def _block_key(name: str) -> str:
     """``blocks.3.attn`` -> ``blocks.3``; ``layer2.1.conv1`` -> ``layer2.1``; a name
     without a numeric part is its own block."""
-    parts = name.split(":")[0].split("#")[0].split(".")
+    parts = name.split(" = ")[0].split(":")[0].split("#")[0].split(".")
     for i, p in enumerate(parts):
         if p.isdigit():
             return ".".join(parts[:i + 1])

@@ -29,6 +29,8 @@ ATTN_BRANCH = ("drop_path1", "ls1", "attention.output.dense", "attn", "self_attn
 RESIDUAL = ("norm2:input", "layernorm_after:input", "ln_2:input",
             "post_attention_layernorm:input", "intermediate:input")
 MLP_BRANCH = ("drop_path2", "ls2", "output.dense", "mlp", "ffn", "feed_forward")
+SUBLAYER_ROLES = (("attention branch", ATTN_BRANCH), ("residual after attention", RESIDUAL),
+                  ("MLP branch", MLP_BRANCH))
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,13 @@ class Point:
     module: str
     kind: str = "output"
     exact: bool = False
+    role: str = ""     # a preset's name by meaning, e.g. "blocks.3: attention branch"
 
     @property
     def label(self) -> str:
-        return self.module + (":input" if self.kind == "input" else "")
+        """The layer's name in results: ``module``, ``module:input``, or a preset point's
+        name by meaning (``blocks.3: attention branch``)."""
+        return self.role or self.module + (":input" if self.kind == "input" else "")
 
 
 def glob_regex(pattern: str) -> re.Pattern:
@@ -130,12 +135,15 @@ def blocks(model: nn.Module) -> list[Point]:
 def sublayers(model: nn.Module) -> list[Point]:
     """The ``"sublayers"`` preset (Raghu et al. 2021): per transformer block, its input,
     the attention branch output, the residual stream after attention, the MLP branch
-    output and its output; other blocks give their output (the first also its input)."""
+    output and its output; other blocks give their output (the first also its input).
+    The three inner points are named by meaning, ``blocks.3: attention branch``,
+    ``blocks.3: residual after attention``, ``blocks.3: MLP branch``, whichever module
+    gives them (``drop_path1``, ``norm2:input``, ``mlp``, …: ``SUBLAYER_ROLES``)."""
     modules = dict(model.named_modules())
     out: list[Point] = []
     for i, p in enumerate(blocks(model)[1:]):
-        roles = [_first_present(modules, p.module, cands)
-                 for cands in (ATTN_BRANCH, RESIDUAL, MLP_BRANCH)]
+        roles = [_first_present(modules, p.module, cands, role)
+                 for role, cands in SUBLAYER_ROLES]
         if all(roles):
             out += [Point(p.module, "input"), *roles, p]
         else:
@@ -143,11 +151,11 @@ def sublayers(model: nn.Module) -> list[Point]:
     return out
 
 
-def _first_present(modules, block: str, candidates) -> Point | None:
+def _first_present(modules, block: str, candidates, role: str) -> Point | None:
     for cand in candidates:
         name, _, kind = cand.partition(":")
         if f"{block}.{name}" in modules:
-            return Point(f"{block}.{name}", kind or "output")
+            return Point(f"{block}.{name}", kind or "output", role=f"{block}: {role}")
     return None
 
 
@@ -197,13 +205,16 @@ def select_points(model: nn.Module, spec, arg: str) -> list[Point]:
     modules = dict(model.named_modules())
     names = [n for n in modules if n]
     chosen: dict[tuple[str, str], bool] = {}
+    roles: dict[tuple[str, str], str] = {}
     for item in items:
         for p in _points_of(model, modules, names, item, arg):
             key = (p.module, p.kind)
             chosen[key] = chosen.get(key, False) or p.exact
+            if p.role:
+                roles[key] = p.role
     order = {n: i for i, n in enumerate(modules)}
     keys = sorted(chosen, key=lambda k: (order[k[0]], k[1] == "output"))
-    return [Point(m, kind, chosen[(m, kind)]) for m, kind in keys]
+    return [Point(m, kind, chosen[(m, kind)], roles.get((m, kind), "")) for m, kind in keys]
 
 
 def _points_of(model, modules, names, item, arg) -> list[Point]:

@@ -312,9 +312,71 @@ def _build(fn, name, kwargs, desc, arg, **fixed):
 def _import(name, arg):
     try:
         return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name and e.name != "torchvision":
+            raise SpecError(f"{arg}: {name} does not import: {e}") from None
+        missing = e.name
+        raise SpecError(f"{arg}: {name} models need {missing}, which is not installed; "
+                        f"{install_hint(missing)}") from None
     except Exception as e:  # noqa: BLE001 - e.g. torchvision's compiled ops not loading
-        raise SpecError(f"{arg}: {name} models need `pip install {name}`, and it must import: "
+        if _torchvision_broken(e):
+            raise SpecError(f"{arg}: {name} models need torchvision, and torchvision "
+                            f"{_version('torchvision')} is installed but was built for "
+                            f"another torch: its compiled ops do not load next to torch "
+                            f"{torch.__version__} ({type(e).__name__}: {e}). Install the "
+                            f"torchvision built for this torch: "
+                            f"{torchvision_command(reinstall=True)}") from None
+        raise SpecError(f"{arg}: {name} is installed but does not import: "
                         f"{type(e).__name__}: {e}") from None
+
+
+def matching_torchvision() -> str | None:
+    """The torchvision release made for the installed torch: 0.(m+15).p for torch 2.m.p."""
+    base = torch.__version__.split("+")[0].split(".")
+    if len(base) < 3 or base[0] != "2" or not (base[1].isdigit() and base[2].isdigit()):
+        return None
+    return f"0.{int(base[1]) + 15}.{base[2]}"
+
+
+def torchvision_command(reinstall: bool = False) -> str:
+    """The pip command that installs the torchvision matching this torch without replacing
+    it: a CPU or +cuXXX torch from PyTorch's wheel index (PyPI's Linux torchvision is built
+    for PyPI's CUDA torch), a plain PyPI torch from PyPI."""
+    tv = matching_torchvision()
+    pin = f"torchvision=={tv}" if tv else "torchvision"
+    local = torch.__version__.partition("+")[2]
+    index = f" --index-url https://download.pytorch.org/whl/{local}" if local else ""
+    again = " --force-reinstall --no-deps" if reinstall else ""
+    return f"pip install{again} {pin}{index}"
+
+
+def install_hint(name: str) -> str:
+    """How to install ``name`` (timm, torchvision, transformers) without pip replacing the
+    installed torch (README: 'Hub models')."""
+    tv = torchvision_command()
+    if name == "torchvision":
+        return f"install the build made for torch {torch.__version__}: {tv}"
+    if name == "timm":
+        return (f"install the torchvision built for torch {torch.__version__} first ({tv}), "
+                f"then pip install timm: with both in place pip keeps your torch (alone, "
+                f"pip install timm pulls the newest torchvision and the torch it needs; "
+                f"README, 'Hub models')")
+    return f"pip install {name}"
+
+
+def _torchvision_broken(e: BaseException) -> bool:
+    text = str(e)
+    return _version("torchvision") is not None and (
+        "torchvision::" in text or "torchvision._C" in text
+        or ("torchvision" in text and "undefined symbol" in text))
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _bare_name_message(name: str, arg: str) -> str:
