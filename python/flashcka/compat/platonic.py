@@ -9,7 +9,10 @@ The module-level functions of ``metrics.py`` are here too (``hsic_unbiased``,
 ``longest_ordinal_sequence``, ``compute_distance``, ``remove_outliers``; its
 ``measure_alignment.prepare_features`` imports them), same signatures and return types.
 
-Features are (n, d) tensors; neighbours are by inner product, i excluded (the original
+Features are (n, d) tensors; every ``AlignmentMetrics`` method flattens (n, ...) to
+(n, d) (the original's raise or, for ``svcca``, batch over the extra axis);
+``compute_nearest_neighbors`` keeps the original's 2-D requirement (a ValueError).
+Neighbours are by inner product, i excluded (the original
 fills the diagonal with −1e8; here −inf, so very negative inner products cannot make i
 its own neighbour), ties broken by ``torch.topk``.
 
@@ -268,8 +271,11 @@ def _rows(X, Y, fn):
 
 
 def _gram(f: torch.Tensor) -> torch.Tensor:
-    if f.dim() != 2:
-        raise ValueError(f"Expected feats to be 2D, got {f.dim()}")
+    """Inner products of the samples of ``f`` (n, ...) flattened to (n, d)."""
+    if not isinstance(f, torch.Tensor) or f.dim() < 1:
+        raise ValueError(f"feats must be an (n, ...) tensor, got "
+                         f"{tuple(getattr(f, 'shape', ())) or type(f).__name__}")
+    f = f.reshape(f.shape[0], -1)
     f = f if f.dtype in (torch.float32, torch.float64) else f.float()
     return f @ f.T
 
