@@ -456,3 +456,16 @@ def test_float32_layers_at_extreme_scales_give_the_unscaled_numbers():
     r = compare(m, None, data, layers_a=["lin", "big", "tiny"], progress=False)
     acts = [[m.lin(x), torch.tanh(m.lin(x)), torch.tanh(m.lin(x))] for x in data]
     torch.testing.assert_close(r.matrix, ref_minibatch(acts, acts), rtol=0, atol=1e-5)
+
+
+def test_one_tensor_under_two_names_is_one_row_unless_changed_in_place():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 6), nn.ReLU(inplace=True), nn.Identity()).double()
+    data = [torch.randn(10, 5, dtype=torch.float64) for _ in range(2)]
+    r = compare(m, None, data, layers_a=["0", "1:input", "2"], progress=False)
+    # 1:input is 0's output untouched; ReLU(inplace) then changes that tensor, so 2's
+    # output (the same object, a newer version) is a layer of its own
+    assert r.names_a == ["0 = 1:input", "2"]
+    with torch.no_grad():
+        acts = [[m[0](x), torch.relu(m[0](x))] for x in data]
+    torch.testing.assert_close(r.matrix, ref_minibatch(acts, acts), rtol=0, atol=1e-12)
