@@ -116,3 +116,23 @@ def test_errors(rng):
         K.gram_rbf(np.array([[1.0, 1.0]] * 5 + [[2.0, 3.0]]))  # median distance 0
     with pytest.warns(UserWarning, match="undefined"):
         assert np.isnan(K.cka(np.ones((6, 6)), x[:6] @ x[:6].T))
+
+
+def test_documented_differences_measured(rng):
+    """gram_rbf of identical rows: all ones (every bandwidth gives it; the notebook's formula
+    is 0/0 = NaN there); (n, T, C) features are flattened (the notebook's x.dot(x.T) raises, or
+    for T == C gives an (n, T, T, n) array)."""
+    same = np.tile(rng.standard_normal((1, 4)), (7, 1))
+    np.testing.assert_array_equal(K.gram_rbf(same), np.ones((7, 7)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        assert np.isnan(ref_gram_rbf(same)).all()
+    with pytest.raises(ValueError, match="sigma = 0"):
+        K.gram_rbf(np.vstack([same, same[:1] + 1.0]))
+    x3, y = rng.standard_normal((9, 2, 3)), rng.standard_normal((9, 4))
+    flat = x3.reshape(9, -1)
+    np.testing.assert_array_equal(K.gram_linear(x3), K.gram_linear(flat))
+    with pytest.raises(ValueError, match="not aligned"):
+        x3.dot(x3.T)                                     # the notebook's gram_linear
+    want = ref_cka(flat @ flat.T, y @ y.T)
+    assert abs(K.feature_space_linear_cka(x3, y) - want) < 1e-12
+    assert abs(K.cka(K.gram_linear(x3), K.gram_linear(y)) - want) < 1e-12

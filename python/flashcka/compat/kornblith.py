@@ -6,14 +6,17 @@ defaults and results (float64: equal to the original to ~1e-15 relative)::
 
     from flashcka.compat.kornblith import cka, gram_linear, feature_space_linear_cka
 
-Shapes: features ``(n, d)`` (``(n, ...)`` is flattened), Grams ``(n, n)``. Arrays keep
+Shapes: features ``(n, d)`` (``(n, ...)`` is flattened to ``(n, d)``; the original's
+``x.dot(x.T)`` raises there, or gives an (n, T, T, n) array when T == C), Grams ``(n, n)``. Arrays keep
 their float dtype (float32 stays float32; other dtypes become float64); CKA values are numpy
 float64 scalars.
 
 Differences from the original, all on inputs where it returns a meaningless number:
 
-* ``gram_rbf`` raises ``ValueError`` when the median squared distance is 0 (the original
-  divides by it); squared distances are computed from centered features and clipped at 0
+* ``gram_rbf`` raises ``ValueError`` when the median squared distance is 0 but some
+  distance is not (at least half the pairs are repeated samples; the original divides by
+  0); when every row is identical it returns the matrix of ones, which every bandwidth
+  gives (the original: NaN from 0/0). Squared distances are computed from centered features and clipped at 0
   (the original's diagonal is rounding noise, not exactly 0: the median can move by ~1 ulp).
 * ``center_gram(..., unbiased=True)`` and ``cka(..., debiased=True)`` need n >= 4 (the
   U-statistic divides by n − 3); non-finite input raises ``ValueError`` (the original
@@ -52,7 +55,8 @@ def gram_linear(x):
 def gram_rbf(x, threshold=1.0):
     """RBF Gram ``exp(−D / (2 · threshold² · median(D)))`` of x (n, d) -> (n, n), D the n × n
     squared Euclidean distances, the median over all n² entries (zeros of the diagonal
-    included), as numpy.median computes it."""
+    included), as numpy.median computes it. A zero median raises ValueError, unless all
+    rows are identical (then D = 0 and the result is all ones for any bandwidth)."""
     t = _tensor(x, "x")
     return functional.gram(t, "rbf", threshold=threshold, dtype=t.dtype).numpy()
 
