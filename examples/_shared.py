@@ -8,6 +8,7 @@ for a few seeded epochs on scikit-learn's 8×8 digits unless ``--epochs 0``), an
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from pathlib import Path
@@ -17,6 +18,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DEMO = {"demo:vit": "TinyViT", "demo:resnet": "TinyResNet"}
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's default in its help: ``(default: X)`` unless the text says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, argparse.SUPPRESS,
+                                                                    False)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The examples' argument parser: the module docstring's first paragraph as its
+    description, each option's default said in its help."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=_Help)
 DEMO_LAYERS = {"demo:vit": "VIT_LAYERS", "demo:resnet": "RESNET_LAYERS"}
 
 

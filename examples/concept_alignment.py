@@ -34,17 +34,21 @@ REPR = {"demo:vit": "norm", "demo:resnet": "pool"}
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--vit", default="demo:vit")
-    p.add_argument("--cnn", default="demo:resnet")
-    p.add_argument("--layer-vit", default=None)
-    p.add_argument("--layer-cnn", default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--input-shape", default=None)
-    p.add_argument("--samples", type=int, default=500)
+    p = _shared.parser(__doc__)
+    p.add_argument("--vit", default="demo:vit", help="the ViT: model spec: demo:vit, demo:resnet, timm:NAME, torchvision:NAME, hf:DIR or package.module:factory")
+    p.add_argument("--cnn", default="demo:resnet", help="the CNN, as --vit")
+    p.add_argument("--layer-vit", default=None,
+                   help="module whose output is the ViT's representation (default: norm for demo:vit)")
+    p.add_argument("--layer-cnn", default=None,
+                   help="module whose output is the CNN's representation (default: pool for demo:resnet)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of demo models (default: 12 ViT / 6 ResNet, as flashcka demo; 0: untrained)")
+    p.add_argument("--input-shape", default=None,
+                   help="C,H,W of seeded random inputs, needed for non-demo models (default: the digits test images)")
+    p.add_argument("--samples", type=int, default=500, help="stimuli: digits test images or random inputs")
     p.add_argument("--concepts", type=int, default=10, help="concepts per representation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="concepts_out")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and the clustering")
+    p.add_argument("--out", default="concepts_out", help="output folder")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(a.out)

@@ -33,17 +33,19 @@ REPR = {"demo:vit": "norm", "demo:resnet": "pool"}
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=DEFAULT)
+    p = _shared.parser(__doc__)
+    p.add_argument("--models", nargs="+", default=DEFAULT, help="model spec: demo:vit, demo:resnet, timm:NAME, torchvision:NAME, hf:DIR or package.module:factory")
     p.add_argument("--epochs", type=int, nargs="+", default=[4, 4, 0, 2, 2, 0],
-                   help="training epochs per demo model (0 = untrained)")
-    p.add_argument("--layer", default=None, help="module to read each model's representation from")
-    p.add_argument("--input-shape", default=None)
-    p.add_argument("--samples", type=int, default=400)
-    p.add_argument("--method", default="spearman", choices=["pearson", "spearman"])
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="consistency_out")
+                   help="training epochs of each demo model, in --models order (0: untrained)")
+    p.add_argument("--layer", default=None, help="module whose output is each model's representation (default: norm / pool for the demo models, else the last block)")
+    p.add_argument("--input-shape", default=None,
+                   help="C,H,W of seeded random inputs, needed for non-demo models (default: the digits test images)")
+    p.add_argument("--samples", type=int, default=400, help="stimuli per data set")
+    p.add_argument("--method", default="spearman", choices=["pearson", "spearman"],
+                   help="correlation of the similarity matrices across data sets")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples over models")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and random inputs")
+    p.add_argument("--out", default="consistency_out", help="output folder")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(a.out)

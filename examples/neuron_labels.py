@@ -63,14 +63,16 @@ def digit_concepts(x: torch.Tensor, y: torch.Tensor):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["demo:vit", "demo:resnet"])
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--method", default="correlation", choices=["correlation", "wpmi"])
+    p = _shared.parser(__doc__)
+    p.add_argument("--models", nargs="+", default=["demo:vit", "demo:resnet"], help="model spec: demo:vit, demo:resnet, timm:NAME, torchvision:NAME, hf:DIR or package.module:factory")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of demo models (default: 12 ViT / 6 ResNet, as flashcka demo; 0: untrained)")
+    p.add_argument("--method", default="correlation", choices=["correlation", "wpmi"],
+                   help="label score: correlation, or soft-WPMI as CLIP-Dissect")
     p.add_argument("--top-k", type=int, default=50, help="soft-WPMI: top stimuli per unit")
-    p.add_argument("--samples", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--out", default="neurons_out")
+    p.add_argument("--samples", type=int, default=500, help="digits test images to label with")
+    p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
+    p.add_argument("--out", default="neurons_out", help="output folder")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(a.out)

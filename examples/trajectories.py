@@ -31,15 +31,17 @@ BLOCKS = {"demo:vit": ["embed", "blocks.*", "head"],
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["demo:vit", "demo:vit", "demo:resnet"])
+    p = _shared.parser(__doc__)
+    p.add_argument("--models", nargs="+", default=["demo:vit", "demo:vit", "demo:resnet"],
+                   help="model spec: demo:vit, demo:resnet, timm:NAME, torchvision:NAME, hf:DIR or package.module:factory")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs for demo models (default as flashcka demo; 0 = untrained)")
-    p.add_argument("--input-shape", default=None)
-    p.add_argument("--samples", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=100)
+                   help="training epochs of demo models (default: 12 ViT / 6 ResNet, as flashcka demo; 0: untrained)")
+    p.add_argument("--input-shape", default=None,
+                   help="C,H,W of seeded random inputs, needed for non-demo models (default: the digits test images)")
+    p.add_argument("--samples", type=int, default=500, help="stimuli: digits test images or random inputs")
+    p.add_argument("--batch-size", type=int, default=100, help="minibatch size of the CKA")
     p.add_argument("--k", type=int, default=1, help="neighbours for information imbalance")
-    p.add_argument("--out", default="trajectories_out")
+    p.add_argument("--out", default="trajectories_out", help="output folder")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(a.out)

@@ -31,20 +31,21 @@ from flashcka.analysis import similarity_by_distance, vit_cnn_summary
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--vit", default="demo:vit", help="ViT model spec (default demo:vit)")
-    p.add_argument("--cnn", default="demo:resnet", help="CNN model spec (default demo:resnet)")
+    p = _shared.parser(__doc__)
+    p.add_argument("--vit", default="demo:vit", help="the ViT: model spec: demo:vit, demo:resnet, timm:NAME, torchvision:NAME, hf:DIR or package.module:factory")
+    p.add_argument("--cnn", default="demo:resnet", help="the CNN, as --vit")
     p.add_argument("--layers-vit", nargs="*", default=None,
                    help="modules/globs/presets to hook (default: the 'sublayers' preset)")
     p.add_argument("--layers-cnn", nargs="*", default=None,
                    help="modules/globs/presets to hook (default: the model's blocks)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs for demo models (default 12 ViT / 6 ResNet, as flashcka demo; 0 = untrained)")
-    p.add_argument("--input-shape", default=None, help="C,H,W of random inputs for non-demo models")
-    p.add_argument("--samples", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--tokens", default="flatten", choices=["flatten", "cls", "mean"])
-    p.add_argument("--out", default="vit_vs_cnn_out")
+                   help="training epochs of demo models (default: 12 ViT / 6 ResNet, as flashcka demo; 0: untrained)")
+    p.add_argument("--input-shape", default=None, help="C,H,W of seeded random inputs, needed for non-demo models (default: the digits test images)")
+    p.add_argument("--samples", type=int, default=500, help="stimuli: digits test images or random inputs")
+    p.add_argument("--batch-size", type=int, default=100, help="minibatch size of the CKA")
+    p.add_argument("--tokens", default="flatten", choices=["flatten", "cls", "mean"],
+                   help="how (n, T, C) tokens become features (compare's tokens=)")
+    p.add_argument("--out", default="vit_vs_cnn_out", help="output folder")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(a.out)

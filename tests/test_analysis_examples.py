@@ -39,3 +39,26 @@ def test_example_runs(tmp_path, script, args, outputs):
     for f in outputs:
         assert (tmp_path / f).stat().st_size > 0, f
     json.loads((tmp_path / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("script", ["vit_vs_cnn", "trajectories", "consistency",
+                                    "concept_alignment", "neuron_labels"])
+def test_example_options_have_help_and_defaults(script, monkeypatch, capsys):
+    import argparse
+    seen = []
+
+    def capture(self, argv=None, namespace=None):
+        seen.append(self)
+        raise SystemExit(0)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        _main(script)([])
+    (parser,) = seen
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        name = action.option_strings[0]
+        assert action.help, f"{script} {name}: no help text"
+        shown = parser._get_formatter()._get_help_string(action) % {
+            "default": action.default}
+        assert "default" in shown, f"{script} {name}: no default said ({shown!r})"
