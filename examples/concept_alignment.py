@@ -139,19 +139,22 @@ def _plot(part, names, r_cos, path):
     fig = Figure(figsize=(13, 5.6))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    for ax, key, title, cmap in (
-            (axes[0], "weight", "share of point pairs per concept pair", "Blues"),
-            (axes[1], "pair_index", "Rand index within each concept pair", "viridis")):
+    for ax, key, title, cmap, label in (
+            (axes[0], "weight", "share of point pairs per concept pair", "Blues",
+             "share of point pairs"),
+            (axes[1], "pair_index", "Rand index within each concept pair", "viridis",
+             "generalized Rand index")):
         m = part[key].numpy()
         im = ax.imshow(m, cmap=cmap, aspect="auto")
         ax.set_xticks(range(len(names[1])), names[1], rotation=90, fontsize=7)
         ax.set_yticks(range(len(names[0])), names[0], fontsize=7)
+        ax.set(xlabel="CNN concept", ylabel="ViT concept")
         ax.set_title(title, fontsize=10)
-        fig.colorbar(im, ax=ax)
+        fig.colorbar(im, ax=ax, label=label)
     fig.suptitle(f"ViT vs CNN concepts: generalized Rand index {part['index']:.3f} (l1), "
                  f"{r_cos:.3f} (cosine)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.05)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
                "model_similarity": {d: m.tolist() for d, m in matrices.items()},
                **{k: res[k].tolist() for k in ("correlation", "std", "ci_low", "ci_high")}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    _plot(res, matrices, names, out)
+    _plot(res, matrices, names, out, a.samples)
     dn = res["datasets"]
     for i in range(len(dn)):
         for j in range(i + 1, len(dn)):
@@ -112,7 +112,7 @@ def _last_block(model):
     return default_points(model)[-1].module
 
 
-def _plot(res, matrices, names, out):
+def _plot(res, matrices, names, out, samples):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     dn = res["datasets"]
@@ -131,21 +131,26 @@ def _plot(res, matrices, names, out):
     ax.set_yticks(range(D), dn, fontsize=8)
     ax.set_title(f"cross-dataset consistency ({res['method']}, {res['num_models']} models,\n"
                  f"{int(res['ci'] * 100)}% bootstrap interval over models)", fontsize=9)
-    fig.colorbar(im, ax=ax)
+    ax.set_xlabel("data set", fontsize=8)
+    ax.set_ylabel("data set", fontsize=8)
+    fig.colorbar(im, ax=ax, label=f"{res['method']} correlation of model × model CKA")
     fig.tight_layout()
-    fig.savefig(out / "consistency.png", dpi=110)
+    fig.savefig(out / "consistency.png", dpi=110, bbox_inches="tight", pad_inches=0.05)
 
-    fig = Figure(figsize=(3.2 * D, 3.4))
+    fig = Figure(figsize=(3.2 * D + 1, 3.6))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, D)
     for ax, (d, m) in zip(axes, matrices.items()):
-        ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="magma")
+        im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="magma")
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
         ax.set_yticks(range(len(names)), names if ax is axes[0] else [], fontsize=6)
+        ax.set_xlabel("model", fontsize=8)
         ax.set_title(d, fontsize=9)
-    fig.suptitle("model × model CKA per dataset", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "model_similarity.png", dpi=110)
+    axes[0].set_ylabel("model", fontsize=8)
+    fig.colorbar(im, ax=list(axes), label="CKA", fraction=0.02, pad=0.02)
+    fig.suptitle(f"debiased linear CKA: model × model per data set, {samples} samples "
+                 f"each · trained weights unless marked untrained · tokens: cls (3-D outputs)", fontsize=10)
+    fig.savefig(out / "model_similarity.png", dpi=110, bbox_inches="tight", pad_inches=0.05)
 
 
 if __name__ == "__main__":
