@@ -66,9 +66,14 @@ def main(argv=None) -> dict:
                "cnn_vs_cnn": flashcka.compare(cnn, None, loader, layers_a=lc, inputs_a=ac, **kw),
                "vit_vs_cnn": flashcka.compare(vit, cnn, loader, layers_a=lv, layers_b=lc,
                                               inputs_a=av, inputs_b=ac, **kw)}
-    for name, r in results.items():
-        r.plot(out / f"{name}.png", title=f"minibatch CKA, {name.replace('_', ' ')} "
-                                          f"({r.num_samples} samples)")
+    weights = ("trained" if a.epochs != 0 else "random") if demo else "random"
+    for name, r in results.items():       # the plots' one title style (CKAResult.title)
+        sides = {"model_a": a.cnn if name.startswith("cnn") else a.vit,
+                 "model_b": a.vit if name == "vit_vs_vit" else a.cnn}
+        r.settings.update(sides, weights=weights,
+                          data="8x8 digits (test split)" if a.input_shape is None
+                          else f"random inputs {a.input_shape}")
+        r.plot(out / f"{name}.png")
         r.save(out / f"{name}.json")
     summary = vit_cnn_summary(results["vit_vs_vit"], results["cnn_vs_cnn"], results["vit_vs_cnn"])
     summary["models"] = {"vit": a.vit, "cnn": a.cnn,
