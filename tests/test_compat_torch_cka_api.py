@@ -208,3 +208,29 @@ def test_resnet18_vs_34_differences_as_documented(rng, capsys):
     assert measured["pytorch-cka float64 overwritten layers"] > 0.02
     assert measured["pytorch-cka float32 (clean layers)"] > 1e-3
     assert measured["torch-cka float32 (clean layers)"] > 1e-3
+
+
+def test_readme_usage_with_a_dataloader(rng):
+    """torch-cka's README: CKA(model1, model2, model1_name=..., model2_name=...,
+    model1_layers=..., model2_layers=..., device=...); compare(dataloader); export()."""
+    from torch.utils.data import DataLoader, TensorDataset
+    orig = _orig()
+    m1, m2 = mlp(3), mlp(4, widths=(7, 6, 5))
+    data = TensorDataset(torch.tensor(rng.standard_normal((70, 6)), dtype=torch.float32),
+                         torch.zeros(70))
+    loader = DataLoader(data, batch_size=16, shuffle=False, drop_last=True)
+    xs = [b[0] for b in loader]
+    want = ref_minibatch(m1, m2, xs, xs, ["0", "2", "4"], ["1", "3"])  # before the
+    out = []                                  # original leaves its hooks on the models
+    for mod in (adapter, orig):
+        c = mod.CKA(m1, m2, model1_name="ResNet18", model2_name="ResNet34",
+                    model1_layers=["0", "2", "4"], model2_layers=["1", "3"], device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c.compare(loader)
+        out.append(c.export())
+    a, o = out
+    assert {k: v for k, v in a.items() if k != "CKA"} == \
+        {k: v for k, v in o.items() if k != "CKA"}
+    assert a["CKA"].dtype == torch.float64 and np.abs(a["CKA"].numpy() - want).max() <= 1e-5
+    assert np.abs(o["CKA"].double().numpy() - want).max() <= 1e-3    # its float32 error
