@@ -164,3 +164,11 @@ def test_missing_timm_says_how_to_keep_torch(monkeypatch):
                        r"not installed; install the torchvision built for torch .* first "
                        r"\(pip install torchvision==.*\), then pip install timm"):
         specs.load_model("timm:resnet18", arg="--model-a")
+
+
+def test_progress_bar_only_on_a_terminal(capsys):
+    loader = [images() for _ in range(2)]
+    flashcka.compare(Net(), None, loader)              # stderr captured: not a terminal
+    assert "flashcka compare" not in capsys.readouterr().err
+    flashcka.compare(Net(), None, loader, progress=True)
+    assert "flashcka compare" in capsys.readouterr().err
