@@ -3,11 +3,14 @@
 Change one import and keep the rest of a script:
 
 * ``flashcka.compat.kornblith``  — Kornblith et al. 2019's demo functions (numpy in/out)
-* ``flashcka.compat.torch_cka``  — ``CKA`` of torch-cka 0.21
-* ``flashcka.compat.pytorch_cka`` — ``compute_cka`` and ``CKA`` of pytorch-cka 1.1.3
-* ``flashcka.compat.platonic``   — ``AlignmentMetrics`` of platonic-rep's ``metrics.py``
+* ``flashcka.compat.torch_cka``  — torch-cka 0.21: ``CKA``, modules ``cka`` and ``utils``
+* ``flashcka.compat.pytorch_cka`` — pytorch-cka 1.1.3 (import name ``cka``): ``compute_cka``,
+  ``cka_from_features``, ``CKA``, ``hsic``, ``hsic_cross``, the ``viz`` plots, ``save_figure``
+* ``flashcka.compat.platonic``   — platonic-rep's ``metrics.py``: ``AlignmentMetrics`` and its
+  module-level functions (``hsic_unbiased``, ``compute_nearest_neighbors``, ...)
 
-Names, arguments, defaults and return types are the originals'; numbers are the originals'
-wherever those are right. Each module's docstring lists where it deliberately differs
-(an original's defect, fixed and documented).
+Every public name of each original is there, with its arguments, defaults and return type;
+private members (leading underscore) are not. Numbers are the originals' wherever those are
+right. Each module's docstring lists where it deliberately differs (an original's defect,
+fixed and documented); README's drop-in tables give the measured magnitudes.
 """

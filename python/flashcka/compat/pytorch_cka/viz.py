@@ -13,10 +13,9 @@ Works headless (Agg): nothing is shown unless ``show=True``.
 """
 from __future__ import annotations
 
-from typing import List, Literal, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
-import torch
 
 from .._plot import heatmap, limits, to_numpy
 
