@@ -234,3 +234,26 @@ def test_readme_usage_with_a_dataloader(rng):
         {k: v for k, v in o.items() if k != "CKA"}
     assert a["CKA"].dtype == torch.float64 and np.abs(a["CKA"].numpy() - want).max() <= 1e-5
     assert np.abs(o["CKA"].double().numpy() - want).max() <= 1e-3    # its float32 error
+
+
+def test_plot_results_as_original(rng, tmp_path):
+    """The same matrix through both plot_results: the same figure, artist by artist
+    (title, labels, ticks, limits, image, colorbar axes placed by add_colorbar)."""
+    from test_compat_pytorch_cka_viz import _same
+    orig = _orig()
+    m1, m2 = mlp(1), mlp(2)
+    m = torch.tensor(rng.uniform(0, 1, (6, 6)), dtype=torch.float32)
+    figs = []
+    for mod in (adapter, orig):
+        c = _run(mod, m1, m2, inputs(rng, [8]))
+        c.hsic_matrix = m.clone()
+        c.plot_results(save_path=str(tmp_path / f"{mod.__name__}.png"))
+        figs.append(plt.gcf())
+    figs[0].canvas.draw()
+    figs[1].canvas.draw()
+    _same(figs[0], figs[1])
+    for a, b in zip(figs[0].axes, figs[1].axes):
+        assert np.allclose(a.get_position().bounds, b.get_position().bounds, atol=1e-6)
+    img = plt.imread(tmp_path / f"{adapter.__name__}.png")
+    assert img.shape[:2] == (1440, 1920) and img[..., :3].std() > 0.1
+    plt.close("all")
