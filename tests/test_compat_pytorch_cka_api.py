@@ -200,8 +200,10 @@ def test_cka_from_features_errors():
         adapter.cka_from_features(torch.randn(2, 3, 4, 5), torch.randn(8, 3))
     with pytest.raises(TypeError, match="features_y"):
         adapter.cka_from_features(torch.randn(8, 3), "features")
-    with pytest.raises(ValueError, match="samples"):
+    with pytest.raises(ValueError, match=r"features_y\[0\] has 9 samples"):
         adapter.cka_from_features(torch.randn(8, 3), torch.randn(9, 3))
+    with pytest.raises(TypeError, match=r"features_x\[1\] must be a torch.Tensor"):
+        adapter.cka_from_features([torch.randn(8, 3), "x"], torch.randn(8, 3))
 
 
 def test_cka_from_features_flattens_3d_entries_of_a_list(rng):

@@ -201,7 +201,8 @@ def cka_from_features(features_x: torch.Tensor | Sequence[torch.Tensor],
             if isinstance(f, torch.Tensor) and f.dim() >= 1 and f.shape[0] <= 3:
                 raise ValueError(f"cka_from_features requires n > 3 samples (unbiased HSIC "
                                  f"divides by n(n-3)); {arg} layer {i} has n={f.shape[0]}")
-    return cka_matrix(xs, ys, unbiased=True)
+    return cka_matrix({f"features_x[{i}]": f for i, f in enumerate(xs)},
+                      {f"features_y[{i}]": f for i, f in enumerate(ys)}, unbiased=True)
 
 
 def _layer_list(feats, arg: str) -> list:
