@@ -72,3 +72,12 @@ def test_ctrl_c_says_how_to_resume(setup, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STOP_AT_CALL", "1")
     assert main(setup + ["--batch-size", "4"]) == 130
     assert "add it to make runs resumable" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    import argparse
+    from flashcka.cli import _parser
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help, f"flashcka {name} {action.option_strings}: no help text"

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="flashcka_demo", help="output folder (default %(default)s)")
     d.add_argument("--epochs", type=int, default=None, help="training epochs for both models")
     d.add_argument("--quick", action="store_true", help="tiny run (1 epoch, few samples)")
-    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    d.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (default: shown when stderr is a terminal)")
 
     c = sub.add_parser("compare", help="minibatch CKA between the layers of two models",
                        description="Minibatch CKA between every chosen layer of model A and "
@@ -56,38 +57,49 @@ def _parser() -> argparse.ArgumentParser:
                    help="module names, glob patterns (* within a level, ** across levels, "
                    "NAME:input for a module's input) or the presets blocks / sublayers "
                    "(default: blocks)")
-    c.add_argument("--layers-b", nargs="+", default=None, metavar="PATTERN")
+    c.add_argument("--layers-b", nargs="+", default=None, metavar="PATTERN",
+                   help="as --layers-a, for model B (default: blocks)")
     c.add_argument("--weights-a", default=None, metavar="FILE",
                    help="local state dict for model A (.pt/.pth via torch.load(weights_only="
                    "True), or .safetensors); default: random initialisation")
-    c.add_argument("--weights-b", default=None, metavar="FILE")
+    c.add_argument("--weights-b", default=None, metavar="FILE",
+                   help="as --weights-a, for model B (default: random initialisation)")
     c.add_argument("--kwargs-a", default=None, metavar="JSON",
                    help='keyword arguments for the model constructor, e.g. \'{"img_size": 32}\'')
-    c.add_argument("--kwargs-b", default=None, metavar="JSON")
+    c.add_argument("--kwargs-b", default=None, metavar="JSON",
+                   help="as --kwargs-a, for model B")
     c.add_argument("--seed", type=int, default=0,
                    help="random initialisation: model A is built after torch.manual_seed(SEED), "
                    "model B after torch.manual_seed(SEED + 1) (default %(default)s)")
     c.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="input resolution (default: each model's own)")
-    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--batch-size", type=int, default=64,
+                   help="samples per minibatch; the debiased estimator needs >= 4 "
+                   "(default %(default)s)")
     c.add_argument("--num-samples", type=int, default=None, metavar="N",
                    help="use the first N samples (default: all)")
-    c.add_argument("--max-batches", type=int, default=None)
+    c.add_argument("--max-batches", type=int, default=None,
+                   help="use at most this many batches (default: all)")
     c.add_argument("--workers", type=int, default=0, metavar="W",
                    help="processes reading and preprocessing images (a torch DataLoader; "
                    "default 0: in the main process)")
-    c.add_argument("--tokens", choices=("flatten", "cls", "mean"), default="flatten")
-    c.add_argument("--kernel", choices=("linear", "rbf"), default="linear")
+    c.add_argument("--tokens", choices=("flatten", "cls", "mean"), default="flatten",
+                   help="how (n, T, C) tokens and (n, C, H, W) maps become features "
+                   "(default %(default)s)")
+    c.add_argument("--kernel", choices=("linear", "rbf"), default="linear",
+                   help="CKA kernel (default %(default)s)")
     c.add_argument("--sigma", type=float, default=None, help="RBF bandwidth (default: median "
                    "heuristic)")
     c.add_argument("--biased", action="store_true", help="biased HSIC (default: debiased)")
-    c.add_argument("--backend", default="auto", choices=("auto", "torch", "native", "triton"))
+    c.add_argument("--backend", default="auto", choices=("auto", "torch", "native", "triton"),
+                   help="compute backend (default %(default)s: the fastest usable here)")
     c.add_argument("--device", default=None, help="e.g. cpu or cuda:0 (default: cuda:LOCAL_RANK "
                    "under torchrun with CUDA, else the models' device)")
     c.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="resume file: written every --checkpoint-every batches; run the same "
                    "command again to continue where it stopped")
-    c.add_argument("--checkpoint-every", type=int, default=10, metavar="K")
+    c.add_argument("--checkpoint-every", type=int, default=10, metavar="K",
+                   help="batches between checkpoint writes (default %(default)s)")
     c.add_argument("--no-jackknife", action="store_true",
                    help="no error bars (saves memory with thousands of layers)")
     c.add_argument("--plot-stderr", action="store_true",
@@ -96,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="heatmap format (default %(default)s)")
     c.add_argument("--out", default="flashcka_out", help="output folder (default %(default)s)")
     c.add_argument("--name", default="cka", help="file stem of the outputs (default %(default)s)")
-    c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: one when stderr is a terminal)")
     return p
 
 
