@@ -32,6 +32,10 @@ Differences from the original (each where it gives a wrong number or an error):
   models to ``device`` and puts them in eval mode.
 * A batch may be a tensor (the input itself) or a tuple/list whose first element is the
   input; the original accepts only the latter. Tuple outputs use their first tensor.
+* ``model1_features`` / ``model2_features`` (the original fills them during ``compare``
+  with every hooked output of the last batch): flashcka keeps Grams, not activations, so
+  they are computed on first access by running the last batch through the model once
+  more (no_grad; outputs cloned as their modules return them). Assigning to them works.
 """
 from __future__ import annotations
 
