@@ -39,6 +39,8 @@ Where the original is wrong, this does the right thing:
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .. import _knn
@@ -226,7 +228,7 @@ def remove_outliers(feats, q, exact=False, max_threshold=None):
     if not isinstance(feats, torch.Tensor) or not feats.is_floating_point():
         raise TypeError(f"feats must be a floating-point tensor, got "
                         f"{getattr(feats, 'dtype', type(feats).__name__)}")
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 1:
+    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q <= 1:
         raise ValueError(f"q must be a number in [0, 1], got {q!r}")
     if q == 1:
         return feats
