@@ -63,6 +63,8 @@ def test_cuda_device_without_a_gpu_named():
 def test_bad_device_named():
     with pytest.raises(ValueError, match=r"device='gpu0' is not a device.*'cpu'"):
         flashcka.compare(Net(), None, [images()], device="gpu0", progress=False)
+    with pytest.raises(ValueError, match=r"device='meta' holds shapes but no values.*'cpu'"):
+        flashcka.compare(Net(), None, [images()], device="meta", progress=False)
 
 
 def test_small_batches_name_batch_size():

@@ -15,7 +15,10 @@ def forward(model, batch, adapt, b, side):
     try:
         return _call(model, batch, adapt)
     except (TypeError, RuntimeError, ValueError, IndexError) as e:
-        hint = _forward_hint(e, model, batch, adapt, b, side)
+        try:
+            hint = _forward_hint(e, model, batch, adapt, b, side)
+        except Exception:  # noqa: BLE001 - a hint must never hide the model's own error
+            hint = None
         if hint is None:
             raise
         try:
@@ -50,7 +53,7 @@ def _forward_hint(e, model, batch, adapt, b, side):
                 f"pass device='{where.split(',')[0]}'")
     if adapt is not None:
         return None
-    if isinstance(batch, Mapping):
+    if isinstance(batch, Mapping) and isinstance(e, TypeError):
         return (f"a dict batch is passed as keyword arguments, {side}(**batch) with keys "
                 f"{list(batch)}; if {side} takes one of them as its input, pass e.g. "
                 f"{arg}=lambda batch: batch[{next(iter(batch))!r}] (a tensor is one "
@@ -153,6 +156,9 @@ def device_arg(device, model) -> torch.device:
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device={device!r} is not a device ({e}); pass e.g. 'cpu' or "
                          f"'cuda:0'") from None
+    if dev.type == "meta":
+        raise ValueError(f"device={device!r} holds shapes but no values to compare; pass "
+                         f"device='cpu' or a GPU such as 'cuda:0'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         why = "was built without CUDA" if torch.version.cuda is None else "sees no GPU"
         raise ValueError(f"device={device!r}, but this torch ({torch.__version__}) {why}; "
