@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         print(f"\nflashcka: stopped (Ctrl-C) at batch {e.batch}{of}; {how}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("\nflashcka: stopped (Ctrl-C) before the first batch", file=sys.stderr)
+        print("\nflashcka: stopped (Ctrl-C)", file=sys.stderr)
         return 130
 
 
