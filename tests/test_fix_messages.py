@@ -80,6 +80,9 @@ def test_numpy_arrays_are_viewed_not_copied():
     assert flashcka.cka(x, y) == want
     assert torch.equal(flashcka.cka_matrix([x, y]), flashcka.cka_matrix(
         [torch.from_numpy(x), torch.from_numpy(y)]))
+    assert torch.equal(flashcka.gram(x), flashcka.gram(torch.from_numpy(x)))
+    K = flashcka.gram(x).numpy()
+    assert torch.equal(flashcka.center(K), flashcka.center(torch.from_numpy(K)))
     from flashcka import _validate
     (t,), _ = _validate.representations(x, "x")
     assert t.data_ptr() == x.ctypes.data           # a view: no copy

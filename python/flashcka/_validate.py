@@ -44,6 +44,11 @@ def representations(xs, arg: str) -> tuple[list[torch.Tensor], list[str]]:
     return tensors, names
 
 
+def as_tensor(x, name: str):
+    """``x`` itself, or a NumPy array as a ``torch.from_numpy`` view (no copy)."""
+    return _from_numpy(x, name) if type(x).__name__ == "ndarray" else x
+
+
 def _from_numpy(a, name: str) -> torch.Tensor:
     """A NumPy array as a tensor sharing its memory; what torch cannot view is named."""
     try:

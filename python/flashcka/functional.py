@@ -43,6 +43,7 @@ def gram(x: torch.Tensor, kernel: str = "linear", *, sigma: float | None = None,
     RBF is computed on ``s·x`` with ``s·σ`` (s a power of two), so any float scale works;
     a linear Gram that overflows or underflows the compute dtype raises a ValueError.
     """
+    x = _validate.as_tensor(x, "x")
     _validate.representation(x, "x")
     _validate.kernel_args(kernel, sigma, threshold)
     ct = _validate.compute_dtype([([x], ["x"])], dtype)
@@ -75,6 +76,7 @@ def center(k: torch.Tensor, *, unbiased: bool = True, backend: str = "auto") -> 
     ``K̃`` = k with zeroed diagonal, ``Û_ij = K̃_ij − r_i/(n−2) − c_j/(n−2) + S/((n−1)(n−2))``
     (r, c the row/column sums of K̃, S their total) off the diagonal, ``Û_ii = 0``; n ≥ 4.
     """
+    k = _validate.as_tensor(k, "k")
     _validate.representation(k, "k")
     unbiased = _validate.flag(unbiased, "unbiased")
     backends.check_name(backend)
