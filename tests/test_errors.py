@@ -55,8 +55,7 @@ def test_empty_inputs():
         flashcka.cka_matrix([])
     with pytest.raises(ValueError, match=r"x is empty.*\(10, 0\)"):
         flashcka.cka(torch.empty(10, 0), x_())
-    with pytest.raises(TypeError, match=r"xs\[0\] must be a torch.Tensor \(or a NumPy "
-                       r"array\), got list"):
+    with pytest.raises(TypeError, match=r"xs\[0\] must be a torch.Tensor, got list$"):
         flashcka.cka_matrix([[0.0] * 10])
 
 

@@ -61,8 +61,8 @@ def _from_numpy(a, name: str) -> torch.Tensor:
 def representation(x, name: str) -> None:
     """One representation: a floating tensor of shape (n, ...) with at least one feature."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (or a NumPy array), got "
-                        f"{type(x).__name__}")
+        hint = " (convert it with torch.from_numpy)" if type(x).__name__ == "ndarray" else ""
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}{hint}")
     if x.layout is not torch.strided or x.is_meta:
         storage(x, name)
     if not x.is_floating_point():  # (complex tensors are not floating point either)
