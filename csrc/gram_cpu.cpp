@@ -58,11 +58,23 @@ double safe_hi(const Layout& L) {
 }
 
 // The power of two bringing amax into [0.5, 1); 1 when amax is in [lo, hi], 0, NaN or Inf.
+// At most 2^(max_exponent − 2) of T (a subnormal amax is brought near 1, not past T's range).
+template <class T>
 double pow2_scale(double amax, double lo, double hi) {
   if (!(amax > 0) || !std::isfinite(amax) || (amax >= lo && amax <= hi)) return 1.0;
   int e = 0;
   std::frexp(amax, &e);
-  return std::ldexp(1.0, -e);
+  return std::ldexp(1.0, std::min(-e, std::numeric_limits<T>::max_exponent - 2));
+}
+
+// ‖X_c‖² or ‖X‖² in x's own units from v, its value for s·x: v / s². They only say whether
+// a layer varies (> 0) and whether its input was finite, so a finite v whose value in x's
+// units leaves float64 (|x| ~ 1e160, or ~ 1e-300) is held within [2^-1000, 2^1000]: no
+// false overflow and no false zero variance.
+double in_units(double v, double s) {
+  const double u = v / s / s;
+  if (!std::isfinite(v) || !(v > 0)) return u;
+  return std::min(std::max(u, 0x1p-1000), 0x1p1000);
 }
 
 // dst (n, c1 − c0) row-major = columns [c0, c1) of x, converted to T; with acc (c1 − c0
@@ -172,11 +184,12 @@ struct Scratch {
 };
 
 // The chunk's column means: mu as given, or its columns' sums (sc.acc, taken as the chunk
-// was read) over n, in T. Adds Σ_c μ_c² to mu_sq; a non-finite μ_c sets varies (an
+// was read) over n, in T. Adds Σ_c (s·μ_c)² to mu_sq (in the units of the scaled x, so
+// that a |μ| near float64's limit does not overflow); a non-finite μ_c sets varies (an
 // all-±inf column is not "constant").
 template <class T>
-const T* chunk_mean(const T* mu, int64_t n, int64_t w, Scratch<T>& sc, double& mu_sq,
-                    bool& varies) {
+const T* chunk_mean(const T* mu, int64_t n, int64_t w, double s, Scratch<T>& sc,
+                    double& mu_sq, bool& varies) {
   if (mu == nullptr) {
     T* m = sc.mu.get(size_t(w));
     const double* acc = sc.acc.get(size_t(w));
@@ -184,7 +197,7 @@ const T* chunk_mean(const T* mu, int64_t n, int64_t w, Scratch<T>& sc, double& m
     mu = m;
   }
   for (int64_t c = 0; c < w; ++c) {
-    mu_sq += double(mu[c]) * double(mu[c]);
+    mu_sq += (double(mu[c]) * s) * (double(mu[c]) * s);
     if (!std::isfinite(mu[c])) varies = true;
   }
   return mu;
@@ -200,7 +213,7 @@ double center_chunk(T* buf, int64_t n, int64_t w, const T* mu, T s, Scratch<T>& 
   T* x0 = sc.first.get(size_t(w));  // row 0: a column equal to it everywhere is constant
   std::fill(am, am + w, T(0));
   std::copy(buf, buf + w, x0);
-  mu = chunk_mean(mu, n, w, sc, mu_sq, varies);
+  mu = chunk_mean(mu, n, w, double(s), sc, mu_sq, varies);
   T d0 = T(0);
   for (int64_t i = 0; i < n; ++i) {
     T* b = buf + i * w;
@@ -326,7 +339,8 @@ Pass chunk_pass_simd(const simd::Kernels<T>& kk, const I* x, const Layout& L, co
         ld = cw;
       }
       const T* m =
-          center ? chunk_mean(mu != nullptr ? mu + c0 : nullptr, n, cw, sc, p.mu_sq, p.varies)
+          center ? chunk_mean(mu != nullptr ? mu + c0 : nullptr, n, cw, double(s), sc, p.mu_sq,
+                                  p.varies)
                  : nullptr;
       bool varies = false;
       const double amax = kk.pack(src, ld, n, cw, m, s, pan, &varies);
@@ -444,7 +458,7 @@ Pass gram_upper(const I* x, const Layout& L, const T* mu, bool center, const Gra
     if (p.aborted)  // its max is partial: one statistics pass for the global one
       p = chunk_pass<I, T>(x, L, mu, center, T(1), K, false,
                            std::numeric_limits<double>::infinity(), nt);
-    s_out = pow2_scale(p.amax, Safe<T>::lo, hi);
+    s_out = pow2_scale<T>(p.amax, Safe<T>::lo, hi);
     p = chunk_pass<I, T>(x, L, mu, center, T(s_out), K, true,
                          std::numeric_limits<double>::infinity(), nt);
   }
@@ -496,7 +510,7 @@ int rbf_upper(T* K, T* dg, int64_t n, int64_t d, T* scr, const GramArgs& args) {
   }
   double two_s2;  // in double: 2σ² of a tiny σ (x and σ scaled by 2^-100) underflows T
   if (args.sigma > 0) {  // sigma of the unscaled x: the kernel is that of x itself
-    two_s2 = 2.0 * args.sigma * args.sigma * args.scale * args.scale;
+    two_s2 = 2.0 * (args.sigma * args.scale) * (args.sigma * args.scale);
   } else {
     int64_t p = 0;
     for (int64_t i = 0; i < n; ++i)
@@ -580,8 +594,9 @@ LayerStats gram_layer(const Layer& ly, const GramArgs& args, int nt) {
   T* out = static_cast<T*>(ly.out);
   GramArgs a = args;
   a.scale = s;
-  const double sq_c = sq / (s * s), row_scale = args.kernel == 1 ? 1.0 : s;
-  LayerStats st{sq_c, sq_c + double(n) * p.mu_sq, row_scale, 0.0};
+  const double row_scale = args.kernel == 1 ? 1.0 : s;
+  // ‖X‖² = ‖X_c‖² + n·Σμ² (both of s·x, p.mu_sq too), in x's units
+  LayerStats st{in_units(sq, s), in_units(sq + double(n) * p.mu_sq, s), row_scale, 0.0};
   if (args.kernel == 1 && rbf_upper(K, dg.data(), n, ly.lay.a * ly.lay.b, out, a) != 0)
     st.status = 1.0;
   else

@@ -69,7 +69,19 @@ def pow2_scale(amax: float, ct: torch.dtype, nd: int = 1) -> float:
     hi = min(hi, math.sqrt(pair / max(nd, 1)))
     if not math.isfinite(amax) or amax == 0.0 or lo <= amax <= hi:
         return 1.0
-    return math.ldexp(1.0, -math.frexp(amax)[1])
+    top = 1022 if ct == torch.float64 else 126  # a subnormal amax: near 1, within ct's range
+    return math.ldexp(1.0, min(-math.frexp(amax)[1], top))
+
+
+def sq_in_units(v: torch.Tensor, scale: float) -> torch.Tensor:
+    """‖X_c‖² or ‖X‖² (float64) in x's own units from v, its value for scale·x. They only
+    say whether a layer varies (> 0) and whether its input was finite, so a finite v whose
+    value in x's units leaves float64 is held within [2^-1000, 2^1000] (the rule of
+    csrc/gram_cpu.cpp's in_units): no false overflow, no false zero variance."""
+    u = v / scale / scale
+    if scale == 1.0:
+        return u
+    return torch.where(torch.isfinite(v) & (v > 0), u.clamp(2.0 ** -1000, 2.0 ** 1000), u)
 
 
 def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None = None) -> Rows:
@@ -121,6 +133,8 @@ def _fused_rows(be, tensors, names, g, n, s: Settings):
 def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
     """Raise naming the first layer whose ‖X_c‖² is non-finite (NaN/Inf in its input, or
     a Gram that overflows ct); with its tensor at hand, say exactly where."""
+    if bool(torch.isfinite(sq_c).all()):
+        return
     bad = ~torch.isfinite(sq_c)
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
@@ -328,7 +342,8 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
         mu = be.column_mean(x, ct)
         if x.device.type == "cpu" and not bool(torch.isfinite(mu).all()):
             mu = be.column_mean(x, torch.float64).to(ct)  # a float32 sum near its max overflows
-    mu_sq = (shift if shift is not None else mu).to(torch.float64).square().sum()
+    mu64 = (shift if shift is not None else mu).to(torch.float64)
+    mu_sq = mu64.square().sum()
     if _constant_rows(x):  # X_c = 0 exactly, whatever the rounding of μ; its centered
         out.zero_()        # kernel (0, or 11ᵀ for RBF) centres to exactly 0
         scale_out.fill_(1.0)
@@ -347,9 +362,12 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
                                         threshold=s.threshold, unbiased=s.unbiased)
     except ZeroBandwidthError as e:
         raise ValueError(f"{name}: {e}") from None
-    sq_c = sq_c.to(torch.float64) / (scale * scale)
+    sq_s = sq_c.to(torch.float64)               # ‖X_c‖² and ‖X‖² of scale·x, in x's units:
     scale_out.fill_(scale if s.kernel == "linear" else 1.0)
-    return sq_c, sq_c + n * mu_sq
+    if scale == 1.0:
+        return sq_s, sq_s + n * mu_sq
+    return (sq_in_units(sq_s, scale),
+            sq_in_units(sq_s + n * (mu64 * scale).square().sum(), scale))
 
 
 def _may_need_scale(sq_c: float, ct, nd: int) -> bool:
