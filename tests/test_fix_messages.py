@@ -177,3 +177,23 @@ def test_progress_bar_only_on_a_terminal(capsys):
     assert "flashcka compare" not in capsys.readouterr().err
     flashcka.compare(Net(), None, loader, progress=True)
     assert "flashcka compare" in capsys.readouterr().err
+
+
+def test_info_says_how_hub_libraries_stand(monkeypatch):
+    import importlib
+    from flashcka import specs
+    real = importlib.import_module
+
+    def fake(name, *a):
+        if name == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real(name, *a)
+    monkeypatch.setattr(specs, "_version", lambda d: None if d == "timm" else "0.28.0")
+    monkeypatch.setattr(specs.importlib, "import_module", fake)
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    st = specs.hub_status()
+    assert st["timm"].startswith("not installed: install the torchvision built for torch "
+                                 "2.13.0+cpu first")
+    assert "built for another torch" in st["torchvision"] and st["torchvision"].endswith(
+        "pip install --force-reinstall --no-deps torchvision==0.28.0 "
+        "--index-url https://download.pytorch.org/whl/cpu")

@@ -23,6 +23,8 @@ def capabilities() -> dict:
     except ImportError as e:
         info["native"] = {"error": str(e)}
     info["auto_cpu"] = backends.get("native").auto_rule()
+    from .specs import hub_status
+    info["hub"] = hub_status()
     try:
         import triton
         info["triton"] = triton.__version__
@@ -40,4 +42,6 @@ def format_capabilities(info: dict) -> str:
     lines.append(f"  compiled module: {info['native']}")
     lines.append(f"  backend='auto' on CPU tensors runs native for {info['auto_cpu']}; "
                  f"FLASHCKA_SIMD=avx512|avx2|0 forces a kernel set")
+    for name, state in info.get("hub", {}).items():
+        lines.append(f"  {name}: {state}")
     return "\n".join(lines)

@@ -364,6 +364,25 @@ def install_hint(name: str) -> str:
     return f"pip install {name}"
 
 
+def hub_status() -> dict:
+    """What ``timm:``, ``torchvision:`` and ``hf:`` specs need, as ``flashcka info`` says it:
+    each library's version, or how to install it without replacing torch; torchvision
+    also imported, as its compiled ops may be built for another torch."""
+    out = {}
+    for name in ("timm", "torchvision", "transformers"):
+        v = _version(name)
+        out[name] = v if v else f"not installed: {install_hint(name)}"
+    if _version("torchvision"):
+        try:
+            importlib.import_module("torchvision")
+        except Exception as e:  # noqa: BLE001
+            out["torchvision"] += (" — built for another torch, does not import "
+                                   f"({type(e).__name__}: {e}); fix: "
+                                   f"{torchvision_command(reinstall=True)}"
+                                   if _torchvision_broken(e) else f" — does not import: {e}")
+    return out
+
+
 def _torchvision_broken(e: BaseException) -> bool:
     text = str(e)
     return _version("torchvision") is not None and (
