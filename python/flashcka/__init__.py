@@ -14,10 +14,10 @@ from .minibatch import MinibatchCKA  # noqa: E402
 __all__ = ["gram", "center", "hsic", "cka", "cka_matrix", "MinibatchCKA", "capabilities",
            "FlashCKAWarning", "__version__"]
 
-from .compare import compare  # noqa: E402
+from .compare import CompareInterrupted, compare  # noqa: E402
 from .result import CKAResult, load_result  # noqa: E402
 
-__all__ += ["compare", "CKAResult", "load_result"]
+__all__ += ["compare", "CompareInterrupted", "CKAResult", "load_result"]
 
 from .similarity import similarity_matrix  # noqa: E402
 
