@@ -202,7 +202,7 @@ class GramRecorder:
         first = self.labels is None
         if first:
             self._order: list[tuple[str, int]] = []
-            self._seen: list = []                  # (weakref, version, key) of each row
+            self._seen: dict = {}          # id(tensor) -> (weakref, version, key) of a row
             self._twins: dict[tuple[str, int], tuple[str, int]] = {}
         m = self.ctx.row_length(n) if self.ctx.be is not None else None
         if not first and (self.g is None or self.g.shape[1] != m):
@@ -227,7 +227,7 @@ class GramRecorder:
                 return
             i = len(self._order)
             self._order.append((label, k))
-            self._seen.append((weakref.ref(self._raw), self._raw._version, (label, k)))
+            self._seen[id(self._raw)] = (weakref.ref(self._raw), self._raw._version, (label, k))
             self._ensure_rows(i + 1, x)
         else:
             if (label, k) in self._twins:
@@ -251,10 +251,8 @@ class GramRecorder:
         """The (label, call) of an earlier point of this forward pass that hooked this very
         tensor, unchanged since (same object, same version counter), or None. A block's
         output is the next block's input: ``sublayers`` hooks both."""
-        for ref, version, key in self._seen:
-            if ref() is raw and raw._version == version:
-                return key
-        return None
+        ref, version, key = self._seen.get(id(raw), (None, None, None))
+        return key if ref is not None and ref() is raw and raw._version == version else None
 
     def _tensor(self, p: Point, name: str, output, call, first: bool = False):
         """The layer's (n, d) features. First batch: None (the point dropped, once, with
@@ -369,7 +367,7 @@ class GramRecorder:
             if key in also:
                 also[key] += f" = {name(twin)}"
         self.labels = [name(key) + also[key] for key in self._order]
-        self._seen, self._raw = [], None
+        self._seen, self._raw = {}, None
         self._index = {key: i for i, key in enumerate(self._order)}
         L = len(self._order)
         self.scale, self.sq_c, self.sq = self.scale[:L], self.sq_c[:L], self.sq[:L]
