@@ -169,6 +169,8 @@ class CKAResult:
              dpi: int = 120) -> Path:
         """Write a heatmap: rows = model_a layers (bottom to top), columns = model_b layers,
         with a colorbar. The format follows the extension: ``.png``, ``.svg`` or ``.pdf``.
+        ``title`` defaults to ``self.title()`` (estimator, models, data set, samples,
+        weights, tokens); margins are cut to the drawing (``bbox_inches="tight"``).
 
         Readable at any size: the figure grows with the layer counts up to 16 inches a
         side; past the room for one label per layer, tick labels are thinned (the first
