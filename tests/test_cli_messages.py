@@ -68,6 +68,11 @@ def test_ctrl_c_says_how_to_resume(setup, tmp_path, monkeypatch, capsys):
     cli_msg_factories.Net.calls = 0
     assert main(args) == 0
     assert "resumed from batch 2 of 3" in capsys.readouterr().err
+    from flashcka import load_result
+    r = load_result(tmp_path / "out" / "cka.json")      # the plot title's facts
+    assert (r.settings["weights"], r.settings["data"]) == ("factory's", "npz:d.npz")
+    assert r.title().endswith("npz:d.npz, 12 samples in 3 batches · factory's weights · "
+                              "tokens: flatten")
     cli_msg_factories.Net.calls = 0
     monkeypatch.setenv("STOP_AT_CALL", "1")
     assert main(setup + ["--batch-size", "4"]) == 130

@@ -237,9 +237,8 @@ def _compare(args) -> int:
                      jackknife=not args.no_jackknife, checkpoint=args.checkpoint,
                      checkpoint_every=args.checkpoint_every,
                      shard=isinstance(source, Batches) and world > 1)
-    kinds = ["trained" if w else "random" for w in (args.weights_a, args.weights_b)]
-    weights = kinds[0] if lm_b is None or kinds[0] == kinds[1] else \
-        f"A: {kinds[0]}, B: {kinds[1]}"
+    kinds = [lm.info.get("weights") or "factory's" for lm in loaded]   # plot titles
+    weights = kinds[0] if len(set(kinds)) == 1 else f"A: {kinds[0]}, B: {kinds[1]}"
     result.settings.update(model_a=lm_a.name, model_b=(lm_b or lm_a).name, data=source.name,
                            weights=weights)
     if rank != 0:

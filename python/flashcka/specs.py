@@ -85,6 +85,7 @@ def load_model(spec: str, *, weights=None, image_size: int | None = None,
         raise SpecError(_bare_name_message(spec, arg))
     if weights is not None:
         load_weights(lm.model, weights, arg.replace("model", "weights"))
+        lm.info["weights"] = "trained"       # a state dict from a file: taken as trained
     lm.model.eval()
     return lm
 
@@ -112,7 +113,7 @@ def _timm(name, image_size, kwargs, arg):
     tf = create_transform(**cfg, is_training=False)
     mode = "RGB" if cfg["input_size"][0] == 3 else "L"
     return LoadedModel(model, f"timm:{name}", _per_image(tf, mode),
-                       info={"preprocess": _describe(cfg)})
+                       info={"preprocess": _describe(cfg), "weights": "random"})
 
 
 def _torchvision(name, image_size, kwargs, arg):
@@ -144,7 +145,7 @@ def _torchvision(name, image_size, kwargs, arg):
         tf = T.Compose([T.Resize(round(s / 0.875)), T.CenterCrop(s), T.ToTensor(),
                         T.Normalize(*_IMAGENET)])
     return LoadedModel(model, f"torchvision:{name}", _per_image(tf, "RGB"),
-                       info={"preprocess": repr(tf).replace("\n", " ")})
+                       info={"preprocess": repr(tf).replace("\n", " "), "weights": "random"})
 
 
 def _hf(path, image_size, kwargs, arg):
@@ -168,7 +169,7 @@ def _hf(path, image_size, kwargs, arg):
                    in inspect.signature(model.forward).parameters)
     vision = hasattr(config, "image_size") or (d / "preprocessor_config.json").is_file()
     preprocess = wrap = None
-    info = {"weights": "from the directory" if has_weights else "random"}
+    info = {"weights": "trained" if has_weights else "random"}   # (saved weights: trained)
     if (d / "preprocessor_config.json").is_file():
         proc = transformers.AutoImageProcessor.from_pretrained(d, local_files_only=True)
         over = {}
