@@ -31,6 +31,14 @@ class _Help(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def thinned(labels, room: int = 30):
+    """(positions, labels) of every k-th label, at most ``room`` of them: 60 layers stay
+    readable on a plot axis a few inches long."""
+    step = max(1, -(-len(labels) // room))
+    idx = list(range(0, len(labels), step))
+    return idx, [labels[i] for i in idx]
+
+
 def parser(doc: str) -> argparse.ArgumentParser:
     """The examples' argument parser: the module docstring's first paragraph as its
     description, each option's default said in its help."""

@@ -126,7 +126,7 @@ def _plot(results, cats, path, method):
                  label="distinct concepts")
         ax2.set_ylabel("distinct concepts")
         ax2.set_ylim(0, (len(cats) + 1) * 1.35)
-        ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
+        ax.set_xticks(*_shared.thinned(layers, 25), rotation=45, ha="right", fontsize=8)
         ax.set_ylabel("share of units")
         ax.set_ylim(0, 1.35)
         ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
@@ -134,7 +134,7 @@ def _plot(results, cats, path, method):
         ax.legend(fontsize=7, loc="upper left", ncol=2)
         ax2.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.05)
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def _plots(traj, stats, fwd, bwd, la, lb, names, out):
         ax.title.set_fontsize(10)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "trajectory.png", dpi=110)
+    fig.savefig(out / "trajectory.png", dpi=110, bbox_inches="tight", pad_inches=0.05)
 
     fig = Figure(figsize=(4 * len(stats), 3.4))
     FigureCanvasAgg(fig)
@@ -158,7 +158,7 @@ def _plots(traj, stats, fwd, bwd, la, lb, names, out):
         ax.legend(fontsize=8)
     fig.suptitle("where each model keeps low-level image statistics", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "image_statistics.png", dpi=110)
+    fig.savefig(out / "image_statistics.png", dpi=110, bbox_inches="tight", pad_inches=0.05)
 
     fig = Figure(figsize=(10, 4.2))
     FigureCanvasAgg(fig)
@@ -168,13 +168,13 @@ def _plots(traj, stats, fwd, bwd, la, lb, names, out):
                          (axes[1], bwd, f"Δ({names[-1]} → {names[0]})")):
         im = ax.imshow(m.numpy(), origin="lower", cmap="viridis_r", vmin=0, vmax=vmax,
                        aspect="auto")
-        ax.set_xticks(range(len(lb)), lb, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(la)), la, fontsize=7)
+        ax.set_xticks(*_shared.thinned(lb, 25), rotation=90, fontsize=7)
+        ax.set_yticks(*_shared.thinned(la, 25), fontsize=7)
         ax.set(xlabel=f"{names[-1]} layer", ylabel=f"{names[0]} layer", title=title)
         ax.title.set_fontsize(10)
         fig.colorbar(im, ax=ax, label="information imbalance (0: predicts)")
     fig.tight_layout()
-    fig.savefig(out / "imbalance.png", dpi=110)
+    fig.savefig(out / "imbalance.png", dpi=110, bbox_inches="tight", pad_inches=0.05)
 
 
 if __name__ == "__main__":

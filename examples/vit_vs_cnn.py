@@ -113,7 +113,7 @@ def _plot_summary(results, summary, path):
     ax2.set_title("which CNN depth each ViT layer matches", fontsize=10)
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.05)
 
 
 if __name__ == "__main__":
