@@ -86,3 +86,17 @@ def test_every_option_has_help():
     for name, parser in sub.choices.items():
         for action in parser._actions:
             assert action.help, f"flashcka {name} {action.option_strings}: no help text"
+
+
+def test_default_output_folders_are_ignored_by_git():
+    import shutil
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["flashcka_out/cka.png", "flashcka_demo/vit_vs_resnet.png",
+             "vit_vs_cnn_out/summary.json", "ckpt.pt"]
+    done = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True,
+                          text=True)
+    assert done.stdout.split() == paths, done.stdout + done.stderr
