@@ -222,5 +222,9 @@ def test_many_modules_memory(benchmark, report, target, quick):
         compare_peak_mb=round(compare_peak / 2**20, 1),
         rows_mb=round(rows_bytes / 2**20, 2),
         accumulators_mb=round(6 * L * L * 8 / 2**20, 1))
+    # hook points: a tensor hooked under two names (a block's output and the next block's
+    # input) is one row named "a = b" (hooks.py), so rows are fewer than the points hooked
+    points = sum(name.count(" = ") + 1 for name in res.names_a)
+    benchmark.extra_info.update(hook_points=points)
     report(L=L)
-    assert L >= (80 if quick else 900)
+    assert points >= (80 if quick else 900)
