@@ -103,15 +103,16 @@ class NativeBackend(Backend):
 
     def preferred(self, x):
         """``auto`` takes native on every shape when the vector kernels run (AVX-512 or
-        AVX2: 1.6-3x the torch backend at n 16-512, d 64-4096, one thread); on the
-        OpenBLAS path (other CPUs, FLASHCKA_SIMD=0) except for few samples of many features
-        (n <= 128 and d >= 2048), where the torch backend was as fast or faster (0.8-1.0x;
-        AMD EPYC Zen 5, OpenBLAS forced, bench/results). ``python -m flashcka info`` says
-        which this machine does."""
+        AVX2: 1.6-3x the torch backend at n 16-512, d 64-4096, one thread; bench/results);
+        on the OpenBLAS path (other CPUs, FLASHCKA_SIMD=0) except for few samples of many
+        features (n <= 64 and d >= 4096), where the torch backend was faster (native at
+        0.73-0.89x of it, one thread; at n = 128 native was as fast or faster, also on two
+        threads; AMD EPYC Zen 5, OpenBLAS forced). ``python -m flashcka info`` says which
+        this machine does."""
         lib = _load()
         if lib is None or lib.simd_isa != "0":
             return True
-        return not (x.shape[0] <= 128 and math.prod(x.shape[1:]) >= 2048)
+        return not (x.shape[0] <= 64 and math.prod(x.shape[1:]) >= 4096)
 
     def scratch_bytes(self, n, ct):
         """Each working thread's n × n triangle (layers in parallel, or the slots of one
@@ -126,8 +127,8 @@ class NativeBackend(Backend):
             return "no shape (it is not usable)"
         if lib.simd_isa != "0":
             return f"every shape ({lib.simd})"
-        return ("n > 128 or d < 2048 (OpenBLAS SYRK); the torch backend for n <= 128 with "
-                "d >= 2048")
+        return ("n > 64 or d < 4096 (OpenBLAS SYRK); the torch backend for n <= 64 with "
+                "d >= 4096")
 
     def row_length(self, n, unbiased):
         return n * (n - 1) // 2 + (0 if unbiased else n)
