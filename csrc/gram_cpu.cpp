@@ -3,7 +3,7 @@
 //   x (n, a, b) strided  ->  K = X_c X_cᵀ, X_c = s·(x − 1μᵀ), upper triangle only: x is
 //   read in column chunks, each chunk's columns are centered by their own means (or a
 //   given μ) and scaled as they arrive, and a SYRK adds the chunk to K (our own packed
-//   AVX-512 tiles, simd_cpu.h; else OpenBLAS on one thread). So x is read once, no (n, d)
+//   AVX-512 or AVX2 tiles, simd_cpu.h; else OpenBLAS on one thread). So x is read once, no (n, d)
 //   copy is made, and μ, Σμ² and max |x − μ| come for free. Then in one pass over the
 //   triangle: optional RBF (D_ab = K_aa + K_bb − 2K_ab, median by selection, exp), and
 //   U-centering / HKH written straight into the packed row [√2·strict upper (n(n−1)/2,
@@ -15,8 +15,9 @@
 //
 // Threads (pool.h: the process's OpenMP team when torch is loaded): several layers run in
 // parallel, one thread each, when that balances (largest first); otherwise layers run one
-// after another, each split over the threads (chunk_pass_simd). OpenBLAS itself always
-// runs on one thread (its own pool degrades badly on shared cores).
+// after another, each split over the threads into slots fixed by the shape and the thread
+// setting (chunk_pass_simd), so that every call gives the same bits. OpenBLAS itself
+// always runs on one thread (its own pool degrades badly on shared cores).
 #include "gram_cpu.h"
 
 #include <algorithm>
