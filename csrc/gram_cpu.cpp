@@ -184,6 +184,28 @@ struct Scratch {
   }
 };
 
+// Each of `slots` slots' triangle: K for slot 0 (and for every slot when not `own`), the
+// calling thread's part buffers for the others, allocated here before any job runs (so the
+// thread that owns the layer owns them, and trims them when the layer is done).
+template <class T>
+std::vector<T*> slot_triangles(T* K, int64_t n, int64_t slots, bool own) {
+  std::vector<T*> t(size_t(slots), K);
+  if (own)
+    for (int64_t q = 1; q < slots; ++q) t[size_t(q)] = Scratch<T>::mine().slot(size_t(q), size_t(n * n));
+  return t;
+}
+
+// sweep(q) for every q in [0, slots), threads pulling slots in turn (which thread runs a
+// slot changes nothing); each job trims its thread's working buffers at its end.
+template <class T, class F>
+void run_slots(int64_t slots, F&& sweep) {
+  std::atomic<int64_t> next{0};
+  Pool::get().run(int(slots), [&](int) {
+    for (int64_t q; (q = next++) < slots;) sweep(q);
+    Scratch<T>::mine().trim_work();
+  });
+}
+
 // The chunk's column means: mu as given, or its columns' sums (sc.acc, taken as the chunk
 // was read) over n, in T. Adds Σ_c (s·μ_c)² to mu_sq (in the units of the scaled x, so
 // that a |μ| near float64's limit does not overflow); a non-finite μ_c sets varies (an
@@ -307,12 +329,10 @@ Pass chunk_pass_simd(const simd::Kernels<T>& kk, const I* x, const Layout& L, co
   const int64_t tiles = panels * (panels + 1) / 2;
   const int64_t bands = by_chunk || !syrk ? 1 : std::min<int64_t>(nt, tiles);
   const int64_t slots = by_chunk ? nt : bands;
-  std::atomic<int64_t> next{0};
   std::atomic<bool> stop{false};
   std::vector<Pass> part(static_cast<size_t>(slots));
-  std::vector<T*> Kt(size_t(slots), nullptr), mine(size_t(slots), K);  // slot q's triangle
-  if (by_chunk && syrk)
-    for (int64_t q = 1; q < slots; ++q) mine[size_t(q)] = Scratch<T>::mine().slot(size_t(q), size_t(n * n));
+  std::vector<T*> Kt(size_t(slots), nullptr);  // the triangles written (finish_triangle)
+  const std::vector<T*> mine = slot_triangles(K, n, slots, by_chunk && syrk);
   auto sweep = [&](int64_t q) {
     Scratch<T>& sc = Scratch<T>::mine();
     Pass& p = part[size_t(q)];
@@ -360,10 +380,7 @@ Pass chunk_pass_simd(const simd::Kernels<T>& kk, const I* x, const Layout& L, co
       first = false;
     }
   };
-  Pool::get().run(int(slots), [&](int) {
-    for (int64_t q; (q = next++) < slots;) sweep(q);
-    Scratch<T>::mine().trim_work();
-  });
+  run_slots<T>(slots, sweep);
   // bands: every band saw every chunk, so their statistics agree; slots: combined in order
   Pass r = by_chunk ? combine(part) : part[0];
   for (const Pass& p : part) r.aborted = r.aborted || p.aborted;
@@ -392,12 +409,10 @@ Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K
   const int64_t chunks = int64_t(starts.size()) - 1;
   int64_t w = 0;  // the widest chunk: buffer sizes
   for (int64_t q = 0; q < chunks; ++q) w = std::max(w, starts[size_t(q + 1)] - starts[size_t(q)]);
-  std::atomic<int64_t> next{0};
   std::atomic<bool> stop{false};
   std::vector<Pass> part(static_cast<size_t>(slots));
-  std::vector<T*> Kt(size_t(slots), nullptr), mine(size_t(slots), K);  // slot q's triangle
-  if (syrk)
-    for (int64_t q = 1; q < slots; ++q) mine[size_t(q)] = Scratch<T>::mine().slot(size_t(q), size_t(n * n));
+  std::vector<T*> Kt(size_t(slots), nullptr);  // the triangles written (finish_triangle)
+  const std::vector<T*> mine = slot_triangles(K, n, slots, syrk);
   set_blas_threads(1);
   auto sweep = [&](int64_t q) {  // slot q: its chunks in order, into its own triangle
     Scratch<T>& sc = Scratch<T>::mine();
@@ -434,10 +449,7 @@ Pass chunk_pass(const I* x, const Layout& L, const T* mu, bool center, T s, T* K
       syrk_upper(int(n), int(cw), a, lda, fresh ? T(0) : T(1), Kmine);
     }
   };
-  Pool::get().run(int(slots), [&](int) {
-    for (int64_t q; (q = next++) < slots;) sweep(q);
-    Scratch<T>::mine().trim_work();
-  });
+  run_slots<T>(slots, sweep);
   const Pass r = combine(part);
   if (syrk && !r.aborted) finish_triangle(K, n, center && !r.varies, Kt);
   return r;
@@ -736,7 +748,6 @@ void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64
   if (la * lb * m < (int64_t(1) << 20)) nt = 1;
   std::vector<std::vector<T>> partial(static_cast<size_t>(nt));
   std::vector<char> used(size_t(nt), 0);
-  std::atomic<int64_t> next{0};
   if (kk == nullptr) set_blas_threads(1);
   partial[0].resize(size_t(la * lb));
   auto sweep = [&](int64_t q) {
@@ -776,10 +787,7 @@ void pair_t(const T* ga, int64_t la, int64_t lda, const T* gb, int64_t lb, int64
       used[size_t(q)] = 1;
     }
   };
-  Pool::get().run(int(nt), [&](int) {
-    for (int64_t q; (q = next++) < nt;) sweep(q);
-    Scratch<T>::mine().trim_work();
-  });
+  run_slots<T>(nt, sweep);
   pair_reduce(out, la, lb, same, partial, used);
 }
 

@@ -73,14 +73,12 @@ def pow2_scale(amax: float, ct: torch.dtype, nd: int = 1) -> float:
     return math.ldexp(1.0, min(-math.frexp(amax)[1], top))
 
 
-def sq_in_units(v: torch.Tensor, scale: float) -> torch.Tensor:
+def _sq_in_units(v: torch.Tensor, scale: float) -> torch.Tensor:
     """‖X_c‖² or ‖X‖² (float64) in x's own units from v, its value for scale·x. They only
     say whether a layer varies (> 0) and whether its input was finite, so a finite v whose
     value in x's units leaves float64 is held within [2^-1000, 2^1000] (the rule of
     csrc/gram_cpu.cpp's in_units): no false overflow, no false zero variance."""
     u = v / scale / scale
-    if scale == 1.0:
-        return u
     return torch.where(torch.isfinite(v) & (v > 0), u.clamp(2.0 ** -1000, 2.0 ** 1000), u)
 
 
@@ -135,13 +133,11 @@ def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
     a Gram that overflows ct); with its tensor at hand, say exactly where."""
     if bool(torch.isfinite(sq_c).all()):
         return
-    bad = ~torch.isfinite(sq_c)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        if tensors is not None:
-            _validate.raise_non_finite(tensors[i], names[i], ct)
-        raise ValueError(f"{names[i]} holds non-finite values (NaN/Inf) or overflows {ct} in "
-                         f"its Gram matrix; pass dtype=torch.float64 or check the model")
+    i = int((~torch.isfinite(sq_c)).nonzero()[0])
+    if tensors is not None:
+        _validate.raise_non_finite(tensors[i], names[i], ct)
+    raise ValueError(f"{names[i]} holds non-finite values (NaN/Inf) or overflows {ct} in "
+                     f"its Gram matrix; pass dtype=torch.float64 or check the model")
 
 
 @dataclass
@@ -366,8 +362,8 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
     scale_out.fill_(scale if s.kernel == "linear" else 1.0)
     if scale == 1.0:
         return sq_s, sq_s + n * mu_sq
-    return (sq_in_units(sq_s, scale),
-            sq_in_units(sq_s + n * (mu64 * scale).square().sum(), scale))
+    return (_sq_in_units(sq_s, scale),
+            _sq_in_units(sq_s + n * (mu64 * scale).square().sum(), scale))
 
 
 def _may_need_scale(sq_c: float, ct, nd: int) -> bool:
@@ -413,7 +409,7 @@ def cka_from_hsic(cross, self_a, self_b, undefined_a, undefined_b, names_a, name
     bad_a = undefined_a | ~(self_a > 0)
     bad_b = undefined_b | ~(self_b > 0)
     if not bool(bad_a.any() | bad_b.any()):  # the usual case: every entry defined
-        return cross / (torch.sqrt(self_a)[:, None] * torch.sqrt(self_b)[None, :])
+        return _ratio(cross, self_a, self_b)
     sides = [(bad_a, names_a)]
     if not (names_b is names_a and torch.equal(bad_a, bad_b)):
         sides.append((bad_b, names_b))
@@ -429,6 +425,11 @@ def cka_ratio(cross, self_a, self_b, bad_a, bad_b) -> torch.Tensor:
     """``cross / (√self_a · √self_b)``, NaN where ``bad_a``/``bad_b``: the arithmetic of
     ``cka_from_hsic``, shared with the compiled route (no warnings, no branches). Each self
     term has its own sqrt, so no product of self terms is formed."""
-    denom = torch.sqrt(self_a.clamp(min=0))[:, None] * torch.sqrt(self_b.clamp(min=0))[None, :]
     keep = ~(bad_a[:, None] | bad_b[None, :])
-    return torch.where(keep, cross / denom, torch.full_like(cross, float("nan")))
+    return torch.where(keep, _ratio(cross, self_a.clamp(min=0), self_b.clamp(min=0)),
+                       torch.full_like(cross, float("nan")))
+
+
+def _ratio(cross, self_a, self_b) -> torch.Tensor:
+    """cross_ij / (√self_a_i · √self_b_j) for non-negative self terms."""
+    return cross / (torch.sqrt(self_a)[:, None] * torch.sqrt(self_b)[None, :])
