@@ -110,8 +110,8 @@ def test_hook_overhead(benchmark, timeit, report, target, quick, monkeypatch):
     res = timeit(run)
     assert res.matrix.shape == (L, L)
     # the same with the Gram and the pair stage stubbed: hooks, validation, bookkeeping
-    from flashcka import _engine
-    from flashcka.minibatch import MinibatchCKA
+    from flashcka.core import engine as _engine
+    from flashcka.core.minibatch import MinibatchCKA
     one = torch.ones((), dtype=torch.float64)
 
     def add_rows(self, be, ra, rb, n_, ct, **kw):

@@ -51,8 +51,8 @@ def real(n=64, backend="auto", batches=3):
     from hub_models import load_torchvision
     tv = load_torchvision()
     import timm
-    from flashcka.hooks import GramRecorder
-    from flashcka.minibatch import MinibatchCKA
+    from flashcka.models.hooks import GramRecorder
+    from flashcka.core.minibatch import MinibatchCKA
     torch.manual_seed(0)
     vit = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
     res = tv.models.resnet18().eval()

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 import flashcka
-from flashcka import _engine
+from flashcka.core import engine as _engine
 from flashcka.backends import get
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 A model spec is ``demo:vit`` / ``demo:resnet`` (flashcka's tiny demo models, trained here
 for a few seeded epochs on scikit-learn's 8×8 digits unless ``--epochs 0``), any spec
-``flashcka.specs`` understands when that module is present (``timm:NAME``,
+``flashcka.cli.specs`` understands when that module is present (``timm:NAME``,
 ``torchvision:NAME``, ``hf:DIR``), or ``package.module:factory`` (a callable returning an
 ``nn.Module``; called with no arguments).
 """
@@ -48,7 +48,7 @@ DEMO_LAYERS = {"demo:vit": "VIT_LAYERS", "demo:resnet": "RESNET_LAYERS"}
 
 def digits(test_size: int = 500):
     """(x_train, y_train, x_test, y_test) of the 8×8 digits, as flashcka demo uses them."""
-    from flashcka.demo import load_digits_split
+    from flashcka.cli.demo import load_digits_split
     return load_digits_split(test_size=test_size)
 
 
@@ -56,7 +56,8 @@ def load_model(spec: str, *, epochs: int | None, data=None, seed: int = 0,
                log=print) -> torch.nn.Module:
     """Build (and for demo models, briefly train) the model named by ``spec``."""
     if spec in DEMO:
-        from flashcka import demo, models
+        from flashcka.cli import demo
+        from flashcka import models
         torch.manual_seed(seed)
         model = getattr(models, DEMO[spec])()
         ep = epochs if epochs is not None else (12 if spec == "demo:vit" else 6)
@@ -75,7 +76,7 @@ def load_model(spec: str, *, epochs: int | None, data=None, seed: int = 0,
             log(f"{spec}: untrained (random init, seed {seed})")
         return model.eval()
     try:
-        from flashcka import specs  # the command line's model specs (timm:, torchvision:, hf:)
+        from flashcka.cli import specs  # the command line's model specs (timm:, torchvision:, hf:)
     except ImportError:
         specs = None
     if specs is not None:
@@ -117,7 +118,7 @@ def _is_module_factory(spec: str) -> bool:
 def default_layers(spec: str):
     """The demo's layer selection for demo models; None (the model's blocks) otherwise."""
     if spec in DEMO_LAYERS:
-        from flashcka import demo
+        from flashcka.cli import demo
         return getattr(demo, DEMO_LAYERS[spec])
     return None
 

@@ -108,7 +108,7 @@ def _representation(model, layer, x):
 
 
 def _last_block(model):
-    from flashcka.selection import default_points
+    from flashcka.models.selection import default_points
     return default_points(model)[-1].module
 
 

@@ -11,7 +11,7 @@ import torch
 import reference as ref
 
 from flashcka import CKAResult
-from flashcka.cli import main
+from flashcka.cli.main import main
 
 FACTORIES = textwrap.dedent("""
     import torch
@@ -155,7 +155,7 @@ def _reference(lm_a, lm_b, names_a, names_b, images, batch_size):
 def test_timm_vs_torchvision_on_an_image_folder(image_folder, tmp_path, capsys):
     need_timm()
     need_torchvision()
-    from flashcka.specs import load_model
+    from flashcka.cli.specs import load_model
     out = tmp_path / "o"
     assert main(["compare", "--model-a", "timm:resnet18", "--model-b", "torchvision:resnet18",
                  "--data", f"imagefolder:{image_folder}", "--image-size", "32",
@@ -198,7 +198,7 @@ def test_timm_vit_vs_hf_vit_config_dir(image_folder, tmp_path):
 def test_digits_and_npz_with_a_factory_model(tmp_path, monkeypatch):
     """digits (bundled) and the same images as a uint8 npz give the same result; weights
     from a local file are loaded; results match the float64 reference."""
-    from flashcka.models import TinyViT
+    from flashcka.models.tiny import TinyViT
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "tiny.py").write_text("from flashcka.models import TinyViT\n"
                                       "def vit():\n    return TinyViT(depth=2, dim=16)\n")
@@ -251,7 +251,7 @@ def test_bert_token_npz_uses_the_attention_mask(tmp_path):
     r = CKAResult.load(out / "cka.json")
     assert r.settings["mask"] == "attention_mask" and r.num_samples == 24
     # every entry against float64 minibatch CKA of the masked token means, hooked by hand
-    from flashcka.specs import load_model
+    from flashcka.cli.specs import load_model
     lm = load_model(f"hf:{bert}")
     mods = dict(lm.model.named_modules())
     acts = []
@@ -321,7 +321,7 @@ def test_cli_checkpoint_resumes(factories):
 def test_data_specs_flat_folder_and_npz_dicts(tmp_path):
     from PIL import Image
 
-    from flashcka.data import ArrayBatches, Arrays, Images, load_data
+    from flashcka.cli.data import ArrayBatches, Arrays, Images, load_data
     flat = tmp_path / "flat"
     flat.mkdir()
     for i in (2, 0, 1):

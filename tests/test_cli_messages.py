@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from flashcka.cli import main
+from flashcka.cli.main import main
 
 FACTORIES = textwrap.dedent("""
     import os
@@ -81,7 +81,7 @@ def test_ctrl_c_says_how_to_resume(setup, tmp_path, monkeypatch, capsys):
 
 def test_every_option_has_help():
     import argparse
-    from flashcka.cli import _parser
+    from flashcka.cli.main import _parser
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name, parser in sub.choices.items():
         for action in parser._actions:

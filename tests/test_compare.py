@@ -11,7 +11,7 @@ from torch import nn
 import flashcka
 import reference
 from flashcka import CKAResult, FlashCKAWarning, compare
-from flashcka.selection import select_points
+from flashcka.models.selection import select_points
 
 
 def default_layers(model):

@@ -11,7 +11,7 @@ import torch
 
 import reference
 from compat_helpers import mlp
-from flashcka._validate import FlashCKAWarning
+from flashcka._warning import FlashCKAWarning
 from flashcka.compat import pytorch_cka as adapter
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import flashcka
-from flashcka.compare import CompareInterrupted
+from flashcka.models.compare import CompareInterrupted
 
 
 class Net(nn.Module):
@@ -83,7 +83,7 @@ def test_numpy_arrays_are_viewed_not_copied():
     assert torch.equal(flashcka.gram(x), flashcka.gram(torch.from_numpy(x)))
     K = flashcka.gram(x).numpy()
     assert torch.equal(flashcka.center(K), flashcka.center(torch.from_numpy(K)))
-    from flashcka import _validate
+    from flashcka.core import validate as _validate
     (t,), _ = _validate.representations(x, "x")
     assert t.data_ptr() == x.ctypes.data           # a view: no copy
     with pytest.raises(TypeError, match=r"xs\[1\] is a NumPy array.*astype"):
@@ -126,7 +126,7 @@ def test_resume_says_from_which_batch(tmp_path, capsys):
 
 def test_torchvision_built_for_another_torch_is_named(monkeypatch):
     import importlib
-    from flashcka import specs
+    from flashcka.cli import specs
     real = importlib.import_module
 
     def fake(name, *a):
@@ -150,14 +150,14 @@ def test_torchvision_built_for_another_torch_is_named(monkeypatch):
     ("2.14.1+cu126", "pip install torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu126"),
     ("2.14.1", "pip install torchvision==0.29.1")])
 def test_torchvision_command_matches_torch(monkeypatch, version, command):
-    from flashcka import specs
+    from flashcka.cli import specs
     monkeypatch.setattr(torch, "__version__", version)
     assert specs.torchvision_command() == command
 
 
 def test_missing_timm_says_how_to_keep_torch(monkeypatch):
     import importlib
-    from flashcka import specs
+    from flashcka.cli import specs
     real = importlib.import_module
 
     def fake(name, *a):
@@ -181,7 +181,7 @@ def test_progress_bar_only_on_a_terminal(capsys):
 
 def test_info_says_how_hub_libraries_stand(monkeypatch):
     import importlib
-    from flashcka import specs
+    from flashcka.cli import specs
     real = importlib.import_module
 
     def fake(name, *a):

@@ -10,7 +10,7 @@ from torch import nn
 
 import reference
 from flashcka import FlashCKAWarning, compare
-from flashcka.selection import glob_regex, select_points
+from flashcka.models.selection import glob_regex, select_points
 
 
 def ref_minibatch(acts_a, acts_b, unbiased=True):

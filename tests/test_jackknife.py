@@ -7,7 +7,7 @@ import torch
 import reference as ref
 from conftest import realistic
 from flashcka import MinibatchCKA
-from flashcka.jackknife import BatchJackknife, auto_groups
+from flashcka.core.jackknife import BatchJackknife, auto_groups
 
 
 def _batches(rng, sizes, la=3, lb=2):

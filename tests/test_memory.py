@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import flashcka
-from flashcka import _memory
+from flashcka.core import memory as _memory
 
 
 @pytest.mark.parametrize("backend", ["native", "torch"])

@@ -390,7 +390,7 @@ def test_load_state_dict_refuses_other_names_or_dtype(rng):
 
 def test_version_1_state_in_input_units_loads(rng):
     """A version-1 state (sums in the inputs' units, no pow_a/pow_b) still resumes."""
-    from flashcka._engine import ldexp
+    from flashcka.core.engine import ldexp
     bx, by = batches(rng, [20, 30], [4, 6]), batches(rng, [20, 30], [3])
     m = flashcka.MinibatchCKA(2, 1)
     m.update([v * 1e60 for v in t(bx[0])], t(by[0]))

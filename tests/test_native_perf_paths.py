@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import flashcka
-from flashcka import _engine
+from flashcka.core import engine as _engine
 from flashcka.backends import get
 
 from reference import center_biased, center_unbiased, cka, gram_linear

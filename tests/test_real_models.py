@@ -16,7 +16,7 @@ from hub_models import need_timm, need_torchvision, need_transformers
 def hooked_names(model, names):
     """Result names as the modules they hook: a sublayer named by meaning
     (``blocks.0: MLP branch``) as its module, ``a = b`` (one tensor, two names) as ``a``."""
-    from flashcka.selection import select_points
+    from flashcka.models.selection import select_points
     plain = {p.label: p.module + (":input" if p.kind == "input" else "")
              for p in select_points(model, "sublayers", "layers_a")}
     return [plain.get(nm.split(" = ")[0], nm.split(" = ")[0]) for nm in names]

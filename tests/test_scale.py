@@ -17,7 +17,7 @@ import torch
 
 import flashcka
 import reference as ref
-from flashcka import _engine
+from flashcka.core import engine as _engine
 
 SCALES = [1e-30, 1e-20, 1e-12, 1e-6, 1e9, 1e15, 1e20, 1e30]
 

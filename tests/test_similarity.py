@@ -68,7 +68,7 @@ def test_spearman_ranks_average_ties(rng):
     """Tied RDM entries (e.g. repeated samples) get their average rank, as scipy's."""
     from scipy import stats
 
-    from flashcka.similarity import _rank
+    from flashcka.measures.similarity import _rank
     v = rng.integers(0, 7, size=301).astype(np.float64)
     np.testing.assert_array_equal(_rank(torch.tensor(v)).numpy(), stats.rankdata(v))
 

@@ -4,21 +4,25 @@ Functions on tensors: ``gram``, ``center``, ``hsic``, ``cka``, ``cka_matrix``;
 ``MinibatchCKA`` accumulates minibatch CKA over many layers of two models; ``compare``
 hooks two models and returns a ``CKAResult`` that plots and saves itself.
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
-from ._capabilities import capabilities  # noqa: E402
-from ._validate import FlashCKAWarning  # noqa: E402
-from .functional import center, cka, cka_matrix, gram, hsic  # noqa: E402
-from .minibatch import MinibatchCKA  # noqa: E402
+from .cli.capabilities import capabilities  # noqa: E402
+from ._warning import FlashCKAWarning  # noqa: E402
+from .measures.cka import center, cka, cka_matrix, gram, hsic  # noqa: E402
+from .core.minibatch import MinibatchCKA  # noqa: E402
 
 __all__ = ["gram", "center", "hsic", "cka", "cka_matrix", "MinibatchCKA", "capabilities",
            "FlashCKAWarning", "__version__"]
 
-from .compare import CompareInterrupted, compare  # noqa: E402
+from .models.compare import CompareInterrupted, compare  # noqa: E402
 from .result import CKAResult, load_result  # noqa: E402
 
 __all__ += ["compare", "CompareInterrupted", "CKAResult", "load_result"]
 
-from .similarity import similarity_matrix  # noqa: E402
+from .measures.similarity import similarity_matrix  # noqa: E402
 
 __all__ += ["similarity_matrix"]
+
+from . import _moved  # noqa: E402
+
+_moved.install()        # the 0.1 module paths (flashcka.minibatch, flashcka.hooks, ...)

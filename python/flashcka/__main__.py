@@ -1,5 +1,5 @@
 """``python -m flashcka``: the command-line interface (see ``flashcka.cli``)."""
-from .cli import main
+from .cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

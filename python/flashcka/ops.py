@@ -30,7 +30,8 @@ if not hasattr(torch.library, "custom_op"):
     raise ImportError(f"flashcka.ops (cka_matrix under torch.compile) needs torch >= 2.4 "
                       f"(torch.library.custom_op); this is torch {torch.__version__}")
 
-from . import _engine, backends  # noqa: E402
+from .core import engine as _engine  # noqa: E402
+from . import backends  # noqa: E402
 from .backends.torch_backend import center as _center  # noqa: E402
 
 __all__ = ["gram_rows", "pair_stage", "cka_matrix_compiled"]
@@ -140,7 +141,7 @@ def cka_matrix_compiled(xa, na, xb, nb, s: _engine.Settings, dtype, backend: str
     """``cka_matrix`` through the custom ops (what runs under ``torch.compile``): the eager
     route's pair stage (``_engine.pair_stage``), HSICs (``_engine.hsics``) and ratio
     (``_engine.cka_ratio``), without the per-layer warnings."""
-    from . import _validate
+    from .core import validate as _validate
     s.check()
     backends.check_name(backend)
     same = xb is None

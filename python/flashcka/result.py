@@ -23,7 +23,7 @@ class CKAResult:
             ``names_a[i]`` with ``names_b[j]``. NaN where CKA is undefined.
         names_a, names_b: layer names (``name#k`` for the k-th call of a module).
         stderr: (L_A, L_B) float64 jackknife standard errors over batches (see
-            ``flashcka.jackknife``), or None when not computed.
+            ``flashcka.core.jackknife``), or None when not computed.
         settings: kernel, unbiased, sigma, threshold, tokens (a mode or "callable"),
             backend, dtype, model_a, model_b (class names), same_model.
         num_samples, num_batches: how much data went in.

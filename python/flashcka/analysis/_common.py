@@ -31,7 +31,7 @@ def as_matrix(m, arg: str, *, square: bool = False) -> torch.Tensor:
 
 def as_features(x, arg: str, *, min_rows: int = 1) -> torch.Tensor:
     """A real floating tensor (n, ...) -> (n, d) view; validates like the core functions."""
-    from .. import _validate
+    from ..core import validate as _validate
     _validate.representation(x, arg)
     if x.shape[0] < min_rows:
         raise ValueError(f"{arg} has n = {x.shape[0]} samples; at least {min_rows} are needed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _validate
+from ..core import validate as _validate
 from ._common import positive_int
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .. import _validate
+from ..core import validate as _validate
 from ._common import positive_int
 
 METHODS = ("wpmi", "correlation")
@@ -246,7 +246,7 @@ def label_neurons(model: nn.Module, loader, concepts, *, layers=None, method: st
     ``alpha``, ``lam``, ``softmax``, ...). Returns ``NeuronLabeler.compute()``'s dict, keyed
     by layer name in hook order.
     """
-    from ..selection import select_points
+    from ..models.selection import select_points
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not (callable(tokens) or tokens in ("mean", "cls")):

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from .._validate import FlashCKAWarning
+from .._warning import FlashCKAWarning
 from .base import Backend, ZeroBandwidthError, float64_shift
 from .torch_backend import TorchBackend
 

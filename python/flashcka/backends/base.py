@@ -1,6 +1,6 @@
 """The backend contract (docs/design.md §4). Every backend gives the torch backend's numbers.
 
-All inputs arrive validated (see ``flashcka._validate``): floating tensors, one device,
+All inputs arrive validated (see ``flashcka.core.validate``): floating tensors, one device,
 ``n`` samples, non-empty features. ``ct`` below is the compute dtype (float32/float64).
 
 A backend stores a centered Gram ``C`` (n × n) as a *row* of its own layout, of length

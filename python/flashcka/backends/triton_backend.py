@@ -214,7 +214,7 @@ def fail_safe(be: TritonBackend, x: torch.Tensor, *, strict: bool) -> bool:
     if not _warned:
         _warned = True
         import warnings
-        from .._validate import FlashCKAWarning
+        from .._warning import FlashCKAWarning
         warnings.warn(f"flashcka: {_failure}; using the torch backend for the rest of this "
                       f"process", FlashCKAWarning, stacklevel=4)
     return False

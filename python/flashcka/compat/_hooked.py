@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _engine, _validate, backends
-from ..hooks import output_tensor
+from ..core import engine as _engine, validate as _validate
+from .. import backends
+from ..models.hooks import output_tensor
 
 
 class LastCallRecorder:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import functional
+from ..measures import cka as functional
 
 __all__ = ["gram_linear", "gram_rbf", "center_gram", "cka", "feature_space_linear_cka"]
 
@@ -81,7 +81,7 @@ def cka(gram_x, gram_y, debiased=False):
     den = torch.linalg.norm(kc) * torch.linalg.norm(lc)
     if not bool(den > 0):
         import warnings
-        from .._validate import FlashCKAWarning
+        from .._warning import FlashCKAWarning
         warnings.warn("CKA is undefined: a centered Gram is zero (zero-variance "
                       "representation); returning NaN", FlashCKAWarning, stacklevel=2)
         return np.float64("nan")

@@ -43,9 +43,9 @@ import numbers
 
 import torch
 
-from .. import _knn
-from ..functional import cka as _cka
-from ..similarity import similarity_matrix
+from ..measures import knn as _knn
+from ..measures.cka import cka as _cka
+from ..measures.similarity import similarity_matrix
 
 __all__ = ["AlignmentMetrics", "hsic_unbiased", "hsic_biased", "compute_knn_accuracy",
            "compute_nearest_neighbors", "longest_ordinal_sequence", "compute_distance",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from .. import _engine, minibatch
+from ..core import engine as _engine, minibatch
 
 __all__ = ["MinibatchCKA"]
 

@@ -41,9 +41,9 @@ from typing import Any, List, Sequence
 import torch
 import torch.nn as nn
 
-from ..._engine import Settings
-from ...functional import cka_matrix
-from ...minibatch import MinibatchCKA
+from ...core.engine import Settings
+from ...measures.cka import cka_matrix
+from ...core.minibatch import MinibatchCKA
 from .._hooked import LastCallRecorder, forward_pass, module_states, restore_states
 
 __all__ = ["compute_cka", "cka_from_features", "CKA"]

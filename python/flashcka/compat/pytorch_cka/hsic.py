@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import _validate
-from ...functional import center
+from ...core import validate as _validate
+from ...measures.cka import center
 
 __all__ = ["hsic", "hsic_cross"]
 

@@ -45,9 +45,9 @@ from typing import Dict, List
 import torch
 import torch.nn as nn
 
-from ..._engine import Settings
-from ..._validate import FlashCKAWarning
-from ...minibatch import MinibatchCKA
+from ...core.engine import Settings
+from ..._warning import FlashCKAWarning
+from ...core.minibatch import MinibatchCKA
 from .._hooked import LastCallRecorder, forward_pass
 
 __all__ = ["CKA"]

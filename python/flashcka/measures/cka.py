@@ -27,8 +27,9 @@ import math
 
 import torch
 
-from . import _engine, _feature, _validate, backends
-from ._engine import Settings
+from ..core import engine as _engine, feature as _feature, validate as _validate
+from .. import backends
+from ..core.engine import Settings
 
 
 def gram(x: torch.Tensor, kernel: str = "linear", *, sigma: float | None = None,
@@ -143,7 +144,7 @@ def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
     else:
         xb, nb = _validate.representations(ys, "ys")
     if torch.compiler.is_compiling():  # H5: torch.compile traces the custom ops (flashcka.ops)
-        from . import ops
+        from .. import ops
         return ops.cka_matrix_compiled(xa, na, xb, nb, Settings(kernel, unbiased, sigma,
                                                                 threshold), dtype, backend)
     return _pairs(xa, na, xb, nb, Settings(kernel, unbiased, sigma, threshold),

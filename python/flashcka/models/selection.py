@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from . import _validate
+from ..core import validate as _validate
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 PRESETS = ("blocks", "sublayers")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .minibatch import MinibatchCKA
+from ..core.minibatch import MinibatchCKA
 
 _FORMAT = "flashcka.compare-checkpoint"
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _engine, _validate, backends
-from ._engine import Settings
+from . import engine as _engine, validate as _validate
+from .. import backends
+from .engine import Settings
 from .jackknife import BatchJackknife, auto_groups
 
 
@@ -226,7 +227,7 @@ class MinibatchCKA:
     def stderr(self, matrix: torch.Tensor | None = None) -> torch.Tensor | None:
         """Jackknife standard error of every entry of ``compute()`` -> (L_A, L_B) float64,
         or None when made with ``jackknife=0`` (the default). ``jackknife=True`` keeps up to
-        64 slots within 64 MiB, an int that many slots; see ``flashcka.jackknife`` for the
+        64 slots within 64 MiB, an int that many slots; see ``flashcka.core.jackknife`` for the
         formula, its references and the memory (``groups · (L_A·L_B + L_A + L_B + 1)``
         float64). NaN with fewer than 2 batches and where the CKA is NaN."""
         if self.jackknife is None:

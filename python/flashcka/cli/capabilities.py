@@ -6,7 +6,8 @@ import torch
 
 def capabilities() -> dict:
     """Backends with (usable, reason), the compiled module's features, and versions."""
-    from . import __version__, backends
+    from .._version import __version__
+    from .. import backends
     info = {"flashcka": __version__, "torch": torch.__version__,
             "cuda_available": torch.cuda.is_available(), "backends": {}}
     for name in backends.NAMES[1:]:
@@ -16,7 +17,7 @@ def capabilities() -> dict:
             ok, why = False, f"{type(e).__name__}: {e}"
         info["backends"][name] = {"usable": ok, "reason": why}
     try:
-        from . import _C
+        from .. import _C
         keys = ("has_", "blas", "simd", "threads")
         info["native"] = {k: getattr(_C, k) for k in dir(_C)
                           if k.startswith(keys) and not callable(getattr(_C, k))}

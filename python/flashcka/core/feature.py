@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _validate
+from . import validate as _validate
 
 
 def cheaper(dims_a, dims_b, n, same: bool) -> bool:

@@ -11,12 +11,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .._warning import FlashCKAWarning  # noqa: F401 (validate.FlashCKAWarning)
+
 KERNELS = ("linear", "rbf")
 COMPUTE_DTYPES = (torch.float32, torch.float64)
-
-
-class FlashCKAWarning(UserWarning):
-    """Warnings from flashcka (undefined CKA for a layer, backend fallbacks)."""
 
 
 def representations(xs, arg: str) -> tuple[list[torch.Tensor], list[str]]:

@@ -59,7 +59,7 @@ class BatchJackknife:
         units (``da``/``db``: old minus new exponents, see ``MinibatchCKA``), then batch
         ``index``'s HSICs (float64: (L_A, L_B), (L_A,), (L_B,)), already in the new units,
         added to its slot (``index=None``: none)."""
-        from ._engine import ldexp
+        from .engine import ldexp
         new = BatchJackknife(self.la, self.lb, self.groups)
         if self.cross is None and index is None:
             return new

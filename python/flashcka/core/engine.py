@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _memory, _validate
-from .backends import ZeroBandwidthError, float64_shift
+from . import memory as _memory, validate as _validate
+from ..backends import ZeroBandwidthError, float64_shift
 
 
 

@@ -6,8 +6,9 @@ import warnings
 
 import torch
 
-from . import _knn, _validate
-from .functional import cka_matrix
+from . import knn as _knn
+from ..core import validate as _validate
+from .cka import cka_matrix
 
 MEASURES = ("cka", "mutual_knn", "cknna", "rsa")
 RSA_METHODS = ("spearman", "pearson")

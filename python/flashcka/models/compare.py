@@ -8,14 +8,15 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from . import _validate, backends
-from ._engine import Settings
+from ..core import validate as _validate
+from .. import backends
+from ..core.engine import Settings
 from .hooks import TOKEN_MODES, GramRecorder, Tokens
 from .selection import select_points
-from .minibatch import MinibatchCKA
-from ._checkpoint import RunState, dist_info
-from .result import CKAResult
-from ._batches import batch_mask, batch_size, device_arg, forward, input_dtype, to_device
+from ..core.minibatch import MinibatchCKA
+from .run import RunState, dist_info
+from ..result import CKAResult
+from .batches import batch_mask, batch_size, device_arg, forward, input_dtype, to_device
 
 
 class CompareInterrupted(KeyboardInterrupt):
@@ -133,14 +134,14 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             within 64 MiB (off, silently, when 2 slots of ``L_A·L_B`` float64 do not fit),
             ``False`` none, an int that many slots; ``result.stderr`` is then the
             leave-one-batch-out jackknife standard error of every entry (see
-            ``flashcka.jackknife``; memory ``slots · (L_A·L_B + L_A + L_B + 1)`` float64).
+            ``flashcka.core.jackknife``; memory ``slots · (L_A·L_B + L_A + L_B + 1)`` float64).
         checkpoint, checkpoint_every: resume. With a path, the accumulator (with the loader
             position and a fingerprint of these arguments) is written atomically every
             ``checkpoint_every`` counted batches and at the end; a run started again with
             the same arguments and an existing file skips the batches already counted
             (without running the models on them; the loader must give the same batches in
             the same order) and ends with exactly the numbers of an uninterrupted run. The
-            file is kept afterwards: delete it to start over. See ``flashcka._checkpoint``.
+            file is kept afterwards: delete it to start over. See ``flashcka.models.run``.
         distributed, shard: scale-out through torch.distributed. ``distributed=None``
             (default): when a process group is initialised with more than one rank (e.g.
             under ``torchrun``), each rank compares the batches its ``loader`` yields and the

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compare import compare
-from .models import BasicBlock, Block, TinyResNet, TinyViT
+from ..models.compare import compare
+from ..models.tiny import BasicBlock, Block, TinyResNet, TinyViT
 
 VIT_LAYERS = ["embed", "blocks.*.attn", "blocks.*.mlp", Block, "norm", "head"]
 RESNET_LAYERS = ["stem", BasicBlock, "pool", "fc"]

@@ -6,9 +6,9 @@
                      [--layers-b ...] [--batch-size 64] [--num-samples N] [--image-size S]
                      [--weights-a FILE] [--weights-b FILE] [--checkpoint FILE] [--out DIR]
 
-Model specs (``flashcka.specs``): ``timm:NAME``, ``torchvision:NAME``, ``hf:DIR`` (a saved
+Model specs (``flashcka.cli.specs``): ``timm:NAME``, ``torchvision:NAME``, ``hf:DIR`` (a saved
 transformers model or config), ``package.module:factory``; random weights unless
-``--weights-a/-b`` name a local file. Data specs (``flashcka.data``): ``digits`` (the
+``--weights-a/-b`` name a local file. Data specs (``flashcka.cli.data``): ``digits`` (the
 default, bundled with scikit-learn), ``imagefolder:PATH``, ``npz:PATH``,
 ``package.module:factory`` (an iterable of batches). Each model gets the same images through
 its own preprocessing. Nothing is downloaded.
@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "info":
-        from ._capabilities import capabilities, format_capabilities
+        from .capabilities import capabilities, format_capabilities
         print(format_capabilities(capabilities()))
         return 0
     if args.command == "demo":
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         demo.run(args.out, epochs=args.epochs, quick=args.quick,
                  progress=False if args.no_progress else None)
         return 0
-    from .compare import CompareInterrupted
+    from ..models.compare import CompareInterrupted
     try:
         return _compare(args)
     except ValueError as e:      # SpecError and compare's argument/data errors: no traceback
@@ -157,7 +157,7 @@ def _in_flags(msg: str) -> str:
 
 
 def _compare(args) -> int:
-    from .compare import compare
+    from ..models.compare import compare
     from .data import ArrayBatches, Arrays, Batches, ImageBatches, Images, count_batches, \
         load_data
     from .specs import load_model

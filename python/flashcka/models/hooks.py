@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import _engine, _validate
+from ..core import engine as _engine, validate as _validate
 from .selection import Point, select_points  # noqa: F401  (re-exported)
 
 TOKEN_MODES = ("flatten", "cls", "mean")

@@ -1,0 +1,8 @@
+"""The numerical core: tensors in, numbers out (docs/design.md §3, §5).
+
+``validate`` (checks and messages), ``memory`` (the memory check before allocation),
+``engine`` (the Gram route, the pair stage, CKA from HSICs in power-of-two units),
+``feature`` (the feature route), ``minibatch`` (``MinibatchCKA``, the accumulator) and
+``jackknife``. Imports only ``flashcka.backends`` (and the leaf modules ``_warning``, ``_C``):
+nothing here knows of models, files or the command line.
+"""
