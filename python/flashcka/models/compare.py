@@ -13,7 +13,6 @@ from .. import backends
 from ..core.engine import Settings
 from .hooks import TOKEN_MODES, GramRecorder, Tokens
 from .selection import select_points
-from ..core.minibatch import MinibatchCKA
 from .run import RunState, dist_info
 from ..result import CKAResult
 from .batches import batch_mask, batch_size, device_arg, forward, input_dtype, to_device
@@ -172,7 +171,7 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
     """
     settings = Settings(kernel, unbiased, sigma, threshold)
     settings.check()
-    run = RunState(checkpoint, checkpoint_every, _fingerprint(
+    run = RunState(settings, backend, jackknife, checkpoint, checkpoint_every, _fingerprint(
         model_a, model_b, layers_a, layers_b, tokens, mask, max_batches, kernel,
         settings.unbiased, settings.sigma, settings.threshold, dtype, jackknife),
         dist_info(distributed), shard)
@@ -194,22 +193,15 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             for model in models:
                 model.eval()
             adapters = [inputs_a] if same else [inputs_a, inputs_b]
-            acc, skipped = _run(models, recorders, adapters, ctx, loader, mask, max_batches,
-                                progress, same, run, jackknife)
+            _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, same,
+                 run)
         finally:
             for r in recorders:
                 r.remove()
             for saved in modes:
                 for m, flag in saved.items():
                     m.training = flag
-    run.save(acc)
-    run.reduce(acc)
-    if acc is None:
-        need = 4 if settings.unbiased else 2
-        raise ValueError(f"loader gave no usable batches (skipped {skipped} with fewer than "
-                         f"{need} samples); give batches of at least {need} samples (the "
-                         f"loader's batch_size)"
-                         + (", or unbiased=False (n >= 2)" if settings.unbiased else ""))
+    acc = run.finish()
     matrix = acc.compute().cpu()
     info = {"kernel": kernel, "unbiased": settings.unbiased, "sigma": settings.sigma,
             "threshold": settings.threshold,
@@ -226,8 +218,9 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
 
 
 @torch.no_grad()
-def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, same, run,
-         jackknife):
+def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, same, run):
+    """The batch loop: each batch this process runs goes through the models once and its
+    Gram rows into ``run`` (which owns the accumulator, the counts and the checkpoint)."""
     from tqdm.auto import tqdm
     total = max_batches
     if total is None and hasattr(loader, "__len__"):
@@ -235,18 +228,8 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
     elif total is not None and hasattr(loader, "__len__"):
         total = min(total, len(loader))
     need = 4 if ctx.settings.unbiased else 2
-
-    def make_acc(la, lb, ct):
-        return MinibatchCKA(len(la), None if lb is None else len(lb),
-                            kernel=ctx.settings.kernel, unbiased=ctx.settings.unbiased,
-                            sigma=ctx.settings.sigma, threshold=ctx.settings.threshold,
-                            dtype=ct, backend=ctx.backend_name, names_a=la, names_b=lb,
-                            jackknife=jackknife)
-    acc = run.restored(make_acc)                 # resume: the checkpoint's accumulator
-    if acc is not None:
-        ctx.ct, ctx.fixed = acc.compute_dtype, True
-    skipped, check_names = run.skipped, acc is not None
-    if acc is not None:
+    if run.resumed:                              # the checkpoint's accumulator fixes the dtype
+        ctx.ct, ctx.fixed = run.acc.compute_dtype, True
         of = "" if total is None else f" of {total}"
         done = " (every batch counted already)" if run.next_batch == total else ""
         print(f"flashcka compare: resumed from batch {run.next_batch}{of} (checkpoint "
@@ -265,13 +248,12 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
             batch = to_device(batch, ctx.device)
             n = batch_size(batch, b)
             if n < need:
-                skipped += 1
-                run.small_batch()
+                run.skip()
                 warnings.warn(f"compare: skipping batch {b} with n = {n} samples (the "
                               f"{'unbiased' if ctx.settings.unbiased else 'biased'} estimator "
                               f"needs n >= {need})", _validate.FlashCKAWarning, stacklevel=3)
                 continue
-            if acc is None and not ctx.fixed and input_dtype(batch) == torch.float64:
+            if not ctx.fixed and input_dtype(batch) == torch.float64:
                 ctx.ct = torch.float64
             bmask = batch_mask(batch, mask, n, b)
             for model, rec, adapt in zip(models, recorders, adapters):
@@ -282,21 +264,13 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
                     rec.active = False
                 rec.finish()
             rows = [rec.rows() for rec in recorders]
-            if acc is None:
-                ctx.fixed = True                 # the compute dtype is fixed from here on
-                la = recorders[0].labels
-                acc = make_acc(la, None if same else recorders[1].labels, ctx.ct)
-            elif check_names:                    # resumed: the same layers as before
-                _check_resumed_layers(acc, recorders, same)
-                check_names = False
-            acc.add_rows(ctx.be, rows[0], rows[0] if same else rows[1], n, ctx.ct,
-                         index=run.index(b))
-            run.counted(b, acc)
+            ctx.fixed = True                     # the compute dtype is fixed from here on
+            run.add(b, ctx.be, rows[0], rows[0] if same else rows[1], n, ctx.ct,
+                    recorders[0].labels, None if same else recorders[1].labels)
     except KeyboardInterrupt:
         raise CompareInterrupted(b, total, run.path, run.saved_batch) from None
     finally:
         bar.close()
-    return acc, skipped
 
 
 def _fingerprint(model_a, model_b, layers_a, layers_b, tokens, mask, max_batches, kernel,
@@ -313,15 +287,6 @@ def _fingerprint(model_a, model_b, layers_a, layers_b, tokens, mask, max_batches
             "mask": spec(mask), "max_batches": max_batches, "kernel": kernel,
             "unbiased": unbiased, "sigma": sigma, "threshold": threshold,
             "dtype": None if dtype is None else str(dtype), "jackknife": spec(jackknife)}
-
-
-def _check_resumed_layers(acc, recorders, same):
-    for side, rec, names in (("model_a", recorders[0], acc.names_a),
-                             ("model_b", recorders[-1], acc.names_b)):
-        if list(rec.labels) != list(names):
-            raise ValueError(f"checkpoint: {side}'s layers {list(rec.labels)} differ from the "
-                             f"checkpoint's {list(names)}; the model changed since it was "
-                             f"written")
 
 
 @contextmanager

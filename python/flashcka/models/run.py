@@ -1,9 +1,12 @@
-"""Resume and scale-out for ``compare``: one owner for "which batches this run counts".
+"""The run state of one ``compare`` call, owned here and nowhere else.
 
-``RunState`` decides, for each loader index b, whether this process runs the models on it
-(not when an earlier run already counted it, nor when it belongs to another rank's shard),
-which jackknife slot it feeds, when to write the checkpoint, and sums the accumulator over
-torch.distributed ranks at the end.
+``RunState`` holds the accumulator (a ``MinibatchCKA``, built on the first usable batch or
+restored from the checkpoint), decides for each loader index b whether this process runs
+the models on it (not when an earlier run already counted it, nor when it belongs to
+another rank's shard), which jackknife slot it feeds, counts the small batches skipped,
+writes the checkpoint, and sums the accumulator over torch.distributed ranks at the end.
+``compare`` hands it each batch's Gram rows and takes the finished accumulator; the
+accumulator itself knows nothing of files or ranks' shards.
 
 Checkpoint file (``torch.save``, read back with ``weights_only=True``): the accumulator's
 ``MinibatchCKA.state_dict()`` (with its jackknife slots), the loader index of the next
@@ -50,7 +53,8 @@ def dist_info(distributed):
 class RunState:
     """Per-run bookkeeping of ``compare``'s batch loop (see the module docstring)."""
 
-    def __init__(self, checkpoint, every: int, fingerprint: dict, dist, shard: bool):
+    def __init__(self, settings, backend: str, jackknife, checkpoint, every: int,
+                 fingerprint: dict, dist, shard: bool):
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a path or None, got {type(checkpoint).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -65,11 +69,17 @@ class RunState:
             self.path = p.with_name(f"{p.name}.rank{self.rank}") if dist else p
         self.fingerprint = {**fingerprint, "rank": self.rank, "world_size": self.world,
                             "shard": shard}
+        self.settings, self.backend, self.jackknife = settings, backend, jackknife
         self.next_batch, self.skipped, self.state = 0, 0, None
         self.saved_batch = 0           # the next_batch of the file on disk (0: none)
         self.since_save = 0
+        self.acc: MinibatchCKA | None = None
+        self.resumed = False           # the accumulator came from the checkpoint
         if self.path is not None and self.path.exists():
             self._load()
+            self.acc = self._restored()
+            self.resumed = self.acc is not None
+        self._layers_unchecked = self.resumed
 
     # -- before the loop
     def _load(self):
@@ -110,10 +120,16 @@ class RunState:
         raise ValueError(f"checkpoint {self.path}: {field} {what}; it was edited or is "
                          f"corrupt: delete it to start over") from None
 
-    def restored(self, make_acc) -> MinibatchCKA | None:
-        """The accumulator of the checkpoint (``make_acc(names_a, names_b, dtype)`` builds
-        an empty one), or None when starting fresh. Every field is checked: a bad one
-        raises a ValueError naming the file and the field."""
+    def _new_acc(self, names_a, names_b, dtype) -> MinibatchCKA:
+        st = self.settings
+        return MinibatchCKA(len(names_a), None if names_b is None else len(names_b),
+                            kernel=st.kernel, unbiased=st.unbiased, sigma=st.sigma,
+                            threshold=st.threshold, dtype=dtype, backend=self.backend,
+                            names_a=names_a, names_b=names_b, jackknife=self.jackknife)
+
+    def _restored(self) -> MinibatchCKA | None:
+        """The accumulator of the checkpoint, or None when starting fresh. Every field is
+        checked: a bad one raises a ValueError naming the file and the field."""
         if self.state is None:
             return None
         s = self.state
@@ -125,8 +141,8 @@ class RunState:
             self._bad("acc.compute_dtype", f"must be one of {sorted(dtypes)}, got "
                                            f"{s.get('compute_dtype')!r}")
         try:
-            acc = make_acc(s.get("names_a"), None if settings["num_layers_b"] is None
-                           else s.get("names_b"), dtypes[s["compute_dtype"]])
+            acc = self._new_acc(s.get("names_a"), None if settings["num_layers_b"] is None
+                                else s.get("names_b"), dtypes[s["compute_dtype"]])
             acc.load_state_dict(s)
         except (ValueError, TypeError) as e:
             self._bad("acc", f"is not a valid accumulator state ({e})")
@@ -152,22 +168,40 @@ class RunState:
         batch is taken as global batch ``b·world_size + rank`` (round-robin sharding)."""
         return b if not self.dist or self.shard else b * self.world + self.rank
 
-    def small_batch(self) -> None:
+    def skip(self) -> None:
+        """A batch too small for the estimator."""
         self.skipped += 1
 
-    def counted(self, b: int, acc: MinibatchCKA) -> None:
-        """After batch b is in ``acc``: write the checkpoint every ``every`` batches."""
+    def add(self, b: int, be, rows_a, rows_b, n: int, dtype, names_a, names_b) -> None:
+        """Batch b's Gram rows into the accumulator (built now on the first batch; after a
+        resume the layers must be those of the checkpoint); then write the checkpoint every
+        ``every`` batches. ``names_b`` is None for one model compared with itself."""
+        if self.acc is None:
+            self.acc = self._new_acc(names_a, names_b, dtype)
+        elif self._layers_unchecked:
+            self._check_layers(names_a, names_b)
+            self._layers_unchecked = False
+        self.acc.add_rows(be, rows_a, rows_b, n, dtype, index=self.index(b))
         self.next_batch = b + 1
         self.since_save += 1
         if self.path is not None and self.since_save >= self.every:
-            self.save(acc)
+            self.save()
 
-    def save(self, acc: MinibatchCKA | None) -> None:
-        if self.path is None or acc is None:
+    def _check_layers(self, names_a, names_b) -> None:
+        for side, now, then in (("model_a", names_a, self.acc.names_a),
+                                ("model_b", names_a if names_b is None else names_b,
+                                 self.acc.names_b)):
+            if list(now) != list(then):
+                raise ValueError(f"checkpoint: {side}'s layers {list(now)} differ from the "
+                                 f"checkpoint's {list(then)}; the model changed since it was "
+                                 f"written")
+
+    def save(self) -> None:
+        if self.path is None or self.acc is None:
             return
         obj = {"format": _FORMAT, "version": 1, "fingerprint": self.fingerprint,
                "next_batch": self.next_batch, "skipped": self.skipped,
-               "acc": acc.state_dict()}
+               "acc": self.acc.state_dict()}
         tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -178,7 +212,21 @@ class RunState:
         self.since_save, self.saved_batch = 0, self.next_batch
 
     # -- after the loop
-    def reduce(self, acc: MinibatchCKA | None) -> None:
+    def finish(self) -> MinibatchCKA:
+        """The accumulator of every batch: checkpoint written, summed over the ranks. A
+        run without a usable batch raises a ValueError saying how many were too small."""
+        self.save()
+        self._reduce(self.acc)
+        if self.acc is None:
+            need = 4 if self.settings.unbiased else 2
+            raise ValueError(f"loader gave no usable batches (skipped {self.skipped} with "
+                             f"fewer than {need} samples); give batches of at least {need} "
+                             f"samples (the loader's batch_size)"
+                             + (", or unbiased=False (n >= 2)" if self.settings.unbiased
+                                else ""))
+        return self.acc
+
+    def _reduce(self, acc: MinibatchCKA | None) -> None:
         """Sum ``acc`` over the ranks (every rank must call this). A rank without usable
         batches makes every rank raise, rather than one of them hang."""
         if not self.dist:
