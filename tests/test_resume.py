@@ -177,3 +177,20 @@ def test_edited_checkpoint_raises_naming_file_and_field(tmp_path, changes, field
     with pytest.raises(ValueError, match=rf"checkpoint .*bad\.ckpt.*: {field}\b") as e:
         compare(calls, Net(1), loader, checkpoint=bad, **KW, jackknife=4)
     assert "delete it" in str(e.value) and calls.calls == 0
+
+
+def test_a_small_last_batch_is_skipped_once(tmp_path, recwarn):
+    """A batch too small for the estimator is counted as skipped once: resuming a finished
+    run neither warns about it again nor counts it twice."""
+    loader = _loader(sizes=(10, 13, 3))
+    ck = tmp_path / "small.ckpt"
+    with pytest.warns(UserWarning, match="skipping batch 2 with n = 3"):
+        first = compare(Net(0), None, loader, checkpoint=ck, **KW)
+    saved = torch.load(ck, weights_only=True)
+    assert (saved["next_batch"], saved["skipped"]) == (3, 1)
+    recwarn.clear()
+    again = compare(Net(0), None, loader, checkpoint=ck, **KW)
+    assert not [w for w in recwarn if "skipping batch" in str(w.message)]
+    assert torch.equal(again.matrix, first.matrix)
+    saved = torch.load(ck, weights_only=True)
+    assert (saved["next_batch"], saved["skipped"]) == (3, 1)

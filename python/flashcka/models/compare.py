@@ -248,7 +248,7 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
             batch = to_device(batch, ctx.device)
             n = batch_size(batch, b)
             if n < need:
-                run.skip()
+                run.skip(b)
                 warnings.warn(f"compare: skipping batch {b} with n = {n} samples (the "
                               f"{'unbiased' if ctx.settings.unbiased else 'biased'} estimator "
                               f"needs n >= {need})", _validate.FlashCKAWarning, stacklevel=3)

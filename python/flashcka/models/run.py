@@ -168,9 +168,11 @@ class RunState:
         batch is taken as global batch ``b·world_size + rank`` (round-robin sharding)."""
         return b if not self.dist or self.shard else b * self.world + self.rank
 
-    def skip(self) -> None:
-        """A batch too small for the estimator."""
+    def skip(self, b: int) -> None:
+        """Batch b is too small for the estimator: counted as skipped, and never run
+        again after a resume."""
         self.skipped += 1
+        self.next_batch = b + 1
 
     def add(self, b: int, be, rows_a, rows_b, n: int, dtype, names_a, names_b) -> None:
         """Batch b's Gram rows into the accumulator (built now on the first batch; after a
