@@ -11,7 +11,7 @@ from torch import nn
 from ..core import validate as _validate
 from .. import backends
 from ..core.engine import Settings
-from .hooks import TOKEN_MODES, GramRecorder, Tokens
+from .hooks import TOKEN_MODES, GramRecorder, RowContext, Tokens
 from .selection import select_points
 from .run import RunState, dist_info
 from ..result import CKAResult
@@ -31,32 +31,6 @@ class CompareInterrupted(KeyboardInterrupt):
                else "no checkpoint= was given, so a new run starts over; pass checkpoint=PATH "
                "to make runs resumable")
         super().__init__(f"compare stopped at batch {batch}{of}; {how}")
-
-
-class _Context:
-    """What every hook of one compare() call shares: settings, backend, compute dtype."""
-
-    def __init__(self, settings, dtype, backend, device, models):
-        self.settings, self.backend_name, self.device = settings, backend, device
-        self.be = None
-        self.fixed = dtype is not None           # dtype= given: never widened
-        wide = any(t.dtype == torch.float64 for m in models
-                   for t in (*m.parameters(), *m.buffers()))
-        self.ct = dtype or (torch.float64 if wide else None)
-
-    def prepare(self, x: torch.Tensor) -> None:
-        """On the first batch: fix the backend from the first hooked tensor and widen the
-        compute dtype to float64 when a float64 tensor appears (unless dtype= was given)."""
-        if self.be is None:
-            self.be = backends.select(self.backend_name, x)
-            self.device = x.device
-        if self.ct is None:
-            self.ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-        elif x.dtype == torch.float64 and not self.fixed:
-            self.ct = torch.float64
-
-    def row_length(self, n: int) -> int:
-        return self.be.row_length(n, self.settings.unbiased)
 
 
 def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=None,
@@ -183,7 +157,7 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
         points_b = points_a if same else select_points(model_b, layers_b, "layers_b")
         device = device_arg(device, model_a)
         models = [model_a] if same else [model_a, model_b]
-        ctx = _Context(settings, dtype, backend, device, models)
+        ctx = RowContext(settings, dtype, backend, device, models)
         modes = [{m: m.training for m in model.modules()} for model in models]
         recorders: list[GramRecorder] = []
         try:

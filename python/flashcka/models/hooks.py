@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..core import engine as _engine, validate as _validate
+from .. import backends
 from .selection import Point, select_points  # noqa: F401  (re-exported)
 
 TOKEN_MODES = ("flatten", "cls", "mean")
@@ -146,6 +147,33 @@ def _takes_two(fn) -> bool:
 
 
 # ------------------------------------------------------------------ recorder
+
+class RowContext:
+    """What every recorder of one compare() call shares: settings, backend, compute dtype,
+    device."""
+
+    def __init__(self, settings, dtype, backend, device, models):
+        self.settings, self.backend_name, self.device = settings, backend, device
+        self.be = None
+        self.fixed = dtype is not None           # dtype= given: never widened
+        wide = any(t.dtype == torch.float64 for m in models
+                   for t in (*m.parameters(), *m.buffers()))
+        self.ct = dtype or (torch.float64 if wide else None)
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """On the first batch: fix the backend from the first hooked tensor and widen the
+        compute dtype to float64 when a float64 tensor appears (unless dtype= was given)."""
+        if self.be is None:
+            self.be = backends.select(self.backend_name, x)
+            self.device = x.device
+        if self.ct is None:
+            self.ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        elif x.dtype == torch.float64 and not self.fixed:
+            self.ct = torch.float64
+
+    def row_length(self, n: int) -> int:
+        return self.be.row_length(n, self.settings.unbiased)
+
 
 class GramRecorder:
     """Hooks ``points`` of ``model``; while ``active``, each hooked tensor becomes one
