@@ -184,8 +184,9 @@ def test_a_small_last_batch_is_skipped_once(tmp_path, recwarn):
     run neither warns about it again nor counts it twice."""
     loader = _loader(sizes=(10, 13, 3))
     ck = tmp_path / "small.ckpt"
-    with pytest.warns(UserWarning, match="skipping batch 2 with n = 3"):
+    with pytest.warns(UserWarning, match="skipping batch 2 with n = 3") as said:
         first = compare(Net(0), None, loader, checkpoint=ck, **KW)
+    assert said[0].filename == __file__         # the warning points at the caller's line
     saved = torch.load(ck, weights_only=True)
     assert (saved["next_batch"], saved["skipped"]) == (3, 1)
     recwarn.clear()

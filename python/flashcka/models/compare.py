@@ -225,7 +225,7 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
                 run.skip(b)
                 warnings.warn(f"compare: skipping batch {b} with n = {n} samples (the "
                               f"{'unbiased' if ctx.settings.unbiased else 'biased'} estimator "
-                              f"needs n >= {need})", _validate.FlashCKAWarning, stacklevel=3)
+                              f"needs n >= {need})", _validate.FlashCKAWarning, stacklevel=4)
                 continue
             if not ctx.fixed and input_dtype(batch) == torch.float64:
                 ctx.ct = torch.float64
