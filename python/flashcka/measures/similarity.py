@@ -1,4 +1,5 @@
-"""``similarity_matrix``: CKA, mutual kNN, CKNNA or RSA between every pair of layers."""
+"""``similarity_matrix``: CKA, mutual kNN, CKNNA, RSA, Procrustes, CCA, SVCCA, PWCCA or
+linear-regression fit between every pair of layers."""
 from __future__ import annotations
 
 import math
@@ -6,11 +7,13 @@ import warnings
 
 import torch
 
-from . import knn as _knn
+from . import cca as _cca, knn as _knn, linreg as _linreg, procrustes as _procrustes
+from . import subspace as _subspace
 from ..core import validate as _validate
 from .cka import cka_matrix
 
-MEASURES = ("cka", "mutual_knn", "cknna", "rsa")
+SUBSPACE_MEASURES = ("procrustes", "cca", "svcca", "pwcca", "linreg")
+MEASURES = ("cka", "mutual_knn", "cknna", "rsa") + SUBSPACE_MEASURES
 RSA_METHODS = ("spearman", "pearson")
 DEFAULT_MAX_BYTES = 4 << 30
 
@@ -19,7 +22,8 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
                       unbiased: bool = True, rsa_method: str = "spearman",
                       kernel: str = "linear", sigma: float | None = None, threshold: float = 1.0,
                       dtype: torch.dtype | None = None, backend: str = "auto",
-                      max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+                      max_bytes: int = DEFAULT_MAX_BYTES, svcca_threshold: float = 0.99,
+                      progress: bool | None = None) -> torch.Tensor:
     """Similarity of every pair: ``xs`` (L_A representations (n, ...)), ``ys`` (L_B, or None
     for xs against itself) -> (L_A, L_B) float64. Sequences or name -> tensor dicts, validated
     as by ``cka_matrix`` (errors name the layer). Each layer's Gram (or RDM) is computed once;
@@ -43,18 +47,70 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
         "spearman"``, ranks with ties averaged) or Pearson (``"pearson"``) correlation of the
         two RDMs' upper triangles (i < j, n(n−1)/2 entries). Needs n ≥ 3 and no sample with
         constant features.
+      * ``"procrustes"``, ``"cca"``, ``"svcca"``, ``"pwcca"``, ``"linreg"``: below.
 
     Memory: mutual kNN and CKNNA need the full n × n neighbourhoods, so they run on the
     whole batch at once: mutual kNN about ``4·n²·(L_A + L_B + 2)`` bytes, CKNNA about
     ``8·(n²·(3(L_A + L_B) + 4) + 4·n·L_A·L_B)`` bytes; beyond ``max_bytes`` (4 GiB by
     default) they raise ``ValueError`` before allocating anything. RSA holds
     ``8·n(n−1)/2·(L_A + L_B)`` bytes of RDM triangles.
+
+    Procrustes, CCA, SVCCA, PWCCA and linear regression (``flashcka.measures.subspace``):
+    each layer is centred and factorised once, X_c = U S Vᵀ (thin SVD; rank r: singular
+    values above max(n, d)·eps·s_max), and every pair is the r_A × r_B product U_Aᵀ U_B
+    (one product per row layer against all column layers) and a batched SVD of it. With
+    X̃ = X_c/‖X_c‖_F, Ỹ likewise:
+
+      * ``"procrustes"``: ‖X̃ᵀỸ‖_* (nuclear norm) = max over orthogonal Q of ⟨X̃, ỸQ⟩_F ∈ [0, 1]
+        (Williams et al. 2021, "Generalized shape metrics on neural representations"; the
+        smaller layer is zero-padded, which changes nothing). Its distances, arccos S
+        (angular, netrep's) and sqrt(2 − 2S) (Euclidean): ``measures.procrustes.
+        procrustes_distance``. Symmetric; any n and d.
+      * ``"cca"``: mean canonical correlation (1/k) Σ ρ_i, ρ = singular values of U_Aᵀ U_B,
+        k = min(r_A, r_B) (Hotelling 1936; Raghu et al. 2017's ρ̄). Invariant to invertible
+        linear maps of either layer. Symmetric.
+      * ``"svcca"``: CCA after keeping each layer's fewest top singular directions whose
+        variance Σ s_i² reaches ``svcca_threshold`` (0.99, Raghu et al. 2017, "SVCCA", §2:
+        "enough directions to explain 99% of variance") of its total. Symmetric.
+      * ``"pwcca"``: Σ α_i ρ_i / Σ α_i with α_i = Σ_j |⟨h_i, x_j⟩| (Morcos et al. 2018,
+        "Insights on representational similarity in neural networks with canonical
+        correlation", eq. in §2.2): h_i the i-th canonical variate of X (unit norm), x_j
+        the j-th centred neuron of X. **Asymmetric: the row layer (``xs``) is weighted**,
+        as their L1 is; ``similarity_matrix(ys, xs, measure="pwcca").T`` weights ``ys``.
+        (Their released code weights whichever layer has fewer neurons.)
+      * ``"linreg"``: R² = 1 − min_B ‖Ỹ − X_c B‖²_F = ‖Q_Xᵀ Ỹ‖²_F: the fraction of the
+        variance of the **column layer** (``ys[j]``) explained by a least-squares linear
+        fit (with intercept) from the **row layer** (``xs[i]``) (Kornblith et al. 2019,
+        "Similarity of neural network representations revisited", §3 "Linear
+        regression"). Asymmetric.
+
+    CCA, SVCCA, PWCCA (either layer) and linreg (the predictor) raise ``ValueError`` for a
+    layer whose (kept) centred features span all n − 1 sample directions (rank n − 1,
+    which d ≥ n − 1 features give): every canonical correlation with it is 1 whatever the
+    other layer holds. Not regularised: use n > d + 1, SVCCA or CKA. With r_A + r_B > n − 1
+    at least r_A + r_B − n + 1 canonical correlations are 1 by construction: CCA needs
+    n well above r_A + r_B to mean anything (Raghu et al. use n ≫ d). A layer constant
+    over the samples gives NaN with a ``FlashCKAWarning``. These measures compute in
+    float64 by default (``dtype=torch.float32`` for speed, ~1e-5 accuracy), whatever the
+    inputs' dtype; they hold the bases, 8·n·Σ min(n, d_l) bytes, within ``max_bytes``.
+    No gradients. ``progress``: a tqdm bar over row layers (None: when stderr is a
+    terminal).
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
     if measure == "cka":
         return cka_matrix(xs, ys, kernel=kernel, unbiased=unbiased, sigma=sigma,
                           threshold=threshold, dtype=dtype, backend=backend)
+    if measure in SUBSPACE_MEASURES:
+        if measure == "svcca":
+            _cca.threshold_arg(svcca_threshold)
+        ba, bb, n = _subspace.prepare(xs, ys, dtype, max_bytes, measure)
+        if measure == "procrustes":
+            return _procrustes.procrustes_pairs(ba, bb, progress=progress)
+        if measure == "svcca":
+            return _cca.svcca_pairs(ba, bb, n, svcca_threshold, progress=progress)
+        fn = {"cca": _cca.cca_pairs, "pwcca": _cca.pwcca_pairs, "linreg": _linreg.linreg_pairs}
+        return fn[measure](ba, bb, n, progress=progress)
     if not isinstance(unbiased, bool):
         raise TypeError(f"unbiased must be True or False, got {unbiased!r}")
     xa, na = _validate.representations(xs, "xs")
