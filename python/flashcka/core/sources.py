@@ -4,8 +4,9 @@ Every input of the tiled route, the streamed kNN measures, ``MinibatchCKA`` and 
 feature files goes through ``open_rows`` (one layer) or ``open_layers`` (a tensor, list,
 dict, file or folder of layers). A source has ``n``, ``d`` (features per sample, trailing
 dimensions flattened as ``validate.representations`` does), ``dtype`` (torch), ``name``
-(the layer), ``label`` (the layer as messages name it), ``shape == (n, d)``, ``device``, ``in_memory`` and ``read(start, stop)``: rows
-``start..stop`` as a ``(stop − start, d)`` tensor. ``read`` checks finiteness of what it
+(the layer, as ``validate.representations`` names it: a mapping's key, ``arg[i]`` in a
+sequence), ``arg`` (the argument), ``shape == (n, d)``, ``device``, ``in_memory`` and
+``read(start, stop)``: rows ``start..stop`` as a ``(stop − start, d)`` tensor. ``read`` checks finiteness of what it
 returns and raises ``ValueError`` naming the argument, the layer and the first bad entry.
 
 Accepted, for one layer:
@@ -53,28 +54,27 @@ _H5_SUFFIXES = (".h5", ".hdf5", ".he5")
 
 def open_rows(x, arg: str, name: str | None = None):
     """One layer ``x`` (see the module docstring) as a row source named ``name`` within the
-    argument ``arg`` (messages say e.g. ``xs['conv1']``). Its shape and dtype are checked
+    argument ``arg`` (a source is returned as it is). Its shape and dtype are checked
     here, before any row is read; finiteness as rows are read."""
     name = arg if name is None else str(name)
-    label = _label(arg, name)
     if isinstance(x, Source):
         return x
     if isinstance(x, torch.Tensor):
-        src = TensorRows(x, label)
+        src = TensorRows(x, name)
     elif type(x).__module__ == "numpy" and type(x).__name__ in ("ndarray", "memmap"):
-        src = ArrayRows(x, label)
+        src = ArrayRows(x, name)
     elif isinstance(x, (str, os.PathLike)):
-        src = _open_file(*_split_key(x), label)
+        src = _open_file(*_split_key(x), name)
     elif isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], (str, os.PathLike)) \
             and isinstance(x[1], str):
-        src = _open_file(os.fspath(x[0]), x[1], label)
+        src = _open_file(os.fspath(x[0]), x[1], name)
     elif hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "__getitem__"):
-        src = ArrayRows(x, label)
+        src = ArrayRows(x, name)
     else:
-        raise TypeError(f"{label} must be a tensor, a NumPy array, a path to a .npy/.safetensors/"
-                    f".h5 file, 'file.safetensors::key', (path, key) or a row-sliceable array; "
-                    f"got {type(x).__name__}")
-    src.name = name
+        raise TypeError(f"{name} must be a tensor, a NumPy array, a path to a .npy/.safetensors/"
+                        f".h5 file, 'file.safetensors::key', (path, key) or a row-sliceable array; "
+                        f"got {type(x).__name__}")
+    src.arg = arg
     return src
 
 
@@ -107,22 +107,22 @@ def same_n(groups: Sequence[Sequence]) -> int:
     for sources in groups:
         for s in sources:
             if n is None:
-                n, first = s.n, s.label
+                n, first = s.n, s.name
             elif s.n != n:
-                raise ValueError(f"{s.label} has {s.n} samples but {first} has {n}: every "
+                raise ValueError(f"{s.name} has {s.n} samples but {first} has {n}: every "
                                  f"representation must hold the same samples (dimension 0)")
     return n
 
 
 class Source:
-    """Base of the row sources: ``n``, ``d``, ``dtype``, ``name`` (the layer's name, as
-    ``validate.representations`` names it), ``label`` (how messages name it, e.g.
-    ``xs['conv1']``), ``device``, ``in_memory``; subclasses implement ``_rows``."""
+    """Base of the row sources: ``n``, ``d``, ``dtype``, ``name`` (the layer, as messages
+    name it), ``arg`` (the argument it came in), ``device``, ``in_memory``; subclasses
+    implement ``_rows``."""
     device = torch.device("cpu")
     in_memory = False
 
-    def __init__(self, label: str, shape, dtype: torch.dtype):
-        self.name = self.label = name = label
+    def __init__(self, name: str, shape, dtype: torch.dtype):
+        self.name = self.arg = name
         shape = tuple(int(s) for s in shape)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} has dtype {dtype}; CKA needs real floating-point "
@@ -139,31 +139,32 @@ class Source:
         return (self.n, self.d)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.label!r}, n={self.n}, d={self.d}, {self.dtype})"
+        return f"{type(self).__name__}({self.name!r}, n={self.n}, d={self.d}, {self.dtype})"
 
     def read(self, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Rows ``start..stop`` (0 <= start < stop <= n) as a (stop − start, d) tensor, in
         ``dtype`` if given (else the source's); non-finite values raise ValueError."""
         start, stop = int(start), int(stop)
         if not 0 <= start < stop <= self.n:
-            raise IndexError(f"{self.label}: rows {start}..{stop} outside 0..{self.n}")
+            raise IndexError(f"{self.name}: rows {start}..{stop} outside 0..{self.n}")
         t = self._rows(start, stop)
-        check_finite(t, self.label, start)
+        check_finite(t, self.name, start, self.arg)
         return t if dtype is None else t.to(dtype)
 
     def _rows(self, start: int, stop: int) -> torch.Tensor:
         raise NotImplementedError
 
 
-def check_finite(t: torch.Tensor, name: str, row0: int = 0) -> None:
-    """Raise ValueError naming ``name`` and the first NaN/Inf of rows ``t`` (rows of the
-    layer from ``row0``)."""
+def check_finite(t: torch.Tensor, name: str, row0: int = 0, arg: str | None = None) -> None:
+    """Raise ValueError naming the layer ``name`` (of argument ``arg``) and the first
+    NaN/Inf of rows ``t`` (rows of the layer from ``row0``)."""
     u = t.float() if t.element_size() == 1 else t  # float8: no isfinite kernel
     if bool(torch.isfinite(u).all()):
         return
     r, c = (int(i) for i in (~torch.isfinite(u)).nonzero()[0])
+    where = "" if arg in (None, name) or name.startswith(f"{arg}[") else f"{arg}, "
     raise ValueError(f"{name} holds non-finite values: {u[r, c].item()} at row {row0 + r}, "
-                     f"feature {c} (found reading rows {row0}..{row0 + t.shape[0]})")
+                     f"feature {c} ({where}found reading rows {row0}..{row0 + t.shape[0]})")
 
 
 class TensorRows(Source):
@@ -228,7 +229,7 @@ class FileRows(Source):
             while got < len(view):
                 k = os.preadv(fd, [view[got:]], pos + got)
                 if k <= 0:
-                    raise OSError(f"{self.label}: {self.path} ended while reading rows "
+                    raise OSError(f"{self.name}: {self.path} ended while reading rows "
                                   f"{start}..{stop}")
                 got += k
         finally:
@@ -238,12 +239,6 @@ class FileRows(Source):
             out = out.astype(native)
         t = torch.from_numpy(out)
         return t if out.dtype.kind == "f" else t.view(self.dtype)
-
-
-def _label(arg: str, name: str) -> str:
-    if name == arg or name.startswith(arg + "["):
-        return name
-    return f"{arg}[{name!r}]"
 
 
 def _numpy_dtype(dt, name: str) -> torch.dtype:
@@ -279,91 +274,91 @@ def _kind(path: str) -> str:
     return "?"
 
 
-def _open_file(path: str, key: str | None, label: str):
+def _open_file(path: str, key: str | None, name: str):
     kind = _kind(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{label}: no such file {path!r}")
+        raise FileNotFoundError(f"{name}: no such file {path!r}")
     if kind == "npy":
         if key is not None:
-            raise ValueError(f"{label}: a .npy file holds one array; drop '::{key}'")
-        return _open_npy(path, label)
+            raise ValueError(f"{name}: a .npy file holds one array; drop '::{key}'")
+        return _open_npy(path, name)
     if kind == "safetensors":
-        header, offset = _safetensors_header(path, label)
+        header, offset = _safetensors_header(path, name)
         if key is None:
-            key = _only_key(sorted(header), path, label)
+            key = _only_key(sorted(header), path, name)
         if key not in header:
-            raise KeyError(f"{label}: {path} has no tensor {key!r}; it holds "
+            raise KeyError(f"{name}: {path} has no tensor {key!r}; it holds "
                            f"{_natural(header)[:20]}")
-        return _safetensors_rows(path, header[key], offset, key, label)
+        return _safetensors_rows(path, header[key], offset, key, name)
     if kind == "h5":
-        f = _h5py(label).File(path, "r")
+        f = _h5py(name).File(path, "r")
         if key is None:
-            key = _only_key(_h5_datasets(f), path, label)
+            key = _only_key(_h5_datasets(f), path, name)
         if key not in f:
-            raise KeyError(f"{label}: {path} has no dataset {key!r}; it holds "
+            raise KeyError(f"{name}: {path} has no dataset {key!r}; it holds "
                            f"{_h5_datasets(f)[:20]}")
-        return ArrayRows(f[key], label)
-    raise ValueError(f"{label}: {path!r} is not a .npy, .safetensors or .h5/.hdf5 file"
+        return ArrayRows(f[key], name)
+    raise ValueError(f"{name}: {path!r} is not a .npy, .safetensors or .h5/.hdf5 file"
                      + (" (a folder of .npy files is several layers: pass it alone, "
                         "not as one layer)" if kind == "dir" else ""))
 
 
-def _open_npy(path: str, label: str):
+def _open_npy(path: str, name: str):
     import numpy as np
     try:  # the header only: the map is dropped unread
         m = np.load(path, mmap_mode="r")
     except ValueError as e:
-        raise ValueError(f"{label}: {path} is not a valid .npy file ({e})") from None
-    tdtype = _numpy_dtype(m.dtype, label)
+        raise ValueError(f"{name}: {path} is not a valid .npy file ({e})") from None
+    tdtype = _numpy_dtype(m.dtype, name)
     if not m.flags.c_contiguous:  # Fortran order: rows are not contiguous, read the map
-        return ArrayRows(m, label)
-    return FileRows(path, m.offset, m.shape, tdtype, m.dtype.str, label)
+        return ArrayRows(m, name)
+    return FileRows(path, m.offset, m.shape, tdtype, m.dtype.str, name)
 
 
-def _safetensors_header(path: str, label: str) -> tuple[dict, int]:
+def _safetensors_header(path: str, name: str) -> tuple[dict, int]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
-            raise ValueError(f"{label}: {path} is not a safetensors file (too short)")
+            raise ValueError(f"{name}: {path} is not a safetensors file (too short)")
         (size,) = struct.unpack("<Q", raw)
         if size > 100_000_000:
-            raise ValueError(f"{label}: {path} is not a safetensors file (header size {size})")
+            raise ValueError(f"{name}: {path} is not a safetensors file (header size {size})")
         try:
             header = json.loads(f.read(size))
         except ValueError as e:
-            raise ValueError(f"{label}: {path} is not a safetensors file ({e})") from None
+            raise ValueError(f"{name}: {path} is not a safetensors file ({e})") from None
     header.pop("__metadata__", None)
     return header, 8 + size
 
 
-def _safetensors_rows(path, info, offset, key, label):
+def _safetensors_rows(path, info, offset, key, name):
     dt = info.get("dtype")
     if dt not in _ST_DTYPES:
-        raise TypeError(f"{label} ({path}::{key}) has dtype {dt}; CKA needs real "
+        raise TypeError(f"{name} ({path}::{key}) has dtype {dt}; CKA needs real "
                         f"floating-point activations (F16, BF16, F32 or F64)")
     tname, storage = _ST_DTYPES[dt]
     if not hasattr(torch, tname):
-        raise TypeError(f"{label}: this torch has no {tname} for {path}::{key}")
+        raise TypeError(f"{name}: this torch has no {tname} for {path}::{key}")
     begin, end = info["data_offsets"]
     import numpy as np
     if end - begin != math.prod(info["shape"]) * np.dtype(storage).itemsize:
-        raise ValueError(f"{label}: {path}::{key} has inconsistent data offsets")
-    return FileRows(path, offset + begin, info["shape"], getattr(torch, tname), storage, label)
+        raise ValueError(f"{name}: {path}::{key} has inconsistent data offsets")
+    return FileRows(path, offset + begin, info["shape"], getattr(torch, tname), storage, name)
 
 
-def _only_key(keys: list, path: str, label: str) -> str:
+def _only_key(keys: list, path: str, name: str) -> str:
     if len(keys) == 1:
         return keys[0]
     what = "no tensor" if not keys else f"{len(keys)} tensors ({_natural(keys)[:10]})"
-    raise ValueError(f"{label}: {path} holds {what}; name one as '{path}{_SEP}KEY' or "
+    raise ValueError(f"{name}: {path} holds {what}; name one as '{path}{_SEP}KEY' or "
                      f"(path, KEY), or pass the file alone to take every tensor as a layer")
 
 
-def _h5py(label: str):
+def _h5py(name: str):
     try:
         import h5py
     except ImportError:
-        raise ImportError(f"{label}: reading HDF5 files needs the h5py package "
+        raise ImportError(f"{name}: reading HDF5 files needs the h5py package "
                           f"(pip install h5py)") from None
     return h5py
 
