@@ -49,10 +49,13 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
         constant features.
       * ``"procrustes"``, ``"cca"``, ``"svcca"``, ``"pwcca"``, ``"linreg"``: below.
 
-    Memory: mutual kNN and CKNNA need the full n × n neighbourhoods, so they run on the
-    whole batch at once: mutual kNN about ``4·n²·(L_A + L_B + 2)`` bytes, CKNNA about
-    ``8·(n²·(3(L_A + L_B) + 4) + 4·n·L_A·L_B)`` bytes; beyond ``max_bytes`` (4 GiB by
-    default) they raise ``ValueError`` before allocating anything. RSA holds
+    Mutual kNN and CKNNA are exact and streamed (``flashcka.measures.knn``): the Gram is
+    made a tile of 2048 × 2048 samples at a time and dropped once each row's running
+    top-``topk`` has taken it in, so they hold O((L_A + L_B)·n·topk) neighbour lists, never
+    an n × n matrix, and their layers may be any row source (``.npy``/``.safetensors``/
+    HDF5 files, memmaps; ``flashcka.core.sources``). **Ties: the lower sample index wins.**
+    Their estimate (``knn.knn_bytes``) beyond ``max_bytes`` (4 GiB by default) raises
+    ``ValueError`` before any work; ``progress`` shows a bar over tile pairs. RSA holds
     ``8·n(n−1)/2·(L_A + L_B)`` bytes of RDM triangles.
 
     Procrustes, CCA, SVCCA, PWCCA and linear regression (``flashcka.measures.subspace``):
@@ -77,7 +80,9 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
         correlation", eq. in §2.2): h_i the i-th canonical variate of X (unit norm), x_j
         the j-th centred neuron of X. **Asymmetric: the row layer (``xs``) is weighted**,
         as their L1 is; ``similarity_matrix(ys, xs, measure="pwcca").T`` weights ``ys``.
-        (Their released code weights whichever layer has fewer neurons.)
+        (Their released code weights whichever layer has fewer neurons.) Where canonical
+        correlations tie (as the ones forced to 1 when r_A + r_B > n − 1 do), the canonical
+        variates, and so the weights, are not unique: PWCCA is then not well defined.
       * ``"linreg"``: R² = 1 − min_B ‖Ỹ − X_c B‖²_F = ‖Q_Xᵀ Ỹ‖²_F: the fraction of the
         variance of the **column layer** (``ys[j]``) explained by a least-squares linear
         fit (with intercept) from the **row layer** (``xs[i]``) (Kornblith et al. 2019,
@@ -113,44 +118,32 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
         return fn[measure](ba, bb, n, progress=progress)
     if not isinstance(unbiased, bool):
         raise TypeError(f"unbiased must be True or False, got {unbiased!r}")
+    if measure in ("mutual_knn", "cknna"):
+        ka, kb, na, nb = _knn.knn_layers(xs, ys, measure=measure, topk=topk, unbiased=unbiased,
+                                         dtype=dtype, max_bytes=max_bytes, progress=progress)
+        if measure == "mutual_knn":
+            return _knn.mutual_knn_pairs(ka, ka if kb is None else kb, topk)
+        ca = _knn.CknnaLayers(ka, unbiased)
+        cb = ca if kb is None else _knn.CknnaLayers(kb, unbiased)
+        return _ratio(_knn.cknna_pairs(ca, cb), _knn.cknna_self(ca), _knn.cknna_self(cb),
+                      na, nb, "CKNNA")
     xa, na = _validate.representations(xs, "xs")
     xb, nb = (None, na) if ys is None else _validate.representations(ys, "ys")
     groups = [(xa, na)] + ([] if xb is None else [(xb, nb)])
-    n = _validate.sample_count(groups, unbiased=measure == "cknna" and unbiased)
+    n = _validate.sample_count(groups, unbiased=False)
     _validate.device_of(groups)
     ct = _validate.compute_dtype(groups, dtype)
     if torch.is_grad_enabled() and any(t.requires_grad for ts, _ in groups for t in ts):
         raise ValueError(f"similarity_matrix(measure={measure!r}) does not carry gradients "
                          f"(neighbour sets and ranks are not differentiable): detach the "
                          f"inputs or call it under torch.no_grad(); measure='cka' does")
-    la, lb = len(xa), len(xa if xb is None else xb)
-    if measure == "rsa":
-        if rsa_method not in RSA_METHODS:
-            raise ValueError(f"rsa_method must be one of {RSA_METHODS}, got {rsa_method!r}")
-        if n < 3:
-            raise ValueError(f"{na[0]} has n = {n} samples; RSA needs n >= 3")
-        za = _rsa_rows(xa, na, ct, rsa_method)
-        zb = za if xb is None else _rsa_rows(xb, nb, ct, rsa_method)
-        return _corr_from_rows(za, zb, na, nb if xb is not None else na)
-    low = 2 if measure == "cknna" else 1
-    high = n - 1 if (measure == "mutual_knn" or unbiased) else n
-    if isinstance(topk, bool) or not isinstance(topk, int) or not low <= topk <= high:
-        raise ValueError(f"topk must be an int in [{low}, {high}] for {measure} with n = {n} "
-                         f"samples, got {topk!r}")
-    need = (_knn.mutual_knn_bytes if measure == "mutual_knn" else _knn.cknna_bytes)(n, la, lb)
-    if need > max_bytes:
-        raise ValueError(f"{measure} over n = {n} samples and {la} x {lb} layers needs about "
-                         f"{need / 2**30:.2f} GiB (full n x n neighbourhoods, whole batch at "
-                         f"once), over max_bytes = {max_bytes / 2**30:.2f} GiB: use fewer "
-                         f"samples or layers, or raise max_bytes")
-    if measure == "mutual_knn":
-        ma = _masks(xa, na, ct, topk)
-        mb = ma if xb is None else _masks(xb, nb, ct, topk)
-        return _knn.mutual_knn_pairs(ma, mb, topk)
-    ca = _knn.CknnaLayers(_grams(xa, na, torch.float64), topk, unbiased)
-    cb = ca if xb is None else _knn.CknnaLayers(_grams(xb, nb, torch.float64), topk, unbiased)
-    return _ratio(_knn.cknna_hsic_pairs(ca, cb), _knn.cknna_self(ca), _knn.cknna_self(cb),
-                  na, na if xb is None else nb, "CKNNA")
+    if rsa_method not in RSA_METHODS:
+        raise ValueError(f"rsa_method must be one of {RSA_METHODS}, got {rsa_method!r}")
+    if n < 3:
+        raise ValueError(f"{na[0]} has n = {n} samples; RSA needs n >= 3")
+    za = _rsa_rows(xa, na, ct, rsa_method)
+    zb = za if xb is None else _rsa_rows(xb, nb, ct, rsa_method)
+    return _corr_from_rows(za, zb, na, nb if xb is not None else na)
 
 
 # ------------------------------------------------------------------ helpers
@@ -166,24 +159,6 @@ def _flat(x, name, ct) -> torch.Tensor:
     if amax > 0:
         f = f.to(torch.float64) * math.ldexp(1.0, -math.frexp(amax)[1])
     return f.to(ct)
-
-
-def _grams(tensors, names, ct) -> list[torch.Tensor]:
-    """Inner-product Grams of the raw (uncentered) features, one per layer."""
-    out = []
-    for x, name in zip(tensors, names):
-        f = _flat(x, name, ct)
-        k = f @ f.T
-        if not bool(torch.isfinite(k).all()):
-            _validate.raise_non_finite(x, name, ct)
-        out.append(k)
-    return out
-
-
-def _masks(tensors, names, ct, topk) -> torch.Tensor:
-    mdt = torch.float32 if tensors[0].shape[0] * topk < (1 << 24) else torch.float64
-    return torch.stack([_knn.knn_mask(k, topk, dtype=mdt)
-                        for k in _grams(tensors, names, ct)])
 
 
 def _rsa_rows(tensors, names, ct, method) -> torch.Tensor:
