@@ -10,6 +10,7 @@
 
 #include "blas.h"
 #include "gram_cpu.h"
+#include "permute_cpu.h"
 #include "pool.h"
 #include "simd_cpu.h"
 
@@ -118,6 +119,18 @@ PYBIND11_MODULE(_C, m) {
       },
       py::call_guard<py::gil_scoped_release>(),
       "out (count, float64) = squared norms of the rows of g, accumulated in double.");
+  m.def(
+      "pair_permuted",
+      [](std::uintptr_t ga, int64_t la, int64_t lda, std::uintptr_t bfull, int64_t lb,
+         int64_t lbp, int64_t n, bool diag, std::uintptr_t perms, int64_t count,
+         std::uintptr_t out, int dtype, int threads) {
+        flashcka::pair_permuted(cptr(ga), la, lda, cptr(bfull), lb, lbp, n, diag,
+                                static_cast<const int64_t*>(cptr(perms)), count,
+                                static_cast<double*>(mptr(out)), dtype, threads);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "out (count, la, lb) float64: packed rows ga times side B's full (n, n, lbp) Grams "
+      "with samples permuted by each row of perms (count, n) int64 (permute_cpu.h).");
   m.def("set_num_threads", [](int t) { flashcka::set_blas_threads(t); });
   m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
 }

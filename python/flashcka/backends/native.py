@@ -252,6 +252,33 @@ class NativeBackend(Backend):
                      out.data_ptr(), _CODES[ga.dtype], self._threads())
         return out
 
+    def pair_permuted(self, ga, bfull, lb, perms, diag):
+        """The permutation null's pair stage (csrc/permute_cpu.h): ``ga`` (L_A, m) packed
+        rows, ``bfull`` (n, n, lbp) side B's full centered Grams (√2 off the diagonal, lbp
+        a multiple of 64 bytes' worth of values), ``perms`` (P, n) int64 permutations ->
+        (P, L_A, lb) float64, out[p] = ga · (B with samples permuted by perms[p])ᵀ. None
+        when the built module has no such kernel (an older ``_C``)."""
+        lib = _load()
+        if lib is None or not hasattr(lib, "pair_permuted"):
+            return None
+        ga = self._rows(ga)
+        (la, m), (n, n2, lbp), count = ga.shape, bfull.shape, perms.shape[0]
+        step = 64 // ga.element_size()
+        if (ga.dtype not in _CODES or bfull.dtype != ga.dtype or n != n2 or lbp % step
+                or lb > lbp or not bfull.is_contiguous() or perms.dtype != torch.int64
+                or tuple(perms.shape) != (count, n) or not perms.is_contiguous()
+                or m != n * (n - 1) // 2 + (n if diag else 0)
+                or any(t.device.type != "cpu" for t in (ga, bfull, perms))):
+            raise ValueError(f"pair_permuted: ga {tuple(ga.shape)} {ga.dtype}, bfull "
+                             f"{tuple(bfull.shape)} {bfull.dtype}, perms {tuple(perms.shape)} "
+                             f"{perms.dtype} do not fit together")
+        out = torch.empty(count, la, lb, dtype=torch.float64)
+        if count and la and lb:
+            lib.pair_permuted(ga.data_ptr(), la, ga.stride(0), bfull.data_ptr(), lb, lbp, n,
+                              bool(diag), perms.data_ptr(), count, out.data_ptr(),
+                              _CODES[ga.dtype], self._threads())
+        return out
+
     def sq_row_norms(self, g):
         """‖g_i‖² (L,) float64 of rows g (L, m), accumulated in double (float32 sums of
         long rows lose about 1e-5 relative)."""
