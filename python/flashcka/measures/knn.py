@@ -1,24 +1,97 @@
-"""Nearest-neighbour measures on inner-product Grams (Huh et al. 2024, platonic-rep):
-mutual kNN and CKNNA, all layer pairs from batched products.
+"""Nearest-neighbour measures (Huh et al. 2024, platonic-rep): mutual kNN and CKNNA for
+every layer pair, exact, streamed over tiles of the inner-product Gram (issue 19).
 
 Neighbours of sample i: the ``topk`` samples j with the largest ``⟨x_i, x_j⟩`` (raw
 features, as platonic-rep's ``compute_nearest_neighbors``), i itself excluded (included
-as a candidate only by CKNNA with ``unbiased=False``, as in the original). Ties are broken
-by ``torch.topk``. ``A`` below is a layer's (n, n) 0/1 neighbour mask (row i marks i's
-neighbours), ``K`` its Gram.
+as a candidate only by CKNNA with ``unbiased=False``, as in the original). **Ties: the
+lower index wins** (j before j' when ⟨x_i, x_j⟩ = ⟨x_i, x_j'⟩ and j < j'), as a stable
+sort of −K's rows (``numpy.argsort(kind="stable")``) orders them.
+
+How (``neighbours``): sample tiles I ≤ J; for each tile pair every layer's Gram tile
+``X_I X_Jᵀ`` is made once and merged into the running top-k of rows I (columns J) and,
+transposed, of rows J (columns I); then dropped. Memory: L·n·topk neighbour indices and
+Gram values plus one tile per layer, never an n × n matrix. Each row's columns arrive in
+increasing order and a row's running list is kept in increasing index order, so "lower
+position wins" among equal values is "lower index wins" (``_select``).
+
+All pairs then come from the neighbour lists alone (``mutual_knn_pairs``, ``cknna_pairs``):
+each row's lists of two layers are intersected by a sorted search on the edge keys
+``i·n + j``, O(n·topk·log(n·topk)) per pair.
 """
 from __future__ import annotations
 
+import math
+import sys
+from dataclasses import dataclass
+
 import torch
+
+from ..core import sources as _sources, validate as _validate
+
+DEFAULT_TILE = 2048
+
+
+def knn_layers(xs, ys, *, measure: str, topk, unbiased: bool, dtype, max_bytes: int,
+               progress: bool | None = None, tile: int = DEFAULT_TILE):
+    """Open and check ``xs``/``ys`` (any row sources, ``core.sources.open_layers``), then
+    stream every layer's neighbour lists in one pass over the tile pairs: returns
+    (neighbours of xs, of ys or None, xs's names, ys's names). mutual kNN computes the
+    Grams in the inputs' dtype (``validate.compute_dtype``), CKNNA in float64. Every
+    check (n, dtype, devices, gradients, ``topk``, memory, finiteness in a first pass that
+    also finds each layer's power-of-two scale) comes before the Gram tiles."""
+    sa = _sources.open_layers(xs, "xs")
+    sb = None if ys is None else _sources.open_layers(ys, "ys")
+    groups = [(s, [t.name for t in s]) for s in ([sa] if sb is None else [sa, sb])]
+    n = _validate.sample_count(groups, unbiased=measure == "cknna" and unbiased)
+    _validate.device_of(groups)
+    ct = torch.float64 if measure == "cknna" else _validate.compute_dtype(groups, dtype)
+    if torch.is_grad_enabled() and any(getattr(getattr(t, "x", None), "requires_grad", False)
+                                       for s, _ in groups for t in s):
+        raise ValueError(f"similarity_matrix(measure={measure!r}) does not carry gradients "
+                         f"(neighbour sets and ranks are not differentiable): detach the "
+                         f"inputs or call it under torch.no_grad(); measure='cka' does")
+    low = 2 if measure == "cknna" else 1
+    high = n - 1 if (measure == "mutual_knn" or unbiased) else n
+    if isinstance(topk, bool) or not isinstance(topk, int) or not low <= topk <= high:
+        raise ValueError(f"topk must be an int in [{low}, {high}] for {measure} with n = {n} "
+                         f"samples, got {topk!r}")
+    every = sa + ([] if sb is None else sb)
+    la, lb = len(sa), len(sa if sb is None else sb)
+    need = knn_bytes(n, len(every), topk, max(t.d for t in every), tile,
+                     torch.empty((), dtype=ct).element_size())
+    if need > max_bytes:
+        raise ValueError(f"{measure} over n = {n} samples and {la} x {lb} layers needs about "
+                         f"{need / 2**30:.2f} GiB (neighbour lists and Gram tiles of {tile} "
+                         f"rows), over max_bytes = {max_bytes / 2**30:.2f} GiB: use fewer "
+                         f"samples or layers, or raise max_bytes")
+    scales = [pow2_scale(t, tile) for t in every]
+    nbrs = neighbours(every, scales, topk, exclude_self=measure == "mutual_knn" or unbiased,
+                      dtype=ct, tile=tile, progress=progress)
+    names = [t.name for t in every]
+    if sb is None:
+        return nbrs, None, names, names
+    return nbrs[:la], nbrs[la:], names[:la], names[la:]
+
+
+def pow2_scale(source, tile: int) -> float:
+    """The power of two that brings the layer's max |x| into [1/2, 1) (1 for an all-zero
+    layer), found by reading it once (which checks every value is finite): the measures
+    are invariant to a positive scale of a layer, and Grams of x·1e±40 leave float64."""
+    amax = 0.0
+    for start in range(0, source.n, tile):
+        r = source.read(start, min(start + tile, source.n))
+        amax = max(amax, float(r.float().abs().amax() if r.element_size() == 1
+                               else r.abs().amax()))
+    return math.ldexp(1.0, -math.frexp(amax)[1]) if amax > 0 else 1.0
 
 
 def knn_indices(k: torch.Tensor, topk: int, exclude_self: bool = True) -> torch.Tensor:
-    """(n, topk) indices of each row's largest entries of Gram ``k`` (n, n), in decreasing
-    order; the diagonal is skipped when ``exclude_self``."""
+    """(n, topk) indices of each row's largest entries of Gram ``k`` (n, n), nearest
+    first; the diagonal is skipped when ``exclude_self``; ties: the lower index first."""
     if exclude_self:
         k = k.clone()
         k.fill_diagonal_(float("-inf"))
-    return torch.topk(k, topk, dim=1).indices
+    return torch.sort(k, dim=1, descending=True, stable=True).indices[:, :topk]
 
 
 def knn_mask(k: torch.Tensor, topk: int, exclude_self: bool = True,
@@ -29,83 +102,185 @@ def knn_mask(k: torch.Tensor, topk: int, exclude_self: bool = True,
     return mask.scatter_(1, idx, 1.0)
 
 
-def mutual_knn_pairs(masks_a: torch.Tensor, masks_b: torch.Tensor, topk: int) -> torch.Tensor:
-    """Mutual kNN accuracy of every pair: masks (L_A, n, n), (L_B, n, n) ->
-    (L_A, L_B) float64, ``⟨A_k, B_l⟩_F / (n · topk)`` (the mean over samples of the
-    fraction of shared neighbours), from one product of the flattened masks."""
-    n = masks_a.shape[1]
-    return (masks_a.reshape(len(masks_a), -1) @ masks_b.reshape(len(masks_b), -1).T
-            ).to(torch.float64) / (n * topk)
+@dataclass
+class Neighbours:
+    """One layer's kNN lists: ``idx`` (n, topk) int64, each row in increasing index order;
+    ``val`` (n, topk) the Gram entries K[i, idx[i, s]] (of the power-of-two scaled
+    features, see ``neighbours``)."""
+    idx: torch.Tensor
+    val: torch.Tensor
+
+    def keys(self) -> torch.Tensor:
+        """Edge keys i·n + j, flattened row-major: sorted, since rows are."""
+        n = self.idx.shape[0]
+        return (torch.arange(n, device=self.idx.device)[:, None] * n + self.idx).reshape(-1)
+
+
+def neighbours(sources, scales, topk: int, exclude_self: bool, dtype: torch.dtype,
+               tile: int = DEFAULT_TILE, progress: bool | None = None) -> list[Neighbours]:
+    """The ``topk`` nearest neighbours of every sample in every layer, streamed.
+
+    sources: row sources (``core.sources``) of one n; scales: each layer's power-of-two
+    factor (rows are read, multiplied by it in float64, cast to ``dtype`` and multiplied
+    as ``X_I X_Jᵀ`` in ``dtype``); tile: rows per tile. ``progress``: a tqdm bar over tile
+    pairs (None: when stderr is a terminal and there is more than one tile pair)."""
+    n = sources[0].n
+    starts = list(range(0, n, tile))
+    bounds = [(s, min(s + tile, n)) for s in starts]
+    state = [[None] * len(bounds) for _ in sources]
+    pairs = len(bounds) * (len(bounds) + 1) // 2
+    if progress is None:
+        progress = pairs > 1 and sys.stderr.isatty()
+    from tqdm.auto import tqdm
+    with tqdm(total=pairs, disable=not progress, unit="tile pair",
+              desc="flashcka kNN") as bar:
+        for bi, (i0, i1) in enumerate(bounds):
+            xi = [_rows(s, c, i0, i1, dtype) for s, c in zip(sources, scales)]
+            for bj in range(bi, len(bounds)):
+                j0, j1 = bounds[bj]
+                xj = xi if bj == bi else [_rows(s, c, j0, j1, dtype)
+                                          for s, c in zip(sources, scales)]
+                for layer, (a, b) in enumerate(zip(xi, xj)):
+                    g = a @ b.T
+                    rows = state[layer]
+                    if bj == bi:
+                        if exclude_self:
+                            g.fill_diagonal_(float("-inf"))
+                        rows[bi] = _merge(rows[bi], g, j0, topk)
+                    else:
+                        rows[bi] = _merge(rows[bi], g, j0, topk)
+                        rows[bj] = _merge(rows[bj], g.T.contiguous(), i0, topk)
+                bar.update()
+    return [Neighbours(torch.cat([r[1] for r in rows]), torch.cat([r[0] for r in rows]))
+            for rows in state]
+
+
+def _rows(source, scale: float, start: int, stop: int, dtype) -> torch.Tensor:
+    r = source.read(start, stop)
+    if r.element_size() == 1:  # float8: no arithmetic
+        r = r.float()
+    return (r.to(torch.float64) * scale).to(dtype)
+
+
+def _merge(run, g: torch.Tensor, col0: int, topk: int):
+    """The running (values, indices) of a row block merged with Gram tile ``g`` whose
+    columns are samples col0..; every index in ``run`` is below col0."""
+    r, c = g.shape
+    if c > topk:
+        pos = _select(g, topk)
+        vals, idx = g.gather(1, pos), pos + col0
+    else:
+        vals = g
+        idx = torch.arange(col0, col0 + c, device=g.device).expand(r, c)
+    if run is None:
+        return vals, idx
+    vals, idx = torch.cat([run[0], vals], 1), torch.cat([run[1], idx], 1)
+    if vals.shape[1] <= topk:
+        return vals, idx
+    pos = _select(vals, topk)
+    return vals.gather(1, pos), idx.gather(1, pos)
+
+
+def _select(v: torch.Tensor, k: int) -> torch.Tensor:
+    """(r, k) column positions of each row's k largest entries (v has more than k columns),
+    ascending; among equal values the lower position wins. The k largest values are
+    unique; only a row whose (k+1)-th largest value equals its k-th has a choice to make,
+    and there the first of the tied positions are taken."""
+    top = torch.topk(v, k + 1, dim=1, sorted=True)
+    pos = top.indices[:, :k].sort(1).values
+    tau = top.values[:, k - 1:k]
+    tied = (top.values[:, k] == tau[:, 0]).nonzero().flatten()
+    if len(tied):
+        w, t = v[tied], tau[tied]
+        gt, eq = w > t, w == t
+        keep = gt | (eq & (eq.cumsum(1) <= k - gt.sum(1, keepdim=True)))
+        pos[tied] = keep.nonzero()[:, 1].view(-1, k)
+    return pos
+
+
+def _mutual_flags(a: Neighbours, keys: torch.Tensor) -> torch.Tensor:
+    """(n·topk,) bool: entry (i, j) of a's lists has i in j's list too (A_ji = 1)."""
+    n = a.idx.shape[0]
+    rev = (a.idx * n + torch.arange(n, device=a.idx.device)[:, None]).reshape(-1)
+    return _member(keys, rev)[0]
+
+
+def _member(keys: torch.Tensor, q: torch.Tensor):
+    """Which of ``q`` are in the sorted ``keys``, and where."""
+    pos = torch.searchsorted(keys, q).clamp_(max=len(keys) - 1)
+    return keys[pos] == q, pos
+
+
+def mutual_knn_pairs(xa: list[Neighbours], xb: list[Neighbours], topk: int) -> torch.Tensor:
+    """(L_A, L_B) float64: ``Σ_i |N_A(i) ∩ N_B(i)| / (n · topk)`` for every pair."""
+    n = xa[0].idx.shape[0]
+    kb = [b.keys() for b in xb]
+    out = torch.empty(len(xa), len(xb), dtype=torch.float64)
+    for p, a in enumerate(xa):
+        ka = a.keys()
+        for q, keys in enumerate(kb):
+            out[p, q] = int(_member(keys, ka)[0].sum()) / (n * topk)
+    return out
 
 
 class CknnaLayers:
-    """What CKNNA needs of each layer, float64: the mask A, P = A∘K, S = (A∘Aᵀ)∘K (the
-    diagonal of K zeroed when unbiased)."""
+    """What CKNNA needs of each layer: its neighbour lists (float64 Gram values, the
+    diagonal never included when unbiased), their edge keys and mutual flags."""
 
-    def __init__(self, grams: list[torch.Tensor], topk: int, unbiased: bool):
-        a, p, s = [], [], []
-        for k in grams:
-            k = k.to(torch.float64)
-            m = knn_mask(k, topk, exclude_self=unbiased)
-            if unbiased:
-                k = k.clone()
-                k.fill_diagonal_(0)
-            a.append(m)
-            p.append(m * k)
-            s.append(m * m.T * k)
-        self.a, self.p, self.s = torch.stack(a), torch.stack(p), torch.stack(s)
-        self.n, self.unbiased = grams[0].shape[0], unbiased
+    def __init__(self, nbrs: list[Neighbours], unbiased: bool):
+        self.nbrs, self.unbiased = nbrs, unbiased
+        self.n = nbrs[0].idx.shape[0]
+        self.keys = [a.keys() for a in nbrs]
+        self.mutual = [_mutual_flags(a, k) for a, k in zip(nbrs, self.keys)]
 
 
-def cknna_hsic_pairs(x: CknnaLayers, y: CknnaLayers) -> torch.Tensor:
-    """HSIC(M∘K_k, M∘L_l), M = A_k∘B_l, for every pair (L_A, L_B) float64 — platonic-rep's
-    ``hsic_unbiased`` (Song et al. 2012) or biased ``tr(K'HL'H)``, on the masked (not
-    symmetric) kernels K' = M∘K, L' = M∘L, here normalised by n(n−3) resp. (n−1)²:
+def cknna_hsic(x: CknnaLayers, p: int, y: CknnaLayers, q: int) -> float:
+    """HSIC(M∘K, M∘L) of layer p of x and layer q of y, M = A∘B (A, B the kNN masks), as
+    platonic-rep's ``hsic_unbiased`` (Song et al. 2012) or biased ``tr(K'HL'H)`` on the
+    masked kernels K' = M∘K, L' = M∘L, normalised by n(n−3) resp. (n−1)²:
 
-      tr(K'L')  = ⟨S_k, S_l⟩                    1ᵀK'1 = ⟨P_k, B_l⟩,  1ᵀL'1 = ⟨A_k, Q_l⟩
-      1ᵀK'L'1  = Σ_j (Σ_i P_k[i,j] B_l[i,j]) (Σ_m A_k[j,m] Q_l[j,m])
-      1ᵀL'K'1  = Σ_j (Σ_i A_k[i,j] Q_l[i,j]) (Σ_m P_k[j,m] B_l[j,m])
+      tr(K'L') = Σ_ij M_ij M_ji K_ij L_ij       1ᵀK'1 = Σ_M K_ij,  1ᵀL'1 = Σ_M L_ij
+      1ᵀK'L'1 = Σ_j colsum_j(K') rowsum_j(L')    1ᵀL'K'1 = Σ_j colsum_j(L') rowsum_j(K')
 
-    (P = A∘K, Q = B∘L, S = (A∘Aᵀ)∘K): GEMMs of flattened rows and two batched products
-    over j, never a loop over pairs."""
-    n = x.n
-    la, lb = len(x.a), len(y.a)
-    flat = lambda t: t.reshape(len(t), -1)  # noqa: E731
-    t1 = flat(x.s) @ flat(y.s).T
-    sk = flat(x.p) @ flat(y.a).T
-    sl = flat(x.a) @ flat(y.p).T
-    # column j of layer k as a row: (n_j, L, n_i)
-    col = lambda t: t.permute(2, 0, 1)  # noqa: E731
-    row = lambda t: t.permute(1, 0, 2)  # noqa: E731
-    colsum_k = torch.bmm(col(x.p), col(y.a).transpose(1, 2))      # (n, LA, LB)
-    rowsum_l = torch.bmm(row(x.a), row(y.p).transpose(1, 2))
-    kl = (colsum_k * rowsum_l).sum(0)
+    all sums over the entries of M, which are those of A's lists found in B's."""
+    n, a, b = x.n, x.nbrs[p], y.nbrs[q]
+    hit, pos = _member(y.keys[q], x.keys[p])
+    k = a.val.reshape(-1)[hit].to(torch.float64)
+    l_ = b.val.reshape(-1)[pos[hit]].to(torch.float64)
+    i = torch.arange(n, device=hit.device).repeat_interleave(a.idx.shape[1])[hit]
+    j = a.idx.reshape(-1)[hit]
+    both = x.mutual[p][hit] & y.mutual[q][pos[hit]]
+    t1 = float((k[both] * l_[both]).sum())
+    sk, sl = float(k.sum()), float(l_.sum())
+    sums = lambda at, w: torch.zeros(n, dtype=torch.float64, device=w.device).index_add_(  # noqa: E731
+        0, at, w)
+    rk, ck, rl, cl = sums(i, k), sums(j, k), sums(i, l_), sums(j, l_)
+    kl = float((ck * rl).sum())
     if x.unbiased:
         return (t1 + sk * sl / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl) / (n * (n - 3))
-    colsum_l = torch.bmm(col(x.a), col(y.p).transpose(1, 2))
-    rowsum_k = torch.bmm(row(x.p), row(y.a).transpose(1, 2))
-    lk = (colsum_l * rowsum_k).sum(0)
+    lk = float((cl * rk).sum())
     return (t1 - (kl + lk) / n + sk * sl / n ** 2) / (n - 1) ** 2
 
 
+def cknna_pairs(x: CknnaLayers, y: CknnaLayers) -> torch.Tensor:
+    """(L_A, L_B) float64 ``cknna_hsic`` of every pair."""
+    return torch.tensor([[cknna_hsic(x, p, y, q) for q in range(len(y.nbrs))]
+                         for p in range(len(x.nbrs))], dtype=torch.float64)
+
+
 def cknna_self(x: CknnaLayers) -> torch.Tensor:
-    """HSIC(A_k∘K_k, A_k∘K_k) of every layer (L,) float64 (the mask of a layer with
-    itself is its own A), O(L·n²)."""
-    n = x.n
-    t1 = (x.s * x.s).sum((1, 2))
-    tot = x.p.sum((1, 2))
-    kl = (x.p.sum(1) * x.p.sum(2)).sum(1)        # Σ_j colsum_j · rowsum_j
-    if x.unbiased:
-        return (t1 + tot * tot / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl) / (n * (n - 3))
-    return (t1 - 2 * kl / n + tot * tot / n ** 2) / (n - 1) ** 2
+    """(L,) float64 HSIC(A∘K, A∘K) of every layer (a layer's mask with itself is A)."""
+    return torch.tensor([cknna_hsic(x, p, x, p) for p in range(len(x.nbrs))],
+                        dtype=torch.float64)
 
 
-def cknna_bytes(n: int, la: int, lb: int) -> int:
-    """Peak float64 memory of all-pairs CKNNA: A, P, S per layer (plus a Gram and a
-    permuted copy at a time) and four (n, L_A, L_B) batched products."""
-    return 8 * (n * n * (3 * (la + lb) + 4) + 4 * n * la * lb)
+def knn_bytes(n: int, layers: int, topk: int, d: int, tile: int, elt: int) -> int:
+    """Peak memory estimate of ``layers`` layers: per layer its neighbour lists (int64
+    indices and values, twice while merging, plus the edge keys and flags of the pair
+    stage) and two row tiles (of at most ``d`` features); a Gram tile, its transpose and
+    their selection buffers; the pair stage's O(n·topk) temporaries (``elt``: bytes per
+    value of the compute dtype)."""
+    t = min(tile, n)
+    per_layer = n * topk * (8 + elt) * 2 + n * topk * 9 + 2 * t * d * elt
+    return layers * per_layer + 6 * t * (t + topk) * max(elt, 8) + 48 * n * topk
 
-
-def mutual_knn_bytes(n: int, la: int, lb: int) -> int:
-    """Peak memory of all-pairs mutual kNN: one float32 (n, n) mask per layer plus a Gram."""
-    return 4 * n * n * (la + lb + 2)
