@@ -234,7 +234,7 @@ def test_bad_arguments_are_named(kw, exc, msg, fn):
 def test_bad_route_and_center_gram_arguments():
     x = torch.randn(10, 3)
     for route in (None, "Feature", 1):
-        with pytest.raises(ValueError, match="route must be 'auto', 'gram' or 'feature'"):
+        with pytest.raises(ValueError, match="route must be 'auto', 'gram', 'feature' or 'tiled'"):
             flashcka.cka_matrix([x], route=route)
     with pytest.raises(ValueError, match=r"route='feature' needs kernel='linear'"):
         flashcka.cka_matrix([x], route="feature", kernel="rbf")

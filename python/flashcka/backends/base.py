@@ -83,3 +83,14 @@ class Backend:
     def pair(self, ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
         """Inner products of rows: (LA, m), (LB, m) -> (LA, LB) float64."""
         raise NotImplementedError
+
+    def kernel_tiles(self, xi: list, xj: list | None, out: torch.Tensor, *, kernel: str,
+                     two_s2: torch.Tensor | None, shift: torch.Tensor | None, unbiased: bool,
+                     dims: list) -> torch.Tensor:
+        """The tiled route (core/tiled.py): each layer l's kernel tile of rows I (``xi[l]``,
+        (ti, d_l)) against rows J (``xj[l]``, (tj, d_l); ``xj`` None: J = I) into ``out[l]``
+        ((L, ti, tj), ct), features already centred (and scaled) in ct. kernel "linear",
+        "rbf" (``two_s2[l]`` = 2σ²) or "dist" (squared distances, for the median); minus
+        ``shift[l]``; zero diagonal on a diagonal tile when unbiased. Definition:
+        ``torch_backend.kernel_tile``; every backend gives its numbers."""
+        raise NotImplementedError

@@ -103,6 +103,40 @@ def center(k: torch.Tensor, unbiased: bool) -> torch.Tensor:
     return u.fill_diagonal_(0)
 
 
+def kernel_tile(xi: torch.Tensor, xj: torch.Tensor | None, *, kernel: str, two_s2,
+                shift, unbiased: bool, dim: int) -> torch.Tensor:
+    """One layer's tile of the tiled route (core/tiled.py): rows I (xi, (ti, d)) against
+    rows J (xj, (tj, d); None: J = I, a diagonal tile), centred features in ct.
+
+    kernel "linear": ``xi xjᵀ``; "dist": the squared distances D of ``sq_distances`` (same
+    noise rule, D_aa = 0 on a diagonal tile); "rbf": ``exp(−D / two_s2)`` (D = 0 gives 1).
+    Then ``− shift`` (a per-layer constant: both estimators are invariant to K → K − c·11ᵀ,
+    and it removes float32 cancellation in the closed form), and on a diagonal tile of the
+    unbiased estimator a zero diagonal (K̃). -> (ti, tj) in ct."""
+    diag = xj is None
+    xj = xi if diag else xj
+    k = xi @ xj.T
+    if kernel == "linear":
+        out = k
+    else:
+        si = k.diagonal().clone() if diag else (xi * xi).sum(1)
+        sj = si if diag else (xj * xj).sum(1)
+        scale = si[:, None] + sj[None, :]
+        d = (scale - 2 * k).clamp_(min=0).add_(0.0)  # (+0.0: no −0.0 for the bit histogram)
+        d.masked_fill_(d <= noise_tol(dim, k.dtype) * scale, 0.0)
+        if diag:
+            d.fill_diagonal_(0)
+        if kernel == "dist":
+            return d
+        zero = d == 0
+        out = torch.exp(d.div_(-two_s2)).masked_fill_(zero, 1.0)
+    if shift is not None:
+        out = out.sub_(shift)
+    if diag and unbiased:
+        out.fill_diagonal_(0)
+    return out
+
+
 class TorchBackend(Backend):
     name = "torch"
     differentiable = True
@@ -142,6 +176,15 @@ class TorchBackend(Backend):
 
     def pair(self, ga, gb):
         return (ga @ gb.T).to(torch.float64)
+
+    def kernel_tiles(self, xi, xj, out, *, kernel, two_s2, shift, unbiased, dims):
+        """The tiled route's tiles of every layer (base.py): out[l] = ``kernel_tile``."""
+        for i, x in enumerate(xi):
+            out[i] = kernel_tile(x, None if xj is None else xj[i], kernel=kernel,
+                                 two_s2=None if two_s2 is None else two_s2[i],
+                                 shift=None if shift is None else shift[i],
+                                 unbiased=unbiased, dim=dims[i])
+        return out
 
     def sq_row_norms(self, g):
         """‖g_i‖² (L,) float64 of rows g (L, m), accumulated in float64."""

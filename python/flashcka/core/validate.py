@@ -170,9 +170,9 @@ def flag(v, arg: str) -> bool:
 
 
 def route_arg(route, kernel) -> None:
-    """``route=``: 'auto', 'gram' or 'feature' (the latter only for the linear kernel)."""
-    if not isinstance(route, str) or route not in ("auto", "gram", "feature"):
-        raise ValueError(f"route must be 'auto', 'gram' or 'feature', got {route!r}")
+    """``route=``: 'auto', 'gram', 'feature' (only for the linear kernel) or 'tiled'."""
+    if not isinstance(route, str) or route not in ("auto", "gram", "feature", "tiled"):
+        raise ValueError(f"route must be 'auto', 'gram', 'feature' or 'tiled', got {route!r}")
     if route == "feature" and kernel != "linear":
         raise ValueError(f"route='feature' needs kernel='linear', got kernel={kernel!r}")
 

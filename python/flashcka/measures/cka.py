@@ -30,6 +30,7 @@ import torch
 from ..core import engine as _engine, feature as _feature, validate as _validate
 from .. import backends
 from ..core.engine import Settings
+from . import tiled_route as _tiled_route
 
 
 def gram(x: torch.Tensor, kernel: str = "linear", *, sigma: float | None = None,
@@ -129,7 +130,8 @@ def cka(x: torch.Tensor, y: torch.Tensor, *, kernel: str = "linear", unbiased: b
 def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
                sigma: float | None = None, threshold: float = 1.0,
                dtype: torch.dtype | None = None, backend: str = "auto",
-               route: str = "auto") -> torch.Tensor:
+               route: str = "auto", max_memory: int | None = None,
+               progress: bool | None = None) -> torch.Tensor:
     """CKA of every pair: ``xs`` (L_A representations (n, ...)), ``ys`` (L_B, or None for
     xs against itself) -> (L_A, L_B) float64. Sequences or name -> tensor dicts.
 
@@ -137,7 +139,20 @@ def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
     (L_A × m); all cross HSICs are ``G_A G_Bᵀ``, self HSICs its diagonal terms.
     Feature route (linear kernel, when cheaper by flop count, or ``route="feature"``):
     all ``‖X_cᵀY_c‖²_F`` from one product of the concatenated centered features.
+    Tiled route (``route="tiled"``; docs/design.md §5): the same estimators streamed over
+    tiles of samples, memory O(L·tile² + L·n), never an n × n matrix; its layers may also
+    be row sources (a NumPy memmap, a ``.npy``/``.safetensors``/HDF5 path, an h5py
+    dataset: core/sources.py), read a block of rows at a time. ``route="auto"`` takes it
+    when the Gram route's packed Grams would exceed ``max_memory`` bytes (default: the
+    device's available memory) or when a layer is not in memory; ``progress``: a tqdm bar
+    over tile pairs (None: when stderr is a terminal). ``flashcka.plan`` estimates a call.
     """
+    _validate.route_arg(route, kernel)
+    _tiled_route.max_memory_arg(max_memory)
+    if route == "tiled" or _tiled_route.needs_sources(xs) or (
+            ys is not None and _tiled_route.needs_sources(ys)):
+        return _tiled_route.run(xs, ys, Settings(kernel, unbiased, sigma, threshold), dtype,
+                                backend, progress=progress)
     xa, na = _validate.representations(xs, "xs")
     if ys is None:
         xb, nb = None, na
@@ -148,10 +163,11 @@ def cka_matrix(xs, ys=None, *, kernel: str = "linear", unbiased: bool = True,
         return ops.cka_matrix_compiled(xa, na, xb, nb, Settings(kernel, unbiased, sigma,
                                                                 threshold), dtype, backend)
     return _pairs(xa, na, xb, nb, Settings(kernel, unbiased, sigma, threshold),
-                  dtype, backend, route)
+                  dtype, backend, route, max_memory=max_memory, progress=progress)
 
 
-def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
+def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka", *,
+           max_memory=None, progress=None):
     """All-pairs HSIC (want="hsic") or CKA between xa and xb (None: xa with itself).
 
     Everything is validated first (each representation by ``_validate.representations``,
@@ -182,6 +198,11 @@ def _pairs(xa, na, xb, nb, s: Settings, dtype, backend, route, want="cka"):
     if be is not None and be.name != "native":
         xa = _validate.upcast_float8(xa)
         xb = None if same else _validate.upcast_float8(xb)
+    if route == "auto" and not use_feature and not grad and _tiled_route.gram_too_big(
+            be, n, len(xa) + (0 if same else len(xb)), ct, s.unbiased, max_memory,
+            xa[0].device):
+        return _tiled_route.run(dict(zip(na, xa)), None if same else dict(zip(nb, xb)), s,
+                                dtype, backend, want, progress=progress)
     norm = _engine.normaliser(n, s.unbiased)
 
     if use_feature:

@@ -1,0 +1,155 @@
+"""The exact median heuristic of the tiled route, by streamed selection over distance tiles.
+
+σ² = threshold² · median(D), D all n² squared distances (the n zeros of the diagonal
+included; numpy's median: the mean of the two middle values when n² is even), exactly as
+``backends.torch_backend.median_sq_distance`` defines it. The sorted n² values are n zeros
+followed by each of the M = n(n−1)/2 strict-upper values twice, so each middle order
+statistic is 0 or one order statistic of the strict upper triangle.
+
+Selection without an n² buffer: D ≥ 0, so the bits of D read as an integer order the
+values. Pass 1 counts every strict-upper value of every layer in 2^15 bins of its top 16
+bits; the bin holding the wanted rank gives those bits and the rank within the bin. Each
+further pass counts, among the values that match the known bits, the next 16 bits
+(float32: pass 2 finds the value exactly); in float64 a pass instead collects the matching
+values once there are at most ``COLLECT`` of them, and selects among them. Passes over the
+tiles: 2 in float32, 2 to 4 in float64 (plus the HSIC pass). Every layer is selected in the
+same passes; memory O(L · 2^16) per wanted rank.
+"""
+from __future__ import annotations
+
+import torch
+
+COLLECT = 1 << 22
+_BITS = {torch.float32: (32, torch.int32), torch.float64: (64, torch.int64)}
+
+
+def passes(ct: torch.dtype) -> int:
+    """Passes the median needs at least (the progress bar's count; float64 may need more)."""
+    return 2
+
+
+class _Target:
+    """One wanted order statistic (rank ``r``, 0-based) of a layer's strict-upper values."""
+
+    def __init__(self, rank: int):
+        self.r, self.pre, self.nb = rank, 0, 0
+        self.rank0 = rank
+        self.value = None           # the integer bits, once found
+        self.collect = False
+        self.hist = None
+        self.found: list = []
+
+
+def medians(be, layers, n: int, ct: torch.dtype, tile: int, bar, sweep):
+    """(median, max) (L,) ct of each layer's n² squared distances (``sweep`` as in
+    tiled.py)."""
+    width, it = _BITS[ct]
+    total = n * n
+    ranks = [(k - n) // 2 for k in ((total - 1) // 2, total // 2) if k >= n]
+    targets = [[_Target(r) for r in sorted(set(ranks))] for _ in layers]
+    maxd = torch.zeros(len(layers), dtype=ct, device=layers[0].mu.device)
+    upper_masks: dict = {}
+    first = True
+    while any(t.value is None for ts in targets for t in ts):
+        if not first:
+            bar.total += _count(n, tile)
+            bar.refresh()
+        for ts in targets:
+            for t in ts:
+                if t.value is None and not t.collect:
+                    t.hist = torch.zeros(1 << 16, dtype=torch.int64, device=maxd.device)
+
+        def visit(i0, i1, j0, j1, tiles, first=first):
+            for l, ts in enumerate(targets):
+                v = tiles[l]
+                if i0 == j0:
+                    key = v.shape[0]
+                    if key not in upper_masks:
+                        upper_masks[key] = torch.ones(key, key, dtype=torch.bool,
+                                                      device=v.device).triu(1)
+                    v = v[upper_masks[key]]
+                else:
+                    v = v.reshape(-1)
+                if first and v.numel():
+                    maxd[l] = torch.maximum(maxd[l], v.max())
+                bits = v.view(it).to(torch.int64) if it == torch.int32 else v.view(it)
+                groups: dict = {}
+                for t in ts:
+                    if t.value is None:
+                        groups.setdefault((t.pre, t.nb, t.collect), []).append(t)
+                for (pre, nb, collect), group in groups.items():
+                    b = bits if nb == 0 else bits[(bits >> (width - nb)) == pre]
+                    if collect:
+                        for t in group:
+                            t.found.append(b)
+                        continue
+                    h = torch.bincount((b >> (width - nb - 16)) & 0xFFFF, minlength=1 << 16)
+                    for t in group:
+                        t.hist += h
+
+        sweep(be, layers, n, ct, tile, "dist", visit, bar)
+        first = False
+        for ts in targets:
+            for t in ts:
+                if t.value is None:
+                    _refine(t, width)
+    return _middle(targets, n, ct, it), maxd
+
+
+def _refine(t: _Target, width: int) -> None:
+    """After a pass: fix the next 16 bits from the histogram, or select among the values
+    collected; plan the next pass (collect when few values are left, float64)."""
+    if t.collect:
+        vals = torch.cat(t.found)
+        t.value = int(torch.kthvalue(vals, t.r + 1).values) if vals.numel() > 1 else int(vals[0])
+        t.found = []
+        return
+    c = torch.cumsum(t.hist, 0)
+    b = int(torch.searchsorted(c, torch.tensor(t.r, device=c.device), right=True))
+    below = int(c[b - 1]) if b > 0 else 0
+    inbin = int(c[b]) - below
+    t.r -= below
+    t.pre, t.nb = (t.pre << 16) | b, t.nb + 16
+    t.hist = None
+    if t.nb == width:
+        t.value = t.pre
+    elif inbin <= COLLECT and width - t.nb > 16:
+        t.collect = True
+
+
+def _middle(targets, n, ct, it) -> torch.Tensor:
+    """numpy's median of the n² values from the found order statistics: (L,) ct."""
+    total = n * n
+    out = []
+    for ts in targets:
+        by_rank = {t.rank0: t for t in ts}
+        vals = []
+        for k in ((total - 1) // 2, total // 2):
+            if k < n:
+                vals.append(torch.zeros((), dtype=ct))
+            else:
+                bits = torch.tensor(by_rank[(k - n) // 2].value, dtype=torch.int64)
+                vals.append(bits.to(it).view(ct) if it == torch.int32 else bits.view(ct))
+        out.append((vals[0] + vals[1]) / 2)
+    return torch.stack(out)
+
+
+def bandwidths(med: torch.Tensor, maxd: torch.Tensor, threshold: float, layers,
+               ct) -> torch.Tensor:
+    """2σ² = 2·threshold²·median per layer (ct). A zero median raises naming the layer,
+    unless every distance is zero (a constant layer: its kernel is 11ᵀ whatever σ, which
+    centres to 0, as on the Gram route)."""
+    med, maxd = med.cpu(), maxd.cpu()
+    for l, ly in enumerate(layers):
+        if not bool(med[l] > 0) and bool(maxd[l] > 0):
+            raise ValueError(f"{ly.src.name}: the median heuristic gives sigma = 0 (at least "
+                             f"half of the squared pairwise distances are zero, e.g. repeated "
+                             f"samples); pass sigma=")
+    two = 2.0 * threshold * threshold * med
+    return torch.where(med > 0, two, torch.ones_like(two)).to(device=layers[0].mu.device,
+                                                               dtype=ct)
+
+
+def _count(n: int, tile: int) -> int:
+    b = -(-n // tile)
+    return b * (b + 1) // 2
