@@ -10,9 +10,11 @@ from .cli.capabilities import capabilities  # noqa: E402
 from ._warning import FlashCKAWarning  # noqa: E402
 from .measures.cka import center, cka, cka_matrix, gram, hsic  # noqa: E402
 from .core.minibatch import MinibatchCKA  # noqa: E402
+from .core.calibrate import permutation_test  # noqa: E402
+from .core.bootstrap import bootstrap_interval  # noqa: E402
 
 __all__ = ["gram", "center", "hsic", "cka", "cka_matrix", "MinibatchCKA", "capabilities",
-           "FlashCKAWarning", "__version__"]
+           "FlashCKAWarning", "__version__", "permutation_test", "bootstrap_interval"]
 
 from .models.compare import CompareInterrupted, compare  # noqa: E402
 from .result import CKAResult, load_result  # noqa: E402
