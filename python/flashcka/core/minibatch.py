@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import engine as _engine, validate as _validate
+from . import engine as _engine, sources as _sources, validate as _validate
 from .. import backends
 from .engine import Settings
 from .jackknife import BatchJackknife, auto_groups
@@ -90,7 +90,10 @@ class MinibatchCKA:
     @torch.no_grad()
     def update(self, xs, ys=None) -> None:
         """Add one minibatch: xs (L_A tensors (n, ...)), ys (L_B tensors, same n; None
-        when comparing one model with itself). Everything is validated and computed first,
+        when comparing one model with itself). A layer may also be a row source
+        (a ``.npy``/``.safetensors``/HDF5 path, a memmap, an h5py dataset; a file or
+        folder of several layers given alone is a name -> layer dict:
+        ``core.sources.load``): the batch is read from it. Everything is validated and computed first,
         then committed in one step: a failing or interrupted batch (Ctrl-C) leaves the
         accumulated state untouched."""
         self._commit(self._prepare(xs, ys))
@@ -189,6 +192,7 @@ class MinibatchCKA:
         keys are to be adopted as the layer names. A dict is matched by key to the names
         (given, or from the first dict batch); a sequence is positional."""
         from collections.abc import Mapping
+        xs = _sources.load(xs, arg)   # layers in files or memmaps: this batch's rows
         tensors, given = _validate.representations(xs, arg)
         expected = self.num_layers_a if side == "a" else self.num_layers_b
         names = self.names_a if side == "a" else self.names_b

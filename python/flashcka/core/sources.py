@@ -100,6 +100,39 @@ def open_layers(xs, arg: str) -> list:
     return sources
 
 
+def load(xs, arg: str):
+    """``xs`` with every layer that is not in memory (a path, a memmap, an h5py dataset, a
+    source) read whole into a tensor, for the routes that hold a batch in memory
+    (``MinibatchCKA.update``, RSA, the subspace measures). Tensors and NumPy arrays are
+    returned as they are, so ``validate.representations`` sees them unchanged. The
+    structure is kept (a mapping stays a mapping, a sequence a list); a file or folder
+    given alone holding several layers becomes a name -> tensor dict (``open_layers``'s
+    names). Dtypes, shapes and the common n of the layers read are checked first."""
+    if _in_memory(xs):
+        return xs
+    if isinstance(xs, Mapping):
+        read = _read_all([open_rows(v, arg, str(k)) for k, v in xs.items()
+                          if not _in_memory(v)])
+        return {k: v if _in_memory(v) else read[str(k)] for k, v in xs.items()}
+    if isinstance(xs, Sequence) and not isinstance(xs, (str, bytes)) \
+            and not _is_key_pair(xs):
+        read = _read_all([open_rows(v, arg, f"{arg}[{i}]") for i, v in enumerate(xs)
+                          if not _in_memory(v)])
+        return [v if _in_memory(v) else read[f"{arg}[{i}]"] for i, v in enumerate(xs)]
+    read = _read_all(open_layers(xs, arg))
+    return read[arg] if list(read) == [arg] else read
+
+
+def _in_memory(v) -> bool:
+    return isinstance(v, torch.Tensor) or type(v).__module__ == "numpy" \
+        and type(v).__name__ == "ndarray"
+
+
+def _read_all(sources: list) -> dict:
+    same_n([sources])
+    return {s.name: s.read(0, s.n) for s in sources}
+
+
 def same_n(groups: Sequence[Sequence]) -> int:
     """The common n of every source in ``groups`` (lists of sources); the first that differs
     is named with the first one."""

@@ -9,7 +9,7 @@ import torch
 
 from . import cca as _cca, knn as _knn, linreg as _linreg, procrustes as _procrustes
 from . import subspace as _subspace
-from ..core import validate as _validate
+from ..core import sources as _sources, validate as _validate
 from .cka import cka_matrix
 
 SUBSPACE_MEASURES = ("procrustes", "cca", "svcca", "pwcca", "linreg")
@@ -26,8 +26,11 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
                       progress: bool | None = None) -> torch.Tensor:
     """Similarity of every pair: ``xs`` (L_A representations (n, ...)), ``ys`` (L_B, or None
     for xs against itself) -> (L_A, L_B) float64. Sequences or name -> tensor dicts, validated
-    as by ``cka_matrix`` (errors name the layer). Each layer's Gram (or RDM) is computed once;
-    all pairs come from batched products.
+    as by ``cka_matrix`` (errors name the layer); a layer may also be a file or memmap
+    (``flashcka.core.sources``: a ``.npy``/``.safetensors``/HDF5 path, ``"f.safetensors::key"``,
+    an h5py dataset; a file or folder alone is all its layers), streamed by CKA's tiled
+    route and the kNN measures, read whole by the others. Each layer's Gram (or RDM) is
+    computed once; all pairs come from batched products.
 
     measure:
       * ``"cka"``: ``cka_matrix`` (``kernel``, ``unbiased``, ``sigma``, ``threshold``,
@@ -109,7 +112,9 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
     if measure in SUBSPACE_MEASURES:
         if measure == "svcca":
             _cca.threshold_arg(svcca_threshold)
-        ba, bb, n = _subspace.prepare(xs, ys, dtype, max_bytes, measure)
+        ba, bb, n = _subspace.prepare(_sources.load(xs, "xs"),
+                                      None if ys is None else _sources.load(ys, "ys"),
+                                      dtype, max_bytes, measure)
         if measure == "procrustes":
             return _procrustes.procrustes_pairs(ba, bb, progress=progress)
         if measure == "svcca":
@@ -127,8 +132,9 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
         cb = ca if kb is None else _knn.CknnaLayers(kb, unbiased)
         return _ratio(_knn.cknna_pairs(ca, cb), _knn.cknna_self(ca), _knn.cknna_self(cb),
                       na, nb, "CKNNA")
-    xa, na = _validate.representations(xs, "xs")
-    xb, nb = (None, na) if ys is None else _validate.representations(ys, "ys")
+    xa, na = _validate.representations(_sources.load(xs, "xs"), "xs")
+    xb, nb = (None, na) if ys is None else _validate.representations(_sources.load(ys, "ys"),
+                                                                     "ys")
     groups = [(xa, na)] + ([] if xb is None else [(xb, nb)])
     n = _validate.sample_count(groups, unbiased=False)
     _validate.device_of(groups)
