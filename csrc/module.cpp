@@ -13,6 +13,7 @@
 #include "permute_cpu.h"
 #include "pool.h"
 #include "simd_cpu.h"
+#include "tiled_cpu.h"
 
 namespace py = pybind11;
 using flashcka::GramArgs;
@@ -131,6 +132,27 @@ PYBIND11_MODULE(_C, m) {
       py::call_guard<py::gil_scoped_release>(),
       "out (count, la, lb) float64: packed rows ga times side B's full (n, n, lbp) Grams "
       "with samples permuted by each row of perms (count, n) int64 (permute_cpu.h).");
+  m.def(
+      "kernel_tiles",
+      [](const std::vector<int64_t>& desc, const std::vector<double>& par, int64_t ti,
+         int64_t tj, bool diag, int ct, int kernel, bool unbiased, std::uintptr_t out,
+         int threads) {
+        // desc: count × 4 ints [xi, xj, d, has_shift]; par: count × 3 [two_s2, shift, tol]
+        const int64_t count = int64_t(desc.size() / 4);
+        std::vector<flashcka::TileLayer> layers(static_cast<size_t>(count));
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t* d = desc.data() + 4 * i;
+          const double* p = par.data() + 3 * i;
+          layers[size_t(i)] = flashcka::TileLayer{cptr(std::uintptr_t(d[0])),
+                                                  cptr(std::uintptr_t(d[1])), d[2], p[0], p[1],
+                                                  p[2], d[3] != 0};
+        }
+        flashcka::kernel_tiles(layers.data(), count, ti, tj, diag, ct, kernel, unbiased,
+                               mptr(out), threads);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "The tiled route's tiles of one tile pair, every layer (tiled_cpu.h): out (count, ti, "
+      "tj) of the compute dtype; kernel 0 linear, 1 rbf, 2 squared distances.");
   m.def("set_num_threads", [](int t) { flashcka::set_blas_threads(t); });
   m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
 }

@@ -21,6 +21,7 @@ import os
 import torch
 
 from .base import Backend, ZeroBandwidthError, float64_shift
+from .torch_backend import noise_tol
 
 _F32, _F64 = 0, 1
 _CODES = {torch.float32: _F32, torch.float64: _F64}
@@ -277,6 +278,33 @@ class NativeBackend(Backend):
             lib.pair_permuted(ga.data_ptr(), la, ga.stride(0), bfull.data_ptr(), lb, lbp, n,
                               bool(diag), perms.data_ptr(), count, out.data_ptr(),
                               _CODES[ga.dtype], self._threads())
+        return out
+
+    # ------------------------------------------------------------------ tiled route
+    def kernel_tiles(self, xi, xj, out, *, kernel, two_s2, shift, unbiased, dims):
+        """The tiled route's tiles of every layer in one call (base.py; csrc/tiled_cpu.cpp:
+        the vector micro-kernels' packed panels, layers in parallel), the numbers of
+        ``torch_backend.kernel_tile``."""
+        ct = out.dtype
+        L, ti, tj = out.shape
+        if out.device.type != "cpu" or ct not in _CODES or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous CPU float32/float64 tensor, got "
+                             f"{out.dtype} on {out.device}")
+        keep, desc, par = [], [], []
+        for i in range(L):
+            a = xi[i].to(ct).contiguous()
+            b = a if xj is None else xj[i].to(ct).contiguous()
+            if a.shape[0] != ti or b.shape[0] != tj or a.shape[1] != b.shape[1]:
+                raise ValueError(f"layer {i}: rows {tuple(a.shape)} and {tuple(b.shape)} do not "
+                                 f"make a ({ti}, {tj}) tile")
+            keep += [a, b]
+            desc += (a.data_ptr(), b.data_ptr(), a.shape[1], shift is not None)
+            par += (float(two_s2[i]) if two_s2 is not None else 1.0,
+                    float(shift[i]) if shift is not None else 0.0, noise_tol(dims[i], ct))
+        if L:
+            _load().kernel_tiles(desc, par, ti, tj, xj is None, _CODES[ct],
+                                 {"linear": 0, "rbf": 1, "dist": 2}[kernel], bool(unbiased),
+                                 out.data_ptr(), self._threads())
         return out
 
     def sq_row_norms(self, g):

@@ -1,0 +1,34 @@
+// The tiled route's tile kernel (python/flashcka/core/tiled.py, docs/design.md §5): for one
+// tile pair (I, J) of sample blocks, every layer's kernel tile made from its centred rows,
+// with the RBF / distance epilogue, in one call. Raw pointers and shapes only; the Python
+// side (backends/native.py) checks every argument before calling in.
+#pragma once
+#include <cstdint>
+
+namespace flashcka {
+
+// One layer: rows I (ti × d) at xi and rows J (tj × d) at xj, contiguous, in the compute
+// dtype, already centred and scaled (xj == xi on a diagonal tile). two_s2 = 2σ² (rbf),
+// shift the constant subtracted from every entry (when has_shift), tol the relative noise
+// threshold of the distance formula (torch_backend.noise_tol).
+struct TileLayer {
+  const void* xi;
+  const void* xj;
+  int64_t d;
+  double two_s2, shift, tol;
+  bool has_shift;
+};
+
+// out (count, ti, tj) contiguous, dtype ct: per layer the tile of
+//   kernel 0 (linear): xi xjᵀ
+//   kernel 2 (dist):   D = max(s_a + s_b − 2·k_ab, 0), 0 where D ≤ tol·(s_a + s_b), D_aa = 0
+//                      on a diagonal tile (s: squared row norms, summed in double)
+//   kernel 1 (rbf):    exp(−D / two_s2), 1 where D = 0
+// then (not for dist) − shift, and a zero diagonal on a diagonal tile when unbiased: the
+// numbers of torch_backend.kernel_tile. Products on the vector micro-kernels
+// (simd_kernels.h: packed panels, gemm_panels) where the CPU has them, else OpenBLAS.
+// Layers run in parallel, one thread each; fewer layers than threads are split by rows.
+void kernel_tiles(const TileLayer* layers, int64_t count, int64_t ti, int64_t tj, bool diag,
+                  int ct, int kernel, bool unbiased, void* out, int threads);
+
+}  // namespace flashcka
