@@ -138,10 +138,8 @@ def neighbours(sources, scales, topk: int, exclude_self: bool, dtype: torch.dtyp
             xi = [_rows(s, c, i0, i1, dtype) for s, c in zip(sources, scales)]
             for bj in range(bi, len(bounds)):
                 j0, j1 = bounds[bj]
-                xj = xi if bj == bi else [_rows(s, c, j0, j1, dtype)
-                                          for s, c in zip(sources, scales)]
-                for layer, (a, b) in enumerate(zip(xi, xj)):
-                    g = a @ b.T
+                for layer, (a, src, c) in enumerate(zip(xi, sources, scales)):
+                    g = a @ (a if bj == bi else _rows(src, c, j0, j1, dtype)).T
                     rows = state[layer]
                     if bj == bi:
                         if exclude_self:
@@ -276,11 +274,11 @@ def cknna_self(x: CknnaLayers) -> torch.Tensor:
 
 def knn_bytes(n: int, layers: int, topk: int, d: int, tile: int, elt: int) -> int:
     """Peak memory estimate of ``layers`` layers: per layer its neighbour lists (int64
-    indices and values, twice while merging, plus the edge keys and flags of the pair
-    stage) and two row tiles (of at most ``d`` features); a Gram tile, its transpose and
+    indices and values, plus the edge keys and mutual flags of the pair stage) and its
+    row tile I (of at most ``d`` features); one tile J, a Gram tile, its transpose and
     their selection buffers; the pair stage's O(n·topk) temporaries (``elt``: bytes per
     value of the compute dtype)."""
     t = min(tile, n)
-    per_layer = n * topk * (8 + elt) * 2 + n * topk * 9 + 2 * t * d * elt
-    return layers * per_layer + 6 * t * (t + topk) * max(elt, 8) + 48 * n * topk
+    per_layer = n * topk * (8 + elt + 9) + t * d * elt
+    return layers * per_layer + t * d * elt + 6 * t * (t + topk) * 8 + 48 * n * topk
 
