@@ -169,14 +169,12 @@ def permuted_products(be, ga: torch.Tensor, bfull: torch.Tensor, lb: int,
     i, j = torch.triu_indices(n, n, 1, device=ga.device)
     pm = perms.to(ga.device)
     flat = bfull.reshape(n * n, -1)[:, :lb]
-    gathered = flat[pm[:, i] * n + pm[:, j]]                   # (P, m, lb)
-    out = torch.einsum("am,pmb->pab", ga[:, :i.numel()].to(torch.float64),
-                       gathered.to(torch.float64))
-    if not unbiased:
-        diag = flat[pm * n + pm]                               # (P, n, lb)
-        out += torch.einsum("am,pmb->pab", ga[:, i.numel():].to(torch.float64),
-                            diag.to(torch.float64))
-    return out.cpu() if out.device.type != "cpu" else out
+    gathered = flat[pm[:, i] * n + pm[:, j]].to(torch.float64)  # (P, m, lb)
+    if not unbiased:                                             # + the diagonal (P, n, lb)
+        gathered = torch.cat([gathered, flat[pm * n + pm].to(torch.float64)], dim=1)
+    a = ga.to(torch.float64)
+    # one product per permutation: the same bits however permutations are grouped
+    return torch.stack([a @ g for g in gathered]).cpu()
 
 
 class PermutationNull:
@@ -199,6 +197,7 @@ class PermutationNull:
         self.null = None       # (P, L_A, L_B) permuted cross sums, same units
         self.sq_c_a = self.sq_c_b = None
         self.num_batches = 0
+        self.tie = 0.0         # ties: 64 unit roundoffs of the compute dtype (from_null)
 
     def add_rows(self, be, ra: _engine.Rows, rb: _engine.Rows, n: int, names_a=None,
                  names_b=None, batch: int | None = None) -> None:
@@ -215,6 +214,7 @@ class PermutationNull:
             ga = ga * torch.exp2(la).to(ga.dtype).to(ga.device)[:, None]
             gb = ga if self.same else gb * torch.exp2(lb).to(gb.dtype).to(gb.device)[:, None]
         null = self._null(be, ga, gb, n, batch, names_a, names_b) / norm
+        self.tie = 64 * torch.finfo(ga.dtype).eps
         self._commit(h, null, ra.sq_c, rb.sq_c)
 
     def _null(self, be, ga, gb, n, batch, names_a, names_b) -> torch.Tensor:
@@ -276,7 +276,7 @@ class PermutationNull:
                                          names_a, names_b)
         null = torch.stack([_engine.cka_ratio(c, h.self_a, h.self_b, bad_a, bad_b)
                             for c in self.null])
-        return PermutationResult.from_null(observed, null, self.seed)
+        return PermutationResult.from_null(observed, null, self.seed, self.tie)
 
 
 @dataclass
@@ -288,7 +288,10 @@ class PermutationResult:
     - ``null_mean``, ``null_std``: mean and standard deviation (ddof = 1) of the
       ``num_permutations`` permuted CKAs;
     - ``pvalue``: one-sided, ``(1 + #{null ≥ observed}) / (1 + P)`` (never 0; a valid
-      p-value for P permutations, Phipson & Smyth 2010);
+      p-value for P permutations, Phipson & Smyth 2010). A permuted CKA within
+      ``tie = 64·u·max(1, |observed|)`` below the observed one counts as ≥ (u the compute
+      dtype's unit roundoff): permutations that leave the CKA unchanged (symmetries of a
+      small sample) are ties, which rounding would otherwise split at random;
     - ``calibrated``: ``observed − null_mean``, the score with its chance level removed.
       This is the baseline correction of Gröger et al. 2026 (arXiv 2602.14486, §3.3: raw
       scores have a non-zero null expectation that grows with width and depth);
@@ -304,9 +307,10 @@ class PermutationResult:
     seed: int
 
     @classmethod
-    def from_null(cls, observed, null, seed) -> "PermutationResult":
+    def from_null(cls, observed, null, seed, tie: float = 0.0) -> "PermutationResult":
         P = null.shape[0]
-        exceed = (null >= observed[None]).sum(0).to(torch.float64)
+        below = observed - tie * observed.abs().clamp(min=1.0)
+        exceed = (null >= below[None]).sum(0).to(torch.float64)
         pvalue = torch.where(torch.isnan(observed), observed, (1.0 + exceed) / (1.0 + P))
         std = null.std(0) if P > 1 else torch.full_like(observed, float("nan"))
         return cls(observed, null.mean(0), std, pvalue, null, P, seed)
