@@ -25,6 +25,11 @@ from .measures.similarity import similarity_matrix  # noqa: E402
 
 __all__ += ["similarity_matrix"]
 
+from .store import Store  # noqa: E402
+from .cli.zoo import extract  # noqa: E402
+
+__all__ += ["Store", "extract"]
+
 from . import _moved  # noqa: E402
 
 _moved.install()        # the 0.1 module paths (flashcka.minibatch, flashcka.hooks, ...)

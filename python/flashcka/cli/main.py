@@ -2,9 +2,13 @@
 
     flashcka info                       what is built and usable here
     flashcka demo [--out DIR] [--epochs N] [--quick]
+    flashcka extract --models SPEC... | --models-file FILE --out STORE [--data SPEC]
+                     [--layers ...] [--tokens mean] [--dtype float32]
+    flashcka zoo STORE [STORE...] [--measure cka|rsa|mutual_knn] [--across-datasets]
     flashcka compare --model-a SPEC [--model-b SPEC] [--data SPEC] [--layers-a ...]
                      [--layers-b ...] [--batch-size 64] [--num-samples N] [--image-size S]
                      [--weights-a FILE] [--weights-b FILE] [--checkpoint FILE] [--out DIR]
+    flashcka compare --features-a FILE [--features-b FILE] [--layers-a ...] [--out DIR]
 
 Model specs (``flashcka.cli.specs``): ``timm:NAME``, ``torchvision:NAME``, ``hf:DIR`` (a saved
 transformers model or config), ``package.module:factory``; random weights unless
@@ -12,6 +16,10 @@ transformers model or config), ``package.module:factory``; random weights unless
 default, bundled with scikit-learn), ``imagefolder:PATH``, ``npz:PATH``,
 ``package.module:factory`` (an iterable of batches). Each model gets the same images through
 its own preprocessing. Nothing is downloaded.
+
+Feature files (``--features-a/-b``, ``flashcka.cli.features``): ``.safetensors`` (every
+tensor a layer), a folder of ``.npy`` files (every file a layer), HDF5, one ``.npy``, or
+``FILE::KEY``; compared by exact full-batch CKA, read a block of rows at a time.
 
 Under ``torchrun --nproc_per_node=N flashcka compare ...`` each rank takes every N-th batch,
 the accumulators are summed, and rank 0 writes the outputs.
@@ -46,8 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="minibatch CKA between the layers of two models",
                        description="Minibatch CKA between every chosen layer of model A and "
                        "every chosen layer of model B (or of A itself).")
-    c.add_argument("--model-a", required=True, metavar="SPEC",
+    c.add_argument("--model-a", default=None, metavar="SPEC",
                    help="timm:NAME, torchvision:NAME, hf:DIR or package.module:factory")
+    c.add_argument("--features-a", default=None, metavar="FILE",
+                   help="instead of a model: saved features, a .safetensors file (a tensor "
+                   "per layer), a folder of .npy files (a file per layer), an HDF5 file, one "
+                   ".npy or FILE::KEY; exact full-batch CKA, read from disk in blocks")
+    c.add_argument("--features-b", default=None, metavar="FILE",
+                   help="as --features-a, for side B (omit to compare A's layers with "
+                   "each other)")
     c.add_argument("--model-b", default=None, metavar="SPEC",
                    help="as --model-a; omit to compare model A with itself")
     c.add_argument("--data", default="digits", metavar="SPEC",
@@ -110,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--name", default="cka", help="file stem of the outputs (default %(default)s)")
     c.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: one when stderr is a terminal)")
+    from .zoo import add_parsers       # flashcka extract, flashcka zoo
+    add_parsers(sub)
     return p
 
 
@@ -126,6 +143,13 @@ def main(argv=None) -> int:
         demo.run(args.out, epochs=args.epochs, quick=args.quick,
                  progress=False if args.no_progress else None)
         return 0
+    if args.command in ("extract", "zoo"):
+        from .zoo import run
+        try:
+            return run(args)
+        except (ValueError, KeyError) as e:     # spec, data, store and sample-ID errors
+            raise SystemExit(f"flashcka: {e.args[0] if isinstance(e, KeyError) else e}") \
+                from None
     from ..models.compare import CompareInterrupted
     try:
         return _compare(args)
@@ -169,6 +193,12 @@ def _compare(args) -> int:
         raise SpecError(f"--num-samples must be >= 1, got {args.num_samples}")
     rank, world = _init_distributed()
     out = _check_outputs(args, rank)
+    if args.features_a is not None or args.features_b is not None:
+        from .features import compare_features
+        return _write(compare_features(args), args, out)
+    if args.model_a is None:
+        raise SpecError("give --model-a SPEC (a model to run) or --features-a FILE (saved "
+                        "features)")
     device = args.device
     if device is None and world > 1:
         import torch
@@ -243,6 +273,11 @@ def _compare(args) -> int:
                            weights=weights)
     if rank != 0:
         return 0
+    return _write(result, args, out)
+
+
+def _write(result, args, out: Path) -> int:
+    """Print the result, save its JSON and draw its heatmap into ``out``."""
     print(repr(result))
     try:                        # the numbers first: a plot that fails must not lose them
         js = result.save(out / f"{args.name}.json")

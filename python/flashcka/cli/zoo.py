@@ -185,3 +185,182 @@ def split_named(text: str) -> tuple[str, str]:
     if eq and name and ":" not in name:
         return name, spec
     return spec_name(text), text
+
+
+# ------------------------------------------------------------------ the commands
+
+def add_parsers(sub) -> None:
+    """``flashcka extract`` and ``flashcka zoo`` (called by ``main._parser``)."""
+    e = sub.add_parser("extract", help="run models once over a dataset and write their "
+                       "features to a feature store",
+                       description="One forward pass per model; the chosen layers' features, "
+                       "pooled by --tokens, go to safetensors shards with a JSON manifest. "
+                       "Run it again to resume, or with new models to add them.")
+    e.add_argument("--models", nargs="+", default=None, metavar="[NAME=]SPEC",
+                   help="timm:NAME, torchvision:NAME, hf:DIR or package.module:factory, "
+                   "optionally named (default name: the spec with '.' for ':')")
+    e.add_argument("--models-file", default=None, metavar="FILE",
+                   help="one model a line: [NAME=]SPEC [--layers P ...] [--weights FILE] "
+                   "[--kwargs JSON]; # comments")
+    e.add_argument("--data", default="digits", metavar="SPEC",
+                   help="digits (default), imagefolder:PATH, npz:PATH or package.module:factory")
+    e.add_argument("--layers", nargs="+", default=None, metavar="PATTERN",
+                   help="layers of every model (names, globs, blocks / sublayers; default "
+                   "blocks); a --models-file line's --layers wins")
+    e.add_argument("--weights", nargs="+", default=[], metavar="NAME=FILE",
+                   help="local weights of a model (default: random initialisation)")
+    e.add_argument("--tokens", choices=("mean", "cls", "flatten"), default="mean",
+                   help="how tokens and spatial maps are pooled (default %(default)s)")
+    e.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"),
+                   default="float32", help="dtype of the stored features (default %(default)s)")
+    e.add_argument("--out", required=True, metavar="DIR", help="the store's folder")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--num-samples", type=int, default=None, metavar="N",
+                   help="the first N samples (default: all)")
+    e.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="input resolution (default: each model's own)")
+    e.add_argument("--seed", type=int, default=0,
+                   help="random initialisation: each model built after torch.manual_seed(SEED)")
+    e.add_argument("--device", default=None, help="e.g. cpu or cuda:0")
+    e.add_argument("--shard-size", type=int, default=None, metavar="N",
+                   help="samples per shard (default: about 256 MiB per shard)")
+    e.add_argument("--no-progress", action="store_true")
+
+    z = sub.add_parser("zoo", help="compare every model/layer of feature stores",
+                       description="Similarity of every pair of model/layer in one or more "
+                       "stores of the same samples (or, with --across-datasets, of the same "
+                       "models on several datasets). Results are cached in the store.")
+    z.add_argument("stores", nargs="+", metavar="STORE",
+                   help="store folders (NAME=DIR to name a dataset with --across-datasets)")
+    z.add_argument("--measure", choices=("cka", "rsa", "mutual_knn"), default="cka")
+    z.add_argument("--kernel", choices=("linear", "rbf"), default="linear")
+    z.add_argument("--sigma", type=float, default=None)
+    z.add_argument("--biased", action="store_true", help="biased HSIC (default: debiased)")
+    z.add_argument("--topk", type=int, default=10, help="neighbours for mutual_knn")
+    z.add_argument("--rsa-method", choices=("spearman", "pearson"), default="spearman")
+    z.add_argument("--float64", action="store_true", help="compute in float64")
+    z.add_argument("--models", nargs="+", default=None, metavar="NAME")
+    z.add_argument("--model-layer", type=int, default=-1, metavar="INDEX",
+                   help="the layer of each model in the model x model matrix (default -1: "
+                   "its last)")
+    z.add_argument("--grid", nargs="+", default=None, metavar="NAME",
+                   help="also draw the layer x layer grid of these models")
+    z.add_argument("--across-datasets", action="store_true",
+                   help="each STORE is one dataset: model x model matrices per dataset and "
+                   "their consistency (Ciernik et al. 2025)")
+    z.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    z.add_argument("--out", default="flashcka_zoo", metavar="DIR")
+    z.add_argument("--name", default="zoo", help="file stem of the outputs")
+    z.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    return run_extract(args) if args.command == "extract" else run_zoo(args)
+
+
+def run_extract(args) -> int:
+    import json
+    if not args.models and not args.models_file:
+        raise SpecError("give --models SPEC ... or --models-file FILE")
+    entries = [(n, s, {}) for n, s in map(split_named, args.models or [])]
+    if args.models_file:
+        entries += read_models_file(args.models_file)
+    names = [n for n, _, _ in entries]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise SpecError(f"--models: the name(s) {dup} are given twice; name them NAME=SPEC")
+    weights = {}
+    for w in args.weights:
+        name, eq, path = w.partition("=")
+        if not eq or name not in names:
+            raise SpecError(f"--weights takes NAME=FILE with NAME one of {names}, got {w!r}")
+        weights[name] = path
+    for n, _, o in entries:
+        if o.get("weights"):
+            weights[n] = o["weights"]
+    kwargs = {}
+    for n, _, o in entries:
+        if o.get("kwargs"):
+            try:
+                kwargs[n] = json.loads(o["kwargs"])
+            except json.JSONDecodeError as e:
+                raise SpecError(f"--models-file: --kwargs of {n} is not JSON: {e}") from None
+    layers = {n: o.get("layers") or args.layers for n, _, o in entries}
+    for opt in ("batch_size", "num_samples", "shard_size"):
+        v = getattr(args, opt)
+        if v is not None and v < 1:
+            raise SpecError(f"--{opt.replace('_', '-')} must be >= 1, got {v}")
+    store = extract({n: s for n, s, _ in entries}, args.data, layers=layers, out=args.out,
+                    tokens=args.tokens, dtype=args.dtype, batch_size=args.batch_size,
+                    num_samples=args.num_samples, image_size=args.image_size, weights=weights,
+                    kwargs=kwargs, seed=args.seed, device=args.device,
+                    shard_size=args.shard_size, progress=False if args.no_progress else None)
+    print(repr(store))
+    return 0
+
+
+def run_zoo(args) -> int:
+    import json
+    import time
+    from ..store import plots
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"cka": {"kernel": args.kernel, "sigma": args.sigma, "unbiased": not args.biased},
+                "rsa": {"rsa_method": args.rsa_method},
+                "mutual_knn": {"topk": args.topk}}[args.measure]
+    if args.float64:
+        settings["dtype"] = torch.float64
+    progress = False if args.no_progress else None
+    stem, fmt = out / args.name, args.format
+    written = []
+    if args.across_datasets:
+        from ..analysis import cross_dataset_consistency
+        named = dict(split_dataset(s) for s in args.stores)
+        if len(named) < 2:
+            raise SpecError("--across-datasets needs two or more stores (one per dataset)")
+        mats = {}
+        for ds, path in named.items():
+            t0 = time.perf_counter()
+            st = Store(path)
+            models = args.models or st.models
+            r = st.model_matrix(args.measure, args.model_layer, models, progress=progress,
+                                **settings)
+            if list(r.names_a) != list(mats[next(iter(mats))].names_a if mats else r.names_a):
+                raise SpecError(f"store {path} holds other models than the first store; "
+                                f"pass --models")
+            mats[ds] = r
+            written += [r.save(f"{stem}_{ds}_models.json"),
+                        plots.clustered_heatmap(r, f"{stem}_{ds}_models.{fmt}")]
+            print(f"{ds}: {len(models)} models, {st.last['computed_pairs']} pairs computed, "
+                  f"{st.last['cached_pairs']} from the cache, {time.perf_counter() - t0:.1f} s")
+        c = cross_dataset_consistency({k: v.matrix for k, v in mats.items()})
+        (out / f"{args.name}_consistency.json").write_text(json.dumps(
+            {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in c.items()},
+            indent=1))
+        written += [out / f"{args.name}_consistency.json",
+                    plots.consistency_plot(c, f"{stem}_consistency.{fmt}", list(mats.values()))]
+        print(f"consistency ({c['method']}): " + ", ".join(
+            f"{a}~{b} {float(c['correlation'][i, j]):.3f}" for i, a in enumerate(c["datasets"])
+            for j, b in enumerate(c["datasets"]) if i < j))
+    else:
+        t0 = time.perf_counter()
+        st = Store(*args.stores)
+        r = st.similarity(args.measure, args.models, progress=progress, **settings)
+        print(f"{st!r}: {len(r.names_a)} layers, {st.last['computed_pairs']} pairs computed, "
+              f"{st.last['cached_pairs']} from the cache, {time.perf_counter() - t0:.1f} s")
+        written.append(r.save(f"{stem}.json"))
+        models = args.models or st.models
+        if len(models) >= 2:
+            mm = st.model_matrix(args.measure, args.model_layer, models, progress=progress,
+                                 **settings)
+            written += [mm.save(f"{stem}_models.json"),
+                        plots.clustered_heatmap(mm, f"{stem}_models.{fmt}")]
+        if args.grid:
+            written.append(plots.layer_grid(r, args.grid, f"{stem}_layers.{fmt}"))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def split_dataset(text: str) -> tuple[str, str]:
+    name, eq, path = text.partition("=")
+    return (name, path) if eq and name else (Path(text).name, text)

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from ..measures.similarity import MEASURES, similarity_matrix
+from ..measures.similarity import similarity_matrix
 from ..result import CKAResult
 from . import _io
 from .cache import Cache
 
 DEFAULT_MAX_MEMORY = 2 << 30
 _SETTINGS = {"cka": ("kernel", "unbiased", "sigma", "threshold", "dtype"),
-             "rsa": ("rsa_method", "dtype"), "mutual_knn": ("topk", "dtype"),
-             "cknna": ("topk", "unbiased", "dtype")}
+             "rsa": ("rsa_method", "dtype"), "mutual_knn": ("topk", "dtype")}
+MEASURES = tuple(_SETTINGS)  # symmetric ones: one cache entry per pair (CKNNA is not)
 _DEFAULTS = {"kernel": "linear", "unbiased": True, "sigma": None, "threshold": 1.0,
              "dtype": None, "rsa_method": "spearman", "topk": 10}
 
@@ -154,8 +154,8 @@ class Store:
 
         measure, settings: as ``flashcka.similarity_matrix`` — ``"cka"`` (``kernel``
         "linear" or "rbf", ``unbiased``, ``sigma``, ``threshold``), ``"rsa"``
-        (``rsa_method``), ``"mutual_knn"`` (``topk``), ``"cknna"`` (``topk``,
-        ``unbiased``); ``dtype`` for all (default: the features' dtype; pass
+        (``rsa_method``), ``"mutual_knn"`` (``topk``) — symmetric measures, one cache
+        entry per pair; ``dtype`` for all (default: the features' dtype; pass
         ``torch.float64`` for float64 throughout). models: names (default all); layers:
         None (all), a list of layer names, an index into each model's layers (``-1``: the
         last), or ``{model: names}``.
@@ -168,7 +168,7 @@ class Store:
         then written to the cache. ``self.last`` tells how many pairs were computed and
         read, and the seconds taken."""
         if measure not in MEASURES:
-            raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+            raise ValueError(f"measure must be one of {tuple(_SETTINGS)}, got {measure!r}")
         unknown = sorted(set(settings) - set(_SETTINGS[measure]))
         if unknown:
             raise TypeError(f"similarity(measure={measure!r}) takes settings "
@@ -179,7 +179,7 @@ class Store:
         key_settings = {"measure": measure, **{k: (str(v).replace("torch.", "")
                                                    if k == "dtype" and v is not None else v)
                                                for k, v in full.items()}}
-        if measure in ("cka", "cknna"):
+        if measure == "cka":
             key_settings["unbiased"] = bool(full["unbiased"])
         t0 = time.perf_counter()
         sel = self._select(models, layers)
