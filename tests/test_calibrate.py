@@ -245,3 +245,81 @@ def test_bootstrap_bad_arguments(rng):
                           ({"level": 1.0}, "level")):
         with pytest.raises(ValueError, match=match):
             flashcka.bootstrap_interval(x, x, **kwargs)
+
+
+# ---------------------------------------------------------------- CKAResult
+
+def _calibrated_result(rng, tmp_path=None):
+    n = 40
+    xs = {f"a.{i}": torch.tensor(rng.standard_normal((n, 6))) for i in range(3)}
+    ys = {"b.0": xs["a.1"] @ torch.tensor(rng.standard_normal((6, 4))),
+          "b.1": torch.tensor(rng.standard_normal((n, 5)))}
+    plain = flashcka.CKAResult(flashcka.cka_matrix(xs, ys), list(xs), list(ys),
+                               {"kernel": "linear", "unbiased": True}, num_samples=n,
+                               num_batches=1)
+    return plain, xs, ys
+
+
+def test_result_calibrate_and_round_trip(rng, tmp_path):
+    plain, xs, ys = _calibrated_result(rng)
+    r = plain.calibrate(xs, ys, num_permutations=49, bootstrap=20, seed=4, method="percentile")
+    direct = flashcka.permutation_test(xs, ys, num_permutations=49, seed=4)
+    assert torch.equal(r.pvalue, direct.pvalue) and torch.equal(r.null_mean, direct.null_mean)
+    assert torch.equal(r.calibrated, plain.matrix - direct.null_mean)
+    boot = flashcka.bootstrap_interval(xs, ys, num_resamples=20, seed=4, method="percentile")
+    assert torch.equal(r.ci_low, boot.low) and torch.equal(r.ci_high, boot.high)
+    assert r.settings["permutations"]["num_permutations"] == 49
+    assert r.settings["bootstrap"] == {"num_resamples": 20, "seed": 4, "level": 0.95,
+                                       "method": "percentile"}
+    assert plain.pvalue is None and plain.to_dict()["version"] == 1
+    assert r.to_dict()["version"] == 2
+    for suffix in (".json", ".npz"):
+        back = flashcka.load_result(r.save(tmp_path / f"r{suffix}"))
+        assert back == r and back != plain
+        assert torch.equal(back.zscore.nan_to_num(), r.zscore.nan_to_num())
+
+
+def test_result_calibrate_refuses_other_data(rng):
+    plain, xs, ys = _calibrated_result(rng)
+    other = {k: torch.tensor(rng.standard_normal(tuple(v.shape))) for k, v in xs.items()}
+    with pytest.raises(ValueError, match="different CKA matrix"):
+        plain.calibrate(other, ys, num_permutations=5)
+    with pytest.raises(ValueError, match="missing"):
+        plain.calibrate({"a.0": xs["a.0"]}, ys, num_permutations=5)
+
+
+def test_result_refuses_half_a_calibration(rng):
+    plain, _, _ = _calibrated_result(rng)
+    with pytest.raises(ValueError, match="null_mean, null_std"):
+        flashcka.CKAResult(plain.matrix, plain.names_a, plain.names_b, pvalue=plain.matrix)
+    d = plain.to_dict()
+    d["version"] = 3
+    with pytest.raises(ValueError, match="version 3"):
+        flashcka.CKAResult.from_dict(d)
+
+
+def test_heatmap_marks_non_significant_pairs(rng, tmp_path):
+    plain, xs, ys = _calibrated_result(rng)
+    with pytest.raises(ValueError, match="permutation p-values"):
+        plain.plot(tmp_path / "x.png", calibrated=True)
+    r = plain.calibrate(xs, ys, num_permutations=299)
+    keep = benjamini_hochberg(r.pvalue, 0.05)
+    assert bool(keep[1, 0]) and not bool(keep.all())
+    import matplotlib.figure
+    seen = {}
+    orig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *a, **k):
+        seen["axes"] = fig.axes
+        return orig(fig, *a, **k)
+    matplotlib.figure.Figure.savefig = spy
+    try:
+        r.plot(tmp_path / "c.png", calibrated=True)
+    finally:
+        matplotlib.figure.Figure.savefig = orig
+    heat = [ax for ax in seen["axes"] if ax.patches]
+    assert len(heat) == 2                                  # CKA and calibrated panels
+    assert all(len(ax.patches) == int((~keep).sum()) for ax in heat)
+    legend = heat[0].get_legend().get_texts()[0].get_text()
+    assert "Benjamini–Hochberg FDR 0.05 over all 6 pairs" in legend and "299 permutations" in legend
+    r.plot(tmp_path / "none.png", significance=False)

@@ -24,6 +24,12 @@ class CKAResult:
         names_a, names_b: layer names (``name#k`` for the k-th call of a module).
         stderr: (L_A, L_B) float64 jackknife standard errors over batches (see
             ``flashcka.core.jackknife``), or None when not computed.
+        pvalue, null_mean, null_std: (L_A, L_B) float64 permutation test of every pair
+            (``flashcka.permutation_test``; ``calibrate`` or ``compare(...,
+            permutations=N)``), or None; ``calibrated`` (observed − null mean) and
+            ``zscore`` follow from them; ``settings["permutations"]`` says how.
+        ci_low, ci_high: (L_A, L_B) float64 bootstrap interval over samples
+            (``flashcka.bootstrap_interval``), or None; ``settings["bootstrap"]`` says how.
         settings: kernel, unbiased, sigma, threshold, tokens (a mode or "callable"),
             backend, dtype, model_a, model_b (class names), same_model.
         num_samples, num_batches: how much data went in.
@@ -34,8 +40,11 @@ class CKAResult:
     ValueError/TypeError naming it.
     """
 
+    _EXTRA = ("pvalue", "null_mean", "null_std", "ci_low", "ci_high")  # saved when present
+
     def __init__(self, matrix, names_a, names_b, settings=None, *, num_samples: int = 0,
-                 num_batches: int = 0, stderr=None):
+                 num_batches: int = 0, stderr=None, pvalue=None, null_mean=None,
+                 null_std=None, ci_low=None, ci_high=None):
         self.names_a = _names(names_a, "names_a")
         self.names_b = _names(names_b, "names_b")
         self.matrix = _matrix(matrix, "matrix", len(self.names_a), len(self.names_b))
@@ -46,6 +55,100 @@ class CKAResult:
         self.settings = dict(settings or {})
         self.num_samples = _count(num_samples, "num_samples")
         self.num_batches = _count(num_batches, "num_batches")
+        given = dict(pvalue=pvalue, null_mean=null_mean, null_std=null_std, ci_low=ci_low,
+                     ci_high=ci_high)
+        for k, v in given.items():
+            setattr(self, k, None if v is None else _matrix(v, k, len(self.names_a),
+                                                            len(self.names_b)))
+        for group in (("pvalue", "null_mean", "null_std"), ("ci_low", "ci_high")):
+            have = [k for k in group if given[k] is not None]
+            if have and len(have) != len(group):
+                raise ValueError(f"{', '.join(have)} given without "
+                                 f"{', '.join(k for k in group if k not in have)}")
+
+    @property
+    def calibrated(self):
+        """``matrix − null_mean`` (L_A, L_B), the score with its chance level removed
+        (Gröger et al. 2026's baseline correction; ``permutation_test``), or None."""
+        return None if self.null_mean is None else self.matrix - self.null_mean
+
+    @property
+    def zscore(self):
+        """``(matrix − null_mean) / null_std`` (L_A, L_B), or None."""
+        return None if self.null_mean is None else self.calibrated / self.null_std
+
+    def calibrate(self, xs, ys=None, *, num_permutations: int = 1000, bootstrap: int = 0,
+                  seed: int = 0, level: float = 0.95, method: str = "bca",
+                  batch_size: int | None = None, dtype=None, backend: str = "auto",
+                  progress: bool | None = None) -> "CKAResult":
+        """This result with a permutation test of every pair (and, with ``bootstrap=R``,
+        R-resample bootstrap intervals) -> a new ``CKAResult``.
+
+        A result holds numbers, not Grams, so the data goes in again: ``xs``/``ys`` the
+        representations the matrix was computed from (one tensor (n, ...) a layer, in
+        ``names_a``/``names_b`` order, or dicts keyed by those names; ``ys=None`` when one
+        model was compared with itself), run with this result's kernel, estimator, σ and
+        threshold (``settings``). ``batch_size``: the minibatches the matrix was summed
+        over (None: one batch). The recomputed CKA must equal ``matrix`` (within 1e-4):
+        other data raises a ValueError. Results of ``compare`` (models and a loader, whose
+        batches are gone) get theirs from ``compare(..., permutations=N)``. Bootstrap
+        intervals are for full-batch results only (``batch_size=None``)."""
+        from .core.bootstrap import bootstrap_interval
+        from .core.calibrate import permutation_test
+        st = {k: self.settings[k] for k in ("kernel", "unbiased", "sigma", "threshold")
+              if k in self.settings}
+        xs, ys = self._inputs(xs, "xs", self.names_a), (
+            None if ys is None else self._inputs(ys, "ys", self.names_b))
+        if ys is None and self.names_a != self.names_b:
+            raise ValueError("ys=None (one model with itself) but names_a and names_b "
+                             "differ: pass ys")
+        perm = permutation_test(xs, ys, num_permutations=num_permutations, seed=seed,
+                                batch_size=batch_size, dtype=dtype, backend=backend,
+                                progress=progress, **st)
+        self._check_same(perm.observed, "calibrate")
+        settings = {**self.settings, "permutations": {
+            "num_permutations": num_permutations, "seed": seed, "batch_size": batch_size,
+            "pvalue": "(1 + #{null >= observed}) / (1 + P), one-sided"}}
+        extra = dict(pvalue=perm.pvalue, null_mean=perm.null_mean, null_std=perm.null_std)
+        if bootstrap:
+            if batch_size is not None:
+                raise ValueError("bootstrap intervals are for full-batch results: pass "
+                                 "batch_size=None with bootstrap=")
+            bs = bootstrap_interval(xs, ys, num_resamples=bootstrap, seed=seed, level=level,
+                                    method=method, dtype=dtype, backend=backend,
+                                    progress=progress, **st)
+            settings["bootstrap"] = {"num_resamples": bootstrap, "seed": seed,
+                                     "level": level, "method": method}
+            extra.update(ci_low=bs.low, ci_high=bs.high)
+        return CKAResult(self.matrix, self.names_a, self.names_b, settings,
+                         num_samples=self.num_samples, num_batches=self.num_batches,
+                         stderr=self.stderr, **extra)
+
+    @staticmethod
+    def _inputs(xs, arg, names):
+        """xs as a list in ``names`` order (a dict is matched by key)."""
+        if isinstance(xs, Mapping):
+            missing = [k for k in names if k not in xs]
+            unknown = [k for k in xs if k not in set(names)]
+            if missing or unknown:
+                raise ValueError(f"{arg} keys do not match this result's layers: missing "
+                                 f"{missing}, unknown {unknown}")
+            return {k: xs[k] for k in names}
+        if isinstance(xs, (list, tuple)) and len(xs) != len(names):
+            raise ValueError(f"{arg} has {len(xs)} representations for this result's "
+                             f"{len(names)} layers")
+        return xs
+
+    def _check_same(self, observed, what: str) -> None:
+        obs = observed.detach().cpu().to(torch.float64)
+        both = torch.isfinite(obs) & torch.isfinite(self.matrix)
+        if tuple(obs.shape) != tuple(self.matrix.shape) or not torch.equal(
+                torch.isnan(obs), torch.isnan(self.matrix)) or bool(
+                ((obs - self.matrix).abs() > 1e-4)[both].any()):
+            diff = float((obs - self.matrix)[both].abs().max()) if bool(both.any()) else 0.0
+            raise ValueError(f"{what}: the inputs give a different CKA matrix than this "
+                             f"result's (largest difference {diff:.3g}); pass the data (and "
+                             f"batch_size) the result was computed from")
 
     def __repr__(self) -> str:
         a, b = self.settings.get("model_a", "model_a"), self.settings.get("model_b", "model_b")
@@ -63,18 +166,22 @@ class CKAResult:
         return (self.names_a == other.names_a and self.names_b == other.names_b
                 and self.settings == other.settings and self.num_samples == other.num_samples
                 and self.num_batches == other.num_batches
-                and _same(self.matrix, other.matrix) and _same(self.stderr, other.stderr))
+                and _same(self.matrix, other.matrix) and _same(self.stderr, other.stderr)
+                and all(_same(getattr(self, k), getattr(other, k)) for k in self._EXTRA))
 
     # ------------------------------------------------------------------ save / load
     def to_dict(self) -> dict:
         """JSON-ready: floats keep repr precision (exact round trip); NaN -> null,
         ±Inf -> "inf"/"-inf"."""
-        d = {"format": _FORMAT, "version": 1, "names_a": self.names_a,
+        extra = [k for k in self._EXTRA if getattr(self, k) is not None]
+        d = {"format": _FORMAT, "version": 2 if extra else 1, "names_a": self.names_a,
              "names_b": self.names_b, "settings": self.settings,
              "num_samples": self.num_samples, "num_batches": self.num_batches,
              "matrix": _encode(self.matrix)}
         if self.stderr is not None:
             d["stderr"] = _encode(self.stderr)
+        for k in extra:  # (version 2: a reader of version 1 would drop them silently)
+            d[k] = _encode(getattr(self, k))
         return d
 
     @classmethod
@@ -86,8 +193,8 @@ class CKAResult:
         if d.get("format") != _FORMAT:
             raise ValueError(f"not a saved CKAResult (format {d.get('format')!r}, expected "
                              f"{_FORMAT!r})")
-        if d.get("version", 1) != 1:
-            raise ValueError(f"CKAResult version {d.get('version')!r} is not supported (1)")
+        if d.get("version", 1) not in (1, 2):
+            raise ValueError(f"CKAResult version {d.get('version')!r} is not supported (1, 2)")
         missing = [k for k in _REQUIRED if k not in d]
         if missing:
             raise ValueError(f"saved CKAResult is missing field(s) {missing}")
@@ -97,7 +204,9 @@ class CKAResult:
                    names_b, d.get("settings", {}), num_samples=d.get("num_samples", 0),
                    num_batches=d.get("num_batches", 0),
                    stderr=None if stderr is None else _decode(stderr, "stderr", len(names_a),
-                                                              len(names_b)))
+                                                              len(names_b)),
+                   **{k: _decode(d[k], k, len(names_a), len(names_b))
+                      for k in cls._EXTRA if d.get(k) is not None})
 
     def save(self, path) -> Path:
         """Write to ``path``: ``.json`` (text, exact) or ``.npz`` (numpy arrays plus the
@@ -106,7 +215,8 @@ class CKAResult:
         if path.suffix == ".json":
             path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
         elif path.suffix == ".npz":
-            extra = {} if self.stderr is None else {"stderr": self.stderr.numpy()}
+            extra = {k: getattr(self, k).numpy() for k in ("stderr",) + self._EXTRA
+                     if getattr(self, k) is not None}
             with open(path, "wb") as f:
                 np.savez(f, format=np.array(_FORMAT), matrix=self.matrix.numpy(),
                          names_a=np.array(self.names_a, dtype=str).reshape(-1),
@@ -159,14 +269,16 @@ class CKAResult:
                     _bad_count(k, z[k] if k in z else None)  # noqa: E731
                 return cls(z["matrix"], names_a, names_b, settings,
                            num_samples=count("num_samples"), num_batches=count("num_batches"),
-                           stderr=z["stderr"] if "stderr" in z else None)
+                           stderr=z["stderr"] if "stderr" in z else None,
+                           **{k: z[k] for k in cls._EXTRA if k in z})
             except (ValueError, TypeError) as e:
                 raise type(e)(f"{path}: {e}") from None
 
     # ------------------------------------------------------------------ plot
     def plot(self, path, title: str | None = None, *, annotate: bool | None = None,
              stderr: bool = False, blocks: bool | None = None, cmap: str = "magma",
-             dpi: int = 120) -> Path:
+             dpi: int = 120, significance: float | bool | None = None,
+             calibrated: bool = False) -> Path:
         """Write a heatmap: rows = model_a layers (bottom to top), columns = model_b layers,
         with a colorbar. The format follows the extension: ``.png``, ``.svg`` or ``.pdf``.
         ``title`` defaults to ``self.title()`` (estimator, models, data set, samples,
@@ -181,7 +293,13 @@ class CKAResult:
         layers.
         ``annotate`` prints the values in the cells (default: both sides ≤ 12 layers).
         ``stderr=True`` adds a second panel with the jackknife standard errors (and ``±``
-        in annotated cells); it needs a result that has them."""
+        in annotated cells); it needs a result that has them.
+        ``significance``: the false discovery rate at which pairs are tested (default
+        0.05 when the result has permutation p-values; False: no marks): pairs not
+        significant under Benjamini–Hochberg over all L_A·L_B pairs are hatched, and the
+        legend says so. ``calibrated=True`` adds a panel with ``matrix − null_mean``
+        (diverging colours around 0); both need ``calibrate`` or ``compare(...,
+        permutations=N)``."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -195,6 +313,15 @@ class CKAResult:
         if stderr and self.stderr is None:
             raise ValueError("stderr=True but this result has no stderr (compare(..., "
                              "jackknife=True) computes it)")
+        if (calibrated or significance not in (None, False)) and self.pvalue is None:
+            raise ValueError("calibrated=True or significance= needs permutation p-values: "
+                             "result.calibrate(xs, ys) or compare(..., permutations=N)")
+        if significance is None or significance is True:
+            significance = 0.05 if self.pvalue is not None else False
+        keep = None
+        if significance is not False:
+            from .core.calibrate import benjamini_hochberg
+            keep = benjamini_hochberg(self.pvalue, significance).numpy()
         big = max(la, lb)
         font = 8 if big <= 40 else 6
         shown_a, shown_b = _shown_labels(self.names_a), _shown_labels(self.names_b)
@@ -203,7 +330,7 @@ class CKAResult:
         cell = 0.22 if big <= 40 else 0.16
         pw = min(max(lb * cell, 3.0), _MAX_PANEL_IN)
         ph = min(max(la * cell, 3.0), _MAX_PANEL_IN)
-        panels = 2 if stderr else 1
+        panels = 1 + bool(stderr) + bool(calibrated)
         w = panels * (pw + label_in + 1.6)
         h = ph + label_in + 0.8
         fig = Figure(figsize=(w, h))
@@ -224,6 +351,12 @@ class CKAResult:
             fse = se[np.isfinite(se)]
             frames.append((se, "jackknife standard error", "stderr", "viridis", 0.0,
                            float(fse.max()) if fse.size and fse.max() > 0 else 1.0))
+        if calibrated:
+            cal = self.calibrated.numpy()
+            fc = np.abs(cal[np.isfinite(cal)])
+            top = float(fc.max()) if fc.size and fc.max() > 0 else 1.0
+            frames.append((cal, "calibrated: CKA − permutation null mean", "CKA − null mean",
+                           "RdBu_r", -top, top))
         for p, (values, ttl, clabel, cm, lo, hi) in enumerate(frames):
             x0 = p * (pw + label_in + 1.6)
             ax = fig.add_axes([(x0 + label_in) / w, label_in / h, pw / w, ph / h])
@@ -238,14 +371,38 @@ class CKAResult:
                         txt = "nan" if math.isnan(v) else _cell(v)
                         if p == 0 and se is not None and not math.isnan(se[i, j]):
                             txt += f"\n±{se[i, j]:.2f}"
+                        dark = (abs(v) > 0.6 * hi if clabel == "CKA − null mean"  # diverging
+                                else v <= lo + 0.6 * (hi - lo))
                         ax.text(j, i, txt, ha="center", va="center", fontsize=6,
-                                color="white" if np.isfinite(v) and v <= lo + 0.6 * (hi - lo)
-                                else "black")
+                                color="white" if np.isfinite(v) and dark else "black")
+            if keep is not None and clabel != "stderr":
+                self._hatch(ax, keep, significance, label_in / ph if p == 0 else None)
             cax = fig.add_axes([(x0 + label_in + pw + 0.3) / w, label_in / h, 0.18 / w, ph / h])
             fig.colorbar(im, cax=cax, label=clabel)
         fig.savefig(path, dpi=dpi, format=path.suffix.lower()[1:], bbox_inches="tight",
                     pad_inches=0.05)
         return path
+
+    def _hatch(self, ax, keep, level, below: float | None) -> None:
+        """Hatch the pairs not significant (``keep`` False, p-value not NaN) and, with
+        ``below`` (the tick labels' height in axes units), say so in a legend under them."""
+        from matplotlib.patches import Patch, Rectangle
+        pv = self.pvalue.numpy()
+        for i, j in zip(*np.nonzero(~keep & np.isfinite(pv))):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                                   edgecolor="0.6", lw=0))
+        if below is None:
+            return
+        perm = self.settings.get("permutations") or {}
+        count = f", {perm['num_permutations']} permutations" if isinstance(
+            perm, dict) and "num_permutations" in perm else ""
+        tests = int(np.isfinite(pv).sum())
+        ax.legend(handles=[Patch(facecolor="none", edgecolor="0.4", hatch="///",
+                                 label=f"not significant: Benjamini–Hochberg FDR {level:g} "
+                                       f"over all {tests} pairs (permutation p-values"
+                                       f"{count})")],
+                  loc="upper center", bbox_to_anchor=(0.5, -below - 0.02), fontsize=7,
+                  frameon=False)
 
     def title(self) -> str:
         """The plots' title: estimator and models, then data set and sample count, the
