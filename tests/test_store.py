@@ -58,6 +58,12 @@ def test_similarity_equals_float64_reference(tmp_path, rng, kernel, unbiased):
     np.testing.assert_allclose(r.matrix.numpy(), want, rtol=1e-10, atol=1e-12)
     mem = flashcka.cka_matrix(feats, kernel=kernel, unbiased=unbiased, dtype=torch.float64)
     np.testing.assert_allclose(r.matrix.numpy(), mem.numpy(), rtol=1e-12, atol=1e-13)
+    # a memory budget below the Grams: the tiled route, the same numbers
+    (tmp_path / "s/cache").rename(tmp_path / "old_cache")
+    tiled = store.similarity(kernel=kernel, unbiased=unbiased, dtype=torch.float64,
+                             max_memory=1 << 16)
+    assert store.last["computed_pairs"] == len(names) * (len(names) + 1) // 2
+    np.testing.assert_allclose(tiled.matrix.numpy(), want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("measure,settings", [("rsa", {}), ("rsa", {"rsa_method": "pearson"}),
@@ -216,16 +222,16 @@ def test_adding_a_model_computes_only_its_pairs(tmp_path):
                         dtype="float64", **QUIET)
     calls = []
     import flashcka.store.store as store_mod
-    real = store_mod.similarity_matrix
+    real = store_mod.cka_matrix
 
     def spy(xs, ys=None, **kw):
         calls.append((list(xs), None if ys is None else list(ys)))
         return real(xs, ys, **kw)
-    store_mod.similarity_matrix = spy
+    store_mod.cka_matrix = spy
     try:
         r = store.similarity(dtype=torch.float64)
     finally:
-        store_mod.similarity_matrix = real
+        store_mod.cka_matrix = real
     old = len(first.names_a)
     new = len(store.layers("vit2"))
     assert store.last["computed_pairs"] == new * old + new * (new + 1) // 2

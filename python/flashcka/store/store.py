@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
+from ..measures.cka import cka_matrix
 from ..measures.similarity import similarity_matrix
 from ..result import CKAResult
 from . import _io
 from .cache import Cache
 
-DEFAULT_MAX_MEMORY = 2 << 30
+DEFAULT_MAX_MEMORY = 4 << 30     # RSA and mutual kNN blocks
 _SETTINGS = {"cka": ("kernel", "unbiased", "sigma", "threshold", "dtype"),
              "rsa": ("rsa_method", "dtype"), "mutual_knn": ("topk", "dtype")}
 MEASURES = tuple(_SETTINGS)  # symmetric ones: one cache entry per pair (CKNNA is not)
@@ -147,7 +148,7 @@ class Store:
         return out
 
     def similarity(self, measure: str = "cka", models=None, layers=None, *,
-                   max_memory: int = DEFAULT_MAX_MEMORY, backend: str = "auto",
+                   max_memory: int | None = None, backend: str = "auto",
                    progress=None, **settings) -> CKAResult:
         """``measure`` between every pair of the chosen ``"model/layer"``s -> CKAResult
         (names ``"model/layer"``, both sides the same list).
@@ -161,20 +162,25 @@ class Store:
         last), or ``{model: names}``.
 
         Full batch over all n samples. Pairs already in the cache for these settings and
-        these very features are read from it; the others are computed in blocks
-        ``similarity_matrix(rows, columns)`` — only the rows and columns that have a
-        missing pair, so adding a model computes its pairs only — with at most
-        ``max_memory`` bytes of per-layer n×n work (about 8·n² bytes a layer) at a time,
-        then written to the cache. ``self.last`` tells how many pairs were computed and
-        read, and the seconds taken."""
+        these very features are read from it; the others are computed in blocks of
+        ``(rows, columns)`` — only the rows and columns that have a missing pair, so adding
+        a model computes its pairs only — then written to the cache. CKA: one
+        ``cka_matrix(rows, columns, max_memory=max_memory)`` call, which streams sample
+        tiles (the tiled route) when the Grams would exceed ``max_memory`` (default: the
+        memory available). RSA and mutual kNN: blocks of layers within ``max_memory``
+        (default 4 GiB) of per-layer n × n work (about 8·n² bytes a layer). The features
+        of a block's layers are held in memory (n·d values each). ``self.last`` tells how
+        many pairs were computed and read, and the seconds taken."""
         if measure not in MEASURES:
             raise ValueError(f"measure must be one of {tuple(_SETTINGS)}, got {measure!r}")
         unknown = sorted(set(settings) - set(_SETTINGS[measure]))
         if unknown:
             raise TypeError(f"similarity(measure={measure!r}) takes settings "
                             f"{list(_SETTINGS[measure])}, not {unknown}")
-        if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1:
-            raise ValueError(f"max_memory must be a positive int (bytes), got {max_memory!r}")
+        if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(
+                max_memory, int) or max_memory < 1):
+            raise ValueError(f"max_memory must be a positive int (bytes) or None, got "
+                             f"{max_memory!r}")
         full = {k: settings.get(k, _DEFAULTS[k]) for k in _SETTINGS[measure]}
         key_settings = {"measure": measure, **{k: (str(v).replace("torch.", "")
                                                    if k == "dtype" and v is not None else v)
@@ -190,8 +196,8 @@ class Store:
                    if cache.get(keys[i], keys[j]) is None}
         computed = len(missing)
         n = len(self.sample_ids or [])
-        per_layer = 8 * n * n + 1
-        chunk = max(2, max_memory // per_layer)
+        budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+        chunk = 2 * L if measure == "cka" else max(2, budget // (8 * n * n + 1))
         rows = _cover(missing, L)
         feats: dict[int, torch.Tensor] = {}
         blocks = []
@@ -218,8 +224,12 @@ class Store:
             same = rb == cb
             xs = {f"{sel[i][0]}/{sel[i][1]}": feats[i] for i in rb}
             ys = None if same else {f"{sel[i][0]}/{sel[i][1]}": feats[i] for i in cb}
-            block = similarity_matrix(xs, ys, measure=measure, backend=backend,
-                                      max_bytes=max_memory, **full)
+            if measure == "cka":
+                block = cka_matrix(xs, ys, backend=backend, max_memory=max_memory,
+                                   progress=progress, **full)
+            else:
+                block = similarity_matrix(xs, ys, measure=measure, backend=backend,
+                                          max_bytes=budget, **full)
             for a, i in enumerate(rb):
                 for b, j in enumerate(cb):
                     p = (min(i, j), max(i, j))
