@@ -230,3 +230,33 @@ def test_minibatch_reads_each_batch(rng, tmp_path):
     want = ref.minibatch_cka([[x0, x1] for x0, x1 in batches],
                              [[x1, x0] for x0, x1 in batches])
     np.testing.assert_allclose(m.compute().numpy(), want, rtol=1e-12, atol=0)
+
+
+def _rss_file_kib() -> int:
+    try:
+        status = open("/proc/self/status").read()
+    except OSError:
+        pytest.skip("no /proc/self/status")
+    line = [x for x in status.splitlines() if x.startswith("RssFile:")]
+    if not line:
+        pytest.skip("no RssFile in /proc/self/status")
+    return int(line[0].split()[1])
+
+
+def test_streaming_a_memmap_keeps_it_out_of_rss(tmp_path):
+    """A read-only memmap streamed in tiles: its pages leave the process once copied
+    (else RSS grows to the file's size); the rows are still right, views included."""
+    n, d = 16384, 768                                     # 48 MiB
+    mm = np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.float32,
+                                   shape=(n, d))
+    mm[:] = np.arange(n, dtype=np.float32)[:, None]
+    mm.flush()
+    del mm
+    a = np.load(tmp_path / "m.npy", mmap_mode="r")
+    before = _rss_file_kib()
+    for v, first in ((a, 0), (a[5:], 5)):
+        src = S.open_rows(v, "xs")
+        for i in range(0, src.n, 1000):
+            r = src.read(i, min(i + 1000, src.n))
+            assert r[0, 0].item() == first + i and r[-1, -1].item() == first + i + len(r) - 1
+    assert _rss_file_kib() - before < 8 * 1024

@@ -234,7 +234,31 @@ class ArrayRows(Source):
         copy = isinstance(self.a, np.memmap) or not rows.flags.c_contiguous \
             or rows.dtype != native
         rows = np.array(rows, dtype=native, order="C") if copy else rows
+        if isinstance(self.a, np.memmap):
+            _drop_pages(self.a, start, stop)
         return torch.from_numpy(rows.reshape(stop - start, self.d))
+
+
+def _drop_pages(a, start: int, stop: int) -> None:
+    """Unmap rows start..stop of a read-only, C-contiguous memmap from this process once
+    they are copied out (``MADV_DONTNEED``): the pages stay in the OS page cache but leave
+    the process's RSS, which otherwise grows to the whole file as it is streamed. Only a
+    hint: where it does not apply, nothing changes but the RSS."""
+    import mmap
+    import numpy as np
+    mm = getattr(a, "_mmap", None)
+    if mm is None or getattr(a, "mode", None) != "r" or not a.flags.c_contiguous \
+            or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        base = np.frombuffer(mm, np.uint8).ctypes.data
+        row = a.strides[0] if a.ndim else a.itemsize
+        lo = a.ctypes.data - base + start * row
+        hi = min(len(mm), a.ctypes.data - base + stop * row)
+        lo -= lo % mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (OSError, ValueError, BufferError):
+        pass
 
 
 class FileRows(Source):
