@@ -25,10 +25,11 @@ from .measures.similarity import similarity_matrix  # noqa: E402
 
 __all__ += ["similarity_matrix"]
 
+from .models.many import compare_many  # noqa: E402
 from .store import Store  # noqa: E402
 from .cli.zoo import extract  # noqa: E402
 
-__all__ += ["Store", "extract"]
+__all__ += ["compare_many", "Store", "extract"]
 
 from . import _moved  # noqa: E402
 
