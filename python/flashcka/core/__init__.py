@@ -3,6 +3,7 @@
 ``validate`` (checks and messages), ``memory`` (the memory check before allocation),
 ``engine`` (the Gram route, the pair stage, CKA from HSICs in power-of-two units),
 ``feature`` (the feature route), ``minibatch`` (``MinibatchCKA``, the accumulator) and
-``jackknife``. Imports only ``flashcka.backends`` (and the leaf modules ``_warning``, ``_C``):
-nothing here knows of models, files or the command line.
+``jackknife``, ``sources`` (row sources: a layer in memory or in a .npy/.safetensors/HDF5
+file, read a block of rows at a time). Imports only ``flashcka.backends`` (and the leaf
+modules ``_warning``, ``_C``): nothing here knows of models or the command line.
 """
