@@ -136,23 +136,26 @@ PYBIND11_MODULE(_C, m) {
       "kernel_tiles",
       [](const std::vector<int64_t>& desc, const std::vector<double>& par, int64_t ti,
          int64_t tj, bool diag, int ct, int kernel, bool unbiased, std::uintptr_t out,
-         int threads) {
-        // desc: count × 4 ints [xi, xj, d, has_shift]; par: count × 3 [two_s2, shift, tol]
-        const int64_t count = int64_t(desc.size() / 4);
+         std::uintptr_t rsum, std::uintptr_t csum, int threads) {
+        // desc: count × 7 ints [xi, xj, d, ldi, ldj, mu or 0, has_shift];
+        // par: count × 4 [scale, two_s2, shift, tol]
+        const int64_t count = int64_t(desc.size() / 7);
         std::vector<flashcka::TileLayer> layers(static_cast<size_t>(count));
         for (int64_t i = 0; i < count; ++i) {
-          const int64_t* d = desc.data() + 4 * i;
-          const double* p = par.data() + 3 * i;
-          layers[size_t(i)] = flashcka::TileLayer{cptr(std::uintptr_t(d[0])),
-                                                  cptr(std::uintptr_t(d[1])), d[2], p[0], p[1],
-                                                  p[2], d[3] != 0};
+          const int64_t* d = desc.data() + 7 * i;
+          const double* p = par.data() + 4 * i;
+          layers[size_t(i)] = flashcka::TileLayer{
+              cptr(std::uintptr_t(d[0])), cptr(std::uintptr_t(d[1])), d[2], d[3], d[4],
+              d[5] ? cptr(std::uintptr_t(d[5])) : nullptr, p[0], p[1], p[2], p[3], d[6] != 0};
         }
         flashcka::kernel_tiles(layers.data(), count, ti, tj, diag, ct, kernel, unbiased,
-                               mptr(out), threads);
+                               mptr(out), static_cast<double*>(mptr(rsum)),
+                               static_cast<double*>(mptr(csum)), threads);
       },
       py::call_guard<py::gil_scoped_release>(),
       "The tiled route's tiles of one tile pair, every layer (tiled_cpu.h): out (count, ti, "
-      "tj) of the compute dtype; kernel 0 linear, 1 rbf, 2 squared distances.");
+      "tj) of the compute dtype; kernel 0 linear, 1 rbf, 2 squared distances; rsum/csum "
+      "(count, ti)/(count, tj) float64 or 0: the tiles' row and column sums.");
   m.def("set_num_threads", [](int t) { flashcka::set_blas_threads(t); });
   m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
 }

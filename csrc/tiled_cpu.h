@@ -7,15 +7,17 @@
 
 namespace flashcka {
 
-// One layer: rows I (ti × d) at xi and rows J (tj × d) at xj, contiguous, in the compute
-// dtype, already centred and scaled (xj == xi on a diagonal tile). two_s2 = 2σ² (rbf),
-// shift the constant subtracted from every entry (when has_shift), tol the relative noise
-// threshold of the distance formula (torch_backend.noise_tol).
+// One layer: rows I (ti × d, row stride ldi) at xi and rows J (tj × d, ldj) at xj, in the
+// compute dtype (xj == xi on a diagonal tile); the tile is made from scale·(x − μ) (mu: d
+// values, or null: x is used as it is), centred and scaled as the panels are packed.
+// two_s2 = 2σ² (rbf), shift the constant subtracted from every entry (when has_shift), tol
+// the relative noise threshold of the distance formula (torch_backend.noise_tol).
 struct TileLayer {
   const void* xi;
   const void* xj;
-  int64_t d;
-  double two_s2, shift, tol;
+  int64_t d, ldi, ldj;
+  const void* mu;
+  double scale, two_s2, shift, tol;
   bool has_shift;
 };
 
@@ -28,7 +30,10 @@ struct TileLayer {
 // numbers of torch_backend.kernel_tile. Products on the vector micro-kernels
 // (simd_kernels.h: packed panels, gemm_panels) where the CPU has them, else OpenBLAS.
 // Layers run in parallel, one thread each; fewer layers than threads are split by rows.
+// rsum (count, ti) and csum (count, tj), float64, when not null: each tile's row and column
+// sums (in double, in a fixed order: the same numbers for any thread count).
 void kernel_tiles(const TileLayer* layers, int64_t count, int64_t ti, int64_t tj, bool diag,
-                  int ct, int kernel, bool unbiased, void* out, int threads);
+                  int ct, int kernel, bool unbiased, void* out, double* rsum, double* csum,
+                  int threads);
 
 }  // namespace flashcka

@@ -86,11 +86,15 @@ class Backend:
 
     def kernel_tiles(self, xi: list, xj: list | None, out: torch.Tensor, *, kernel: str,
                      two_s2: torch.Tensor | None, shift: torch.Tensor | None, unbiased: bool,
-                     dims: list) -> torch.Tensor:
+                     dims: list, sums: tuple | None = None, **raw) -> torch.Tensor:
         """The tiled route (core/tiled.py): each layer l's kernel tile of rows I (``xi[l]``,
         (ti, d_l)) against rows J (``xj[l]``, (tj, d_l); ``xj`` None: J = I) into ``out[l]``
         ((L, ti, tj), ct), features already centred (and scaled) in ct. kernel "linear",
         "rbf" (``two_s2[l]`` = 2σ²) or "dist" (squared distances, for the median); minus
-        ``shift[l]``; zero diagonal on a diagonal tile when unbiased. Definition:
+        ``shift[l]``; zero diagonal on a diagonal tile when unbiased. ``sums`` (row sums
+        (L, ti), column sums (L, tj), float64) receive the final tiles' sums. A backend
+        with ``centres_tiles = True`` is given raw rows with ``mus=`` (per layer (d,) in
+        ct, or None for rows already centred) and ``scales=`` (floats), and makes the tile
+        from scale·(x − μ). Definition:
         ``torch_backend.kernel_tile``; every backend gives its numbers."""
         raise NotImplementedError

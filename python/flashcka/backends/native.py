@@ -281,10 +281,15 @@ class NativeBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ tiled route
-    def kernel_tiles(self, xi, xj, out, *, kernel, two_s2, shift, unbiased, dims):
+    centres_tiles = True    # kernel_tiles takes raw rows with mus/scales (packed centred)
+
+    def kernel_tiles(self, xi, xj, out, *, kernel, two_s2, shift, unbiased, dims,
+                     sums=None, mus=None, scales=None):
         """The tiled route's tiles of every layer in one call (base.py; csrc/tiled_cpu.cpp:
         the vector micro-kernels' packed panels, layers in parallel), the numbers of
-        ``torch_backend.kernel_tile``."""
+        ``torch_backend.kernel_tile``. With ``mus`` (per layer (d,) in ct, or None) and
+        ``scales``, the rows are raw and the tile is made from scale·(x − μ), centred as
+        the panels are packed (no centred copy of the rows)."""
         ct = out.dtype
         L, ti, tj = out.shape
         if out.device.type != "cpu" or ct not in _CODES or not out.is_contiguous():
@@ -292,20 +297,41 @@ class NativeBackend(Backend):
                              f"{out.dtype} on {out.device}")
         keep, desc, par = [], [], []
         for i in range(L):
-            a = xi[i].to(ct).contiguous()
-            b = a if xj is None else xj[i].to(ct).contiguous()
+            a = self._tile_rows(xi[i], ct)
+            b = a if xj is None else self._tile_rows(xj[i], ct)
             if a.shape[0] != ti or b.shape[0] != tj or a.shape[1] != b.shape[1]:
                 raise ValueError(f"layer {i}: rows {tuple(a.shape)} and {tuple(b.shape)} do not "
                                  f"make a ({ti}, {tj}) tile")
+            mu = None if mus is None else mus[i]
+            if mu is not None:
+                mu = self._mu(mu, ct, a.shape[1], "mu")
+                keep.append(mu)
             keep += [a, b]
-            desc += (a.data_ptr(), b.data_ptr(), a.shape[1], shift is not None)
-            par += (float(two_s2[i]) if two_s2 is not None else 1.0,
+            desc += (a.data_ptr(), b.data_ptr(), a.shape[1], a.stride(0), b.stride(0),
+                     0 if mu is None else mu.data_ptr(), shift is not None)
+            par += (1.0 if scales is None else float(scales[i]),
+                    float(two_s2[i]) if two_s2 is not None else 1.0,
                     float(shift[i]) if shift is not None else 0.0, noise_tol(dims[i], ct))
+        rs = cs = 0
+        if sums is not None:
+            for t, k in zip(sums, (ti, tj)):
+                if t.shape != (L, k) or t.dtype != torch.float64 or not t.is_contiguous():
+                    raise ValueError(f"sums must be contiguous float64 ({L}, {ti}) and ({L}, "
+                                     f"{tj}), got {tuple(t.shape)} {t.dtype}")
+            rs, cs = sums[0].data_ptr(), sums[1].data_ptr()
         if L:
             _load().kernel_tiles(desc, par, ti, tj, xj is None, _CODES[ct],
                                  {"linear": 0, "rbf": 1, "dist": 2}[kernel], bool(unbiased),
-                                 out.data_ptr(), self._threads())
+                                 out.data_ptr(), rs, cs, self._threads())
         return out
+
+    @staticmethod
+    def _tile_rows(x, ct):
+        """Rows (t, d) in ct with unit column stride (a view when they already are)."""
+        x = x.to(ct)
+        if x.dim() != 2 or x.stride(1) != 1 or x.stride(0) < x.shape[1]:
+            x = x.reshape(x.shape[0], -1).contiguous()
+        return x
 
     def sq_row_norms(self, g):
         """‖g_i‖² (L,) float64 of rows g (L, m), accumulated in double (float32 sums of

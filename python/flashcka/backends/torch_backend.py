@@ -177,13 +177,17 @@ class TorchBackend(Backend):
     def pair(self, ga, gb):
         return (ga @ gb.T).to(torch.float64)
 
-    def kernel_tiles(self, xi, xj, out, *, kernel, two_s2, shift, unbiased, dims):
+    def kernel_tiles(self, xi, xj, out, *, kernel, two_s2, shift, unbiased, dims,
+                     sums=None):
         """The tiled route's tiles of every layer (base.py): out[l] = ``kernel_tile``."""
         for i, x in enumerate(xi):
             out[i] = kernel_tile(x, None if xj is None else xj[i], kernel=kernel,
                                  two_s2=None if two_s2 is None else two_s2[i],
                                  shift=None if shift is None else shift[i],
                                  unbiased=unbiased, dim=dims[i])
+        if sums is not None:
+            torch.sum(out, 2, dtype=torch.float64, out=sums[0])
+            torch.sum(out, 1, dtype=torch.float64, out=sums[1])
         return out
 
     def sq_row_norms(self, g):

@@ -53,18 +53,32 @@ class Layer:
     mu: torch.Tensor
     scale: float
     constant: bool
+    mu_ct: torch.Tensor | None = None
 
     def block(self, start: int, stop: int, ct: torch.dtype) -> torch.Tensor:
         """scale·(x − 1μᵀ) of rows [start, stop) in ct, centred in float64 for float64 x
         (and exactly 0 for a constant layer)."""
         if self.constant:
             return torch.zeros(stop - start, 1, dtype=ct, device=self.mu.device)
-        x = self.src.read(start, stop)
+        # every row was read through ``src.read`` (finiteness checked) by ``prepare``: the
+        # tiles read them again without a second check
+        x = self.src._rows(start, stop)
         if x.dtype == torch.float64:
             xc = (x - self.mu).to(ct)
         else:
-            xc = x.to(ct) - self.mu.to(ct)
+            if self.mu_ct is None or self.mu_ct.dtype != ct:
+                self.mu_ct = self.mu.to(ct)
+            xc = x.to(ct) - self.mu_ct
         return xc.mul_(self.scale) if self.scale != 1.0 else xc
+
+    def raw(self, start: int, stop: int, ct: torch.dtype):
+        """(rows, μ in ct or None, scale) for a backend that centres as it packs
+        (``centres_tiles``): x's own rows when x is in ct, else the centred block."""
+        if self.constant or self.src.dtype != ct:
+            return self.block(start, stop, ct), None, 1.0
+        if self.mu_ct is None or self.mu_ct.dtype != ct:
+            self.mu_ct = self.mu.to(ct)
+        return self.src._rows(start, stop), self.mu_ct, self.scale
 
 
 def prepare(src, ct: torch.dtype) -> Layer:
@@ -124,23 +138,40 @@ def count_pairs(n: int, tile: int) -> int:
 
 
 def sweep(be, layers, n, ct, tile, kernel, visit, bar, *, two_s2=None, shift=None,
-          unbiased=True):
+          unbiased=True, sums=False):
     """Make every tile pair's tiles of all layers (one buffer, reused) and hand them to
-    ``visit(i0, i1, j0, j1, tiles)``; the rows of block I are read once per row of tiles."""
+    ``visit(i0, i1, j0, j1, tiles[, row sums, column sums])`` (``sums``: the tiles' float64
+    row and column sums too); block I's rows are read once per row of tiles."""
     L = len(layers)
     dims = [1 if ly.constant else ly.src.d for ly in layers]
     device = layers[0].mu.device
-    buf = torch.empty(L * min(tile, n) ** 2, dtype=ct, device=device)
+    t = min(tile, n)
+    buf = torch.empty(L * t * t, dtype=ct, device=device)
+    sbuf = torch.empty(2 * L * t, dtype=torch.float64, device=device) if sums else None
     cur, xi = None, None
     bar.set_postfix_str(kernel if kernel == "dist" else "hsic", refresh=False)
+    extra = {}
+    if getattr(be, "centres_tiles", False):   # raw rows, centred as the backend packs them
+        def rows(a, b):
+            got = [ly.raw(a, b, ct) for ly in layers]
+            extra.update(mus=[g[1] for g in got], scales=[g[2] for g in got])
+            return [g[0] for g in got]
+    else:
+        def rows(a, b):
+            return [ly.block(a, b, ct) for ly in layers]
     for i0, i1, j0, j1 in tile_pairs(n, tile):
         if cur != i0:
-            cur, xi = i0, [ly.block(i0, i1, ct) for ly in layers]
-        xj = None if j0 == i0 else [ly.block(j0, j1, ct) for ly in layers]
+            cur, xi = i0, rows(i0, i1)
+        xj = None if j0 == i0 else rows(j0, j1)
         out = buf[:L * (i1 - i0) * (j1 - j0)].view(L, i1 - i0, j1 - j0)
+        rc = None
+        if sums:
+            rc = (sbuf[:L * (i1 - i0)].view(L, i1 - i0),
+                  sbuf[L * t:L * (t + j1 - j0)].view(L, j1 - j0))
         be.kernel_tiles(xi, xj, out, kernel=kernel, two_s2=two_s2, shift=shift,
-                        unbiased=unbiased, dims=dims)
-        visit(i0, i1, j0, j1, out)
+                        unbiased=unbiased, dims=dims, **extra,
+                        **({} if rc is None else {"sums": rc}))
+        visit(i0, i1, j0, j1, out, *(rc or ()))
         bar.update(1)
 
 
@@ -156,7 +187,7 @@ class Sums:
         self.q = None if same else torch.zeros(L, **f64)
         self.r = torch.zeros(L, n, **f64)
 
-    def add(self, be, i0, i1, j0, j1, tiles):
+    def add(self, be, i0, i1, j0, j1, tiles, rows, cols):
         w = 1.0 if i0 == j0 else 2.0
         t = tiles.view(tiles.shape[0], -1)
         if be.name == "torch":    # the readable backend: products summed in float64
@@ -166,9 +197,9 @@ class Sums:
         else:
             self.p += w * be.pair(t[:self.la], t[self.la:])
             self.q += w * _engine._sq_row_norms(be, t)
-        self.r[:, i0:i1] += tiles.sum(2, dtype=torch.float64)
+        self.r[:, i0:i1] += rows
         if i0 != j0:
-            self.r[:, j0:j1] += tiles.sum(1, dtype=torch.float64)
+            self.r[:, j0:j1] += cols
 
     def closed_form(self, n: int, unbiased: bool):
         """(raw (L_A, L_B), qa, qb): n(n−3)·HSIC₁ or (n−1)²·HSIC₁₀ of every pair, float64."""
@@ -215,7 +246,7 @@ def hsics(be, sa, sb, s: Settings, ct: torch.dtype, *, tile: int | None = None,
             shift = _first_tile_mean(be, layers, n, ct, tile, two_s2, s.unbiased)
         sums = Sums(L, la, same, n, device)
         sweep(be, layers, n, ct, tile, s.kernel, lambda *a: sums.add(be, *a), bar,
-              two_s2=two_s2, shift=shift, unbiased=s.unbiased)
+              two_s2=two_s2, shift=shift, unbiased=s.unbiased, sums=True)
     finally:
         bar.close()
     raw, qa, qb = sums.closed_form(n, s.unbiased)
@@ -233,7 +264,7 @@ def hsics(be, sa, sb, s: Settings, ct: torch.dtype, *, tile: int | None = None,
 def _first_tile_mean(be, layers, n, ct, tile, two_s2, unbiased):
     """Each layer's shift c: the mean of its RBF tile (0, 0), in ct."""
     t = min(n, tile)
-    xi = [ly.block(0, t, ct) for ly in layers]
+    xi = [ly.block(0, t, ct) for ly in layers]  # (centred here: any backend)
     out = torch.empty(len(layers), t, t, dtype=ct, device=layers[0].mu.device)
     be.kernel_tiles(xi, None, out, kernel="rbf", two_s2=two_s2, shift=None, unbiased=False,
                     dims=[1 if ly.constant else ly.src.d for ly in layers])
