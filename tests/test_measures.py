@@ -256,9 +256,10 @@ def test_svcca_threshold_checked(rng, bad):
 
 
 @pytest.mark.parametrize("measure", MEASURES)
-def test_constant_layer_is_nan_with_warning(rng, measure):
+@pytest.mark.parametrize("value", [2.5, 0.1, -7e30])     # 0.1: its mean is not exact
+def test_constant_layer_is_nan_with_warning(rng, measure, value):
     x = torch.tensor(layer(rng, rng.standard_normal((30, 2)), 3))
-    const = torch.full((30, 4), 2.5, dtype=torch.float64)
+    const = torch.full((30, 4), value, dtype=torch.float64)
     with pytest.warns(FlashCKAWarning, match="flat is constant over the samples"):
         got = similarity_matrix({"x": x, "flat": const}, measure=measure)
     assert torch.isnan(got[1]).all() and torch.isnan(got[:, 1]).all()

@@ -9,16 +9,16 @@ DISTANCES = ("angular", "euclidean")
 
 
 def procrustes_pairs(ba, bb, *, progress=None) -> torch.Tensor:
-    """Procrustes similarity of every pair of factorised layers (``subspace.prepare``):
-    (L_A, L_B) float64; see ``similarity_matrix(measure="procrustes")``."""
+    """Procrustes similarity of every pair of layers from ``subspace.prepare(...,
+    factor=subspace.features)``: (L_A, L_B) float64; see
+    ``similarity_matrix(measure="procrustes")``."""
     return _sub.pairs(ba, bb, _similarity, symmetric=True, progress=progress,
                       desc="flashcka procrustes")
 
 
 def _similarity(a, bs, m):
-    # X̃ᵀỸ = V_A S_A (U_Aᵀ U_B) S_B V_Bᵀ has the singular values of S_A (U_Aᵀ U_B) S_B
-    core = a.s[None, :, None] * m * _sub.stack_s(bs)[:, None, :]
-    return torch.linalg.svdvals(core).sum(-1).clamp(0.0, 1.0)
+    # m = X̃ᵀỸ (or the same with an n × n factor in place of a layer wider than n)
+    return torch.linalg.svdvals(m).sum(-1).clamp(0.0, 1.0)
 
 
 def procrustes_distance(similarity: torch.Tensor, kind: str = "angular") -> torch.Tensor:

@@ -63,15 +63,16 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
 
     Procrustes, CCA, SVCCA, PWCCA and linear regression (``flashcka.measures.subspace``):
     each layer is centred and factorised once, X_c = U S Vᵀ (thin SVD; rank r: singular
-    values above max(n, d)·eps·s_max), and every pair is the r_A × r_B product U_Aᵀ U_B
-    (one product per row layer against all column layers) and a batched SVD of it. With
-    X̃ = X_c/‖X_c‖_F, Ỹ likewise:
+    values above max(n, d)·eps·max(s_max, 1) with max |x| scaled into [1/2, 1)), and every
+    pair is the r_A × r_B product U_Aᵀ U_B (one product per row layer against all column
+    layers) and a batched SVD of it. With X̃ = X_c/‖X_c‖_F, Ỹ likewise:
 
       * ``"procrustes"``: ‖X̃ᵀỸ‖_* (nuclear norm) = max over orthogonal Q of ⟨X̃, ỸQ⟩_F ∈ [0, 1]
         (Williams et al. 2021, "Generalized shape metrics on neural representations"; the
         smaller layer is zero-padded, which changes nothing). Its distances, arccos S
         (angular, netrep's) and sqrt(2 − 2S) (Euclidean): ``measures.procrustes.
-        procrustes_distance``. Symmetric; any n and d.
+        procrustes_distance``. Symmetric; any n and d. Needs no SVD per layer: the pairs
+        are X̃ᵀỸ themselves (a layer with d > n replaced by an n × n factor of its Gram).
       * ``"cca"``: mean canonical correlation (1/k) Σ ρ_i, ρ = singular values of U_Aᵀ U_B,
         k = min(r_A, r_B) (Hotelling 1936; Raghu et al. 2017's ρ̄). Invariant to invertible
         linear maps of either layer. Symmetric.
@@ -112,9 +113,10 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
     if measure in SUBSPACE_MEASURES:
         if measure == "svcca":
             _cca.threshold_arg(svcca_threshold)
+        factor = _subspace.features if measure == "procrustes" else _subspace.basis
         ba, bb, n = _subspace.prepare(_sources.load(xs, "xs"),
                                       None if ys is None else _sources.load(ys, "ys"),
-                                      dtype, max_bytes, measure)
+                                      dtype, max_bytes, measure, factor)
         if measure == "procrustes":
             return _procrustes.procrustes_pairs(ba, bb, progress=progress)
         if measure == "svcca":

@@ -1,8 +1,9 @@
 """The first stage shared by Procrustes, CCA, SVCCA, PWCCA and linear-regression fit: each
-layer's centred features factorised once, ``X_c = U S Vᵀ`` (one thin SVD per layer), and
+layer's centred features factorised once (``basis``: the thin SVD ``X_c = U S Vᵀ``;
+``features``: for Procrustes, X̃ = X_c/‖X_c‖_F itself, or an n × n factor when d > n), and
 for every pair the block ``U_Aᵀ U_B`` (one product per row layer against all the column
-layers at once). Every pair's score is then a small function of that r_A × r_B block and
-the two layers' S, Vᵀ (docs/design.md, "Procrustes and CCA").
+layers at once). Every pair's score is then a small function of that block and the two
+layers' S, Vᵀ (docs/design.md, "Procrustes and CCA").
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from ..core import validate as _validate
 
 @dataclass
 class Basis:
-    """One layer: ``u`` (n, r) orthonormal basis of the centred features' column space,
-    ``s`` (r,) their singular values divided by their 2-norm (so Σ s² = 1: every measure
-    here is invariant to the layer's scale), descending, ``vt`` (r, d). r is the numerical
-    rank (singular values above ``max(n, d) · eps · s_max``, numpy's ``matrix_rank`` rule);
-    r = 0 for a layer that is constant over the samples."""
+    """One layer. From ``basis``: ``u`` (n, r) orthonormal basis of the centred features'
+    column space, ``s`` (r,) their singular values divided by their 2-norm (so Σ s² = 1:
+    every measure here is invariant to the layer's scale), descending, ``vt`` (r, d); r is
+    the numerical rank: singular values above ``max(n, d) · eps · max(s_max, 1)`` with the
+    layer scaled so that max |x| is in [1/2, 1) (numpy's ``matrix_rank`` rule, with a floor
+    at the rounding of the centering itself). From ``features``: ``u`` (n, r) with
+    ``u uᵀ = X̃ X̃ᵀ``, ``s`` and ``vt`` empty. r = 0 for a layer constant over the samples."""
     name: str
     d: int
     u: torch.Tensor
@@ -31,11 +34,12 @@ class Basis:
 
     @property
     def rank(self) -> int:
-        return self.s.numel()
+        return self.u.shape[1]
 
 
-def prepare(xs, ys, dtype, max_bytes: int, measure: str):
-    """Validate the inputs and factorise every layer -> (bases_a, bases_b or None, n).
+def prepare(xs, ys, dtype, max_bytes: int, measure: str, factor=None):
+    """Validate the inputs and factorise every layer (``factor``: ``basis``, the default,
+    or ``features``) -> (bases_a, bases_b or None, n).
     ``dtype``: None (float64) or float32/float64. Raises before any SVD when the bases
     (8 or 4 bytes × n × Σ min(n, d) over the layers) would exceed ``max_bytes``."""
     xa, na = _validate.representations(xs, "xs")
@@ -56,31 +60,58 @@ def prepare(xs, ys, dtype, max_bytes: int, measure: str):
                          f"(n × min(n, d) values): about {need / 2**30:.2f} GiB here, over "
                          f"max_bytes = {max_bytes / 2**30:.2f} GiB: use fewer samples or "
                          f"layers, or raise max_bytes")
-    ba = [basis(x, name, ct) for x, name in zip(xa, na)]
-    bb = None if xb is None else [basis(x, name, ct) for x, name in zip(xb, nb)]
+    factor = basis if factor is None else factor
+    ba = [factor(x, name, ct) for x, name in zip(xa, na)]
+    bb = None if xb is None else [factor(x, name, ct) for x, name in zip(xb, nb)]
     return ba, bb, n
 
 
-def basis(x: torch.Tensor, name: str, ct: torch.dtype) -> Basis:
-    """The thin SVD of the centred features (x flattened to (n, d), in ``ct``)."""
+def centred(x: torch.Tensor, name: str, ct: torch.dtype) -> tuple[torch.Tensor, float]:
+    """x flattened to (n, d) in ``ct``, times a power of two (exact) that brings max |x|
+    into [1/2, 1) (no overflow), centred -> (x_c, the rounding floor of its singular values:
+    max(n, d) · eps; the centering's own rounding is below it)."""
     f, = _validate.upcast_float8([x.detach().reshape(x.shape[0], -1)])
     amax = float(f.abs().amax())
     if not math.isfinite(amax):
         _validate.raise_non_finite(x, name, ct)
     f = f.to(ct)
-    if amax > 0:   # a power of two (exact) that brings max |x| into [1/2, 1): no overflow
+    if amax > 0:
         f = f * math.ldexp(1.0, -math.frexp(amax)[1])
-    f = f - f.mean(0, keepdim=True)
+    return f - f.mean(0, keepdim=True), max(f.shape) * torch.finfo(ct).eps
+
+
+def basis(x: torch.Tensor, name: str, ct: torch.dtype) -> Basis:
+    """The thin SVD of the centred features."""
+    f, floor = centred(x, name, ct)
     u, s, vt = torch.linalg.svd(f, full_matrices=False)
-    tol = float(s[0]) * max(f.shape) * torch.finfo(ct).eps if s.numel() else 0.0
+    tol = floor * max(float(s[0]), 1.0)
     r = int((s > tol).sum())
     s = s[:r]
     if r:
         s = s / torch.linalg.vector_norm(s)
     else:
-        warnings.warn(f"{name} is constant over the samples (no variance after centering): "
-                      f"its entries are NaN", _validate.FlashCKAWarning, stacklevel=4)
+        _constant(name)
     return Basis(name, f.shape[1], u[:, :r].contiguous(), s.contiguous(), vt[:r].contiguous())
+
+
+def features(x: torch.Tensor, name: str, ct: torch.dtype) -> Basis:
+    """X̃ = X_c/‖X_c‖_F as ``u`` when d ≤ n; when d > n, Rᵀ (n × n) from X̃ᵀ = QR, which has
+    the same Gram X̃X̃ᵀ (so every X̃ᵀỸ keeps its singular values)."""
+    f, floor = centred(x, name, ct)
+    norm = float(torch.linalg.matrix_norm(f))
+    empty = f.new_empty(0)
+    if not norm > floor:
+        _constant(name)
+        return Basis(name, f.shape[1], f[:, :0], empty, empty)
+    f = f / norm
+    if f.shape[1] > f.shape[0]:
+        f = torch.linalg.qr(f.T, mode="r").R.T
+    return Basis(name, x[0].numel(), f.contiguous(), empty, empty)
+
+
+def _constant(name: str) -> None:
+    warnings.warn(f"{name} is constant over the samples (no variance after centering): "
+                  f"its entries are NaN", _validate.FlashCKAWarning, stacklevel=5)
 
 
 def pairs(ba: list[Basis], bb: list[Basis] | None, pair_fn, *, symmetric: bool,
