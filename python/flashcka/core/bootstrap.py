@@ -57,16 +57,7 @@ def bootstrap_interval(xs, ys=None, *, num_resamples: int = 1000, seed: int = 0,
     unbiased. The kernel's σ (median heuristic) is the full sample's, not re-estimated
     per resample.
     """
-    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) \
-            or num_resamples < 2:
-        raise ValueError(f"num_resamples must be an int >= 2, got {num_resamples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    level = float(level)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    level = check_args(num_resamples, seed, level, method)
     xa, na = _validate.representations(xs, "xs")
     same = ys is None
     xb, nb = (xa, na) if same else _validate.representations(ys, "ys")
@@ -87,12 +78,22 @@ def bootstrap_interval(xs, ys=None, *, num_resamples: int = 1000, seed: int = 0,
     ra = MinibatchCKA._check_constant_rows(_engine.gram_rows(be, xa, na, n, ct, s), xa, na, ct)
     rb = ra if same else MinibatchCKA._check_constant_rows(
         _engine.gram_rows(be, xb, nb, n, ct, s), xb, nb, ct)
-    h = _engine.hsic_from_rows(be, ra, rb, same, n, s.unbiased, na, nb)
-    bad_a = _engine.zero_variance(ra.sq_c, ra.sq, ct)
-    bad_b = bad_a if same else _engine.zero_variance(rb.sq_c, rb.sq, ct)
-    observed = _engine.cka_from_hsic(h.cross, h.self_a, h.self_b, bad_a, bad_b, na, nb)
-    ca = full_matrices(ra.g, n, s.unbiased)
-    cb = ca if same else full_matrices(rb.g, n, s.unbiased)
+    return bootstrap_rows(be, ra, rb, n, s.unbiased, same, na, nb, num_resamples, seed, level,
+                          method, progress)
+
+
+def bootstrap_rows(be, ra: _engine.Rows, rb: _engine.Rows, n: int, unbiased: bool, same: bool,
+                   names_a, names_b, num_resamples: int, seed: int, level: float, method: str,
+                   progress: bool | None = None) -> "BootstrapResult":
+    """``bootstrap_interval`` on one batch's stored rows (arguments checked by the caller;
+    ``compare(..., bootstrap=R)`` comes here with the rows of its one batch)."""
+    h = _engine.hsic_from_rows(be, ra, rb, same, n, unbiased, names_a, names_b)
+    bad_a = _engine.zero_variance(ra.sq_c, ra.sq, None)
+    bad_b = bad_a if same else _engine.zero_variance(rb.sq_c, rb.sq, None)
+    observed = _engine.cka_from_hsic(h.cross, h.self_a, h.self_b, bad_a, bad_b, names_a,
+                                     names_b).cpu()
+    ca = full_matrices(ra.g, n, unbiased)
+    cb = ca if same else full_matrices(rb.g, n, unbiased)
     from tqdm.auto import tqdm
     show = progress if progress is not None else sys.stderr is not None and sys.stderr.isatty()
     g = torch.Generator()
@@ -100,7 +101,7 @@ def bootstrap_interval(xs, ys=None, *, num_resamples: int = 1000, seed: int = 0,
     for r in tqdm(range(num_resamples), disable=not show, leave=False, desc="bootstrap"):
         g.manual_seed(permutation_seed(seed, _STREAM, r))
         idx = torch.randint(n, (n,), generator=g).to(ca.device)
-        reps[r] = _cka(ca, cb, idx, s.unbiased, same).cpu()
+        reps[r] = _cka(ca, cb, idx, unbiased, same).cpu()
     reps = torch.where((bad_a[:, None] | bad_b[None, :]).cpu(), float("nan"), reps)
     alpha = 1.0 - level
     q = torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)
@@ -109,9 +110,24 @@ def bootstrap_interval(xs, ys=None, *, num_resamples: int = 1000, seed: int = 0,
     else:
         loo = torch.stack([_cka(ca, cb, torch.cat([torch.arange(i, device=ca.device),
                                                    torch.arange(i + 1, n, device=ca.device)]),
-                                s.unbiased, same).cpu() for i in range(n)])
+                                unbiased, same).cpu() for i in range(n)])
         lo, hi = (_quantile(reps, v) for v in _bca_levels(reps, observed, loo, q))
     return BootstrapResult(observed, lo, hi, level, method, reps, num_resamples, seed)
+
+
+def check_args(num_resamples, seed, level, method, arg: str = "num_resamples") -> float:
+    """Raise naming the argument; returns ``level`` as a float."""
+    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) \
+            or num_resamples < 2:
+        raise ValueError(f"{arg} must be an int >= 2, got {num_resamples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    level = float(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return level
 
 
 @dataclass
