@@ -213,32 +213,52 @@ def test_corrupt_shards_raise_naming_the_file(tmp_path):
         Store(tmp_path / "s")
 
 
-def test_adding_a_model_computes_only_its_pairs(tmp_path):
+@pytest.mark.parametrize("keep_grams", [None, False])
+def test_adding_a_model_computes_only_its_pairs(tmp_path, monkeypatch, keep_grams):
     data = _digits(100, 50)
     store = write_store(_models(), data, out=tmp_path / "s", dtype="float64", **QUIET)
-    first = store.similarity(dtype=torch.float64)
+    first = store.similarity(dtype=torch.float64, keep_grams=keep_grams)
+    assert (tmp_path / "s/cache/grams").is_dir() == (keep_grams is None)
     torch.manual_seed(9)
     store = write_store({"vit2": TinyViT(dim=16, depth=3)}, data, out=tmp_path / "s",
                         dtype="float64", **QUIET)
-    calls = []
+    read, calls = [], []
+    real_features = Store.features
+    monkeypatch.setattr(Store, "features", lambda self, m, lay: read.append(m)
+                        or real_features(self, m, lay))
     import flashcka.store.store as store_mod
     real = store_mod.cka_matrix
-
-    def spy(xs, ys=None, **kw):
-        calls.append((list(xs), None if ys is None else list(ys)))
-        return real(xs, ys, **kw)
-    store_mod.cka_matrix = spy
-    try:
-        r = store.similarity(dtype=torch.float64)
-    finally:
-        store_mod.cka_matrix = real
+    monkeypatch.setattr(store_mod, "cka_matrix", lambda xs, ys=None, **kw: calls.append(
+        (list(xs), list(ys))) or real(xs, ys, **kw))
+    r = store.similarity(dtype=torch.float64, keep_grams=keep_grams)
     old = len(first.names_a)
     new = len(store.layers("vit2"))
     assert store.last["computed_pairs"] == new * old + new * (new + 1) // 2
-    assert all(all(n.startswith("vit2/") for n in rows) for rows, _ in calls)
+    if keep_grams is None:          # the old layers' Grams are read, not their features
+        assert set(read) == {"vit2"} and len(read) == new and not calls
+    else:                           # one block: the new layers against every layer
+        assert [rows for rows, _ in calls] == [[f"vit2/{lay}" for lay in store.layers("vit2")]]
+        assert len(calls[0][1]) == old + new
     assert torch.equal(r.matrix[:old, :old], first.matrix)
     want = flashcka.cka_matrix(_all_features(store), dtype=torch.float64)
     np.testing.assert_allclose(r.matrix.numpy(), want.numpy(), rtol=1e-12, atol=1e-13)
+
+
+def test_a_damaged_gram_file_is_recomputed(tmp_path):
+    store = write_store(_models(), _digits(60, 30), out=tmp_path / "s", dtype="float64",
+                        **QUIET)
+    want = store.similarity(dtype=torch.float64)
+    files = sorted((tmp_path / "s/cache/grams").rglob("*.safetensors"))
+    assert len(files) == len(want.names_a)
+    raw = bytearray(files[0].read_bytes())
+    raw[-5] ^= 1
+    files[0].write_bytes(bytes(raw))
+    for f in (tmp_path / "s/cache").glob("cka-*.json"):
+        f.unlink()
+    with pytest.warns(flashcka.FlashCKAWarning, match=f"Gram cache file {files[0]} is "
+                                                      f"damaged; recomputing it"):
+        got = store.similarity(dtype=torch.float64)
+    assert torch.equal(got.matrix, want.matrix)
 
 
 def test_bad_arguments_say_what_to_change(tmp_path):

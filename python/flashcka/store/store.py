@@ -13,6 +13,8 @@ from ..measures.similarity import similarity_matrix
 from ..result import CKAResult
 from . import _io
 from .cache import Cache
+from .grams import KEEP_BYTES, GramRows, cka_block
+from ..core.engine import Settings
 
 DEFAULT_MAX_MEMORY = 4 << 30     # RSA and mutual kNN blocks
 _SETTINGS = {"cka": ("kernel", "unbiased", "sigma", "threshold", "dtype"),
@@ -149,7 +151,8 @@ class Store:
 
     def similarity(self, measure: str = "cka", models=None, layers=None, *,
                    max_memory: int | None = None, backend: str = "auto",
-                   progress=None, **settings) -> CKAResult:
+                   keep_grams: bool | None = None, progress=None,
+                   **settings) -> CKAResult:
         """``measure`` between every pair of the chosen ``"model/layer"``s -> CKAResult
         (names ``"model/layer"``, both sides the same list).
 
@@ -164,10 +167,13 @@ class Store:
         Full batch over all n samples. Pairs already in the cache for these settings and
         these very features are read from it; the others are computed in blocks of
         ``(rows, columns)`` — only the rows and columns that have a missing pair, so adding
-        a model computes its pairs only — then written to the cache. CKA: one
-        ``cka_matrix(rows, columns, max_memory=max_memory)`` call, which streams sample
-        tiles (the tiled route) when the Grams would exceed ``max_memory`` (default: the
-        memory available). RSA and mutual kNN: blocks of layers within ``max_memory``
+        a model computes its pairs only — then written to the cache. CKA: each layer's
+        centered Gram row is kept in the store (``flashcka.store.grams``) when the
+        selected layers' rows fit ``keep_grams``' budget (None: 2 GiB and ``max_memory``;
+        True: always; False: never), so an added model costs its own Grams and the row
+        products of its pairs; otherwise one ``cka_matrix(rows, columns,
+        max_memory=max_memory)`` call, which streams sample tiles (the tiled route) when
+        the Grams would exceed ``max_memory`` (default: the memory available). RSA and mutual kNN: blocks of layers within ``max_memory``
         (default 4 GiB) of per-layer n × n work (about 8·n² bytes a layer). The features
         of a block's layers are held in memory (n·d values each). ``self.last`` tells how
         many pairs were computed and read, and the seconds taken."""
@@ -199,6 +205,9 @@ class Store:
         budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
         chunk = 2 * L if measure == "cka" else max(2, budget // (8 * n * n + 1))
         rows = _cover(missing, L)
+        grams = None
+        if measure == "cka" and missing and keep_grams is not False:
+            grams = self._grams(full, backend, n, L, max_memory, keep_grams)
         feats: dict[int, torch.Tensor] = {}
         blocks = []
         for r0 in range(0, len(rows), max(1, chunk // 2)):
@@ -219,12 +228,13 @@ class Store:
             rb = sorted({a for a, _ in need})
             cb = sorted({b for _, b in need})
             for i in set(rb) | set(cb):
-                if i not in feats:
+                if i not in feats and grams is None:
                     feats[i] = self.features(*sel[i])
-            same = rb == cb
-            xs = {f"{sel[i][0]}/{sel[i][1]}": feats[i] for i in rb}
-            ys = None if same else {f"{sel[i][0]}/{sel[i][1]}": feats[i] for i in cb}
-            if measure == "cka":
+            xs = {f"{sel[i][0]}/{sel[i][1]}": feats.get(i) for i in rb}
+            ys = None if rb == cb else {f"{sel[i][0]}/{sel[i][1]}": feats.get(i) for i in cb}
+            if grams is not None:
+                block = cka_block(grams, sel, keys, rb, cb)
+            elif measure == "cka":
                 block = cka_matrix(xs, ys, backend=backend, max_memory=max_memory,
                                    progress=progress, **full)
             else:
@@ -250,6 +260,16 @@ class Store:
         info = {"measure": measure, **key_settings, "model_a": "zoo", "model_b": "zoo",
                 "same_model": True, "data": self.data, "store": str(self.roots[0])}
         return CKAResult(mat, names, names, info, num_samples=n, num_batches=1)
+
+    def _grams(self, full, backend, n, L, max_memory, keep):
+        """The kept Gram rows for these CKA settings, or None when they are not kept."""
+        s = Settings(full["kernel"], full["unbiased"], full["sigma"], full["threshold"])
+        s.check()
+        wide = any(self.entry(m)["fingerprint"]["dtype"] == "float64" for m in self.models)
+        ct = full["dtype"] or (torch.float64 if wide else torch.float32)
+        g = GramRows(self, self.roots[0], s, ct, backend, n)
+        budget = KEEP_BYTES if max_memory is None else min(KEEP_BYTES, max_memory)
+        return g if keep or g.bytes(L) <= budget else None
 
     def model_matrix(self, measure: str = "cka", layer=-1, models=None, **kw) -> CKAResult:
         """Model × model similarity at one layer per model (``layer``: an index into each
