@@ -260,3 +260,10 @@ def test_streaming_a_memmap_keeps_it_out_of_rss(tmp_path):
             r = src.read(i, min(i + 1000, src.n))
             assert r[0, 0].item() == first + i and r[-1, -1].item() == first + i + len(r) - 1
     assert _rss_file_kib() - before < 8 * 1024
+
+
+def test_load_takes_opened_sources(rng):
+    x = rng.standard_normal((6, 2))
+    src = S.open_rows(x, "other", "elsewhere")
+    assert torch.equal(S.load({"k": src}, "xs")["k"], torch.from_numpy(x))
+    assert torch.equal(S.load([src], "xs")[0], torch.from_numpy(x))

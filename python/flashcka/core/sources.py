@@ -111,16 +111,18 @@ def load(xs, arg: str):
     if _in_memory(xs):
         return xs
     if isinstance(xs, Mapping):
-        read = _read_all([open_rows(v, arg, str(k)) for k, v in xs.items()
-                          if not _in_memory(v)])
-        return {k: v if _in_memory(v) else read[str(k)] for k, v in xs.items()}
+        read = _read_all({k: open_rows(v, arg, str(k)) for k, v in xs.items()
+                          if not _in_memory(v)})
+        return {k: read.get(k, v) for k, v in xs.items()}
     if isinstance(xs, Sequence) and not isinstance(xs, (str, bytes)) \
             and not _is_key_pair(xs):
-        read = _read_all([open_rows(v, arg, f"{arg}[{i}]") for i, v in enumerate(xs)
-                          if not _in_memory(v)])
-        return [v if _in_memory(v) else read[f"{arg}[{i}]"] for i, v in enumerate(xs)]
-    read = _read_all(open_layers(xs, arg))
-    return read[arg] if list(read) == [arg] else read
+        read = _read_all({i: open_rows(v, arg, f"{arg}[{i}]") for i, v in enumerate(xs)
+                          if not _in_memory(v)})
+        return [read.get(i, v) for i, v in enumerate(xs)]
+    srcs = open_layers(xs, arg)
+    if len(srcs) == 1 and srcs[0].name == arg:
+        return srcs[0].read(0, srcs[0].n)
+    return _read_all({s.name: s for s in srcs})
 
 
 def _in_memory(v) -> bool:
@@ -128,9 +130,10 @@ def _in_memory(v) -> bool:
         and type(v).__name__ == "ndarray"
 
 
-def _read_all(sources: list) -> dict:
-    same_n([sources])
-    return {s.name: s.read(0, s.n) for s in sources}
+def _read_all(sources: dict) -> dict:
+    """Each source read whole, under its key, after checking they share one n."""
+    same_n([list(sources.values())])
+    return {k: s.read(0, s.n) for k, s in sources.items()}
 
 
 def same_n(groups: Sequence[Sequence]) -> int:
