@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import engine as _engine, validate as _validate
+from . import engine as _engine, memory as _memory, validate as _validate
 from .. import backends
 from .engine import Settings
 from .minibatch import MinibatchCKA, _in_units, _merge
@@ -167,14 +167,15 @@ def permuted_products(be, ga: torch.Tensor, bfull: torch.Tensor, lb: int,
             return out
     n = bfull.shape[0]
     i, j = torch.triu_indices(n, n, 1, device=ga.device)
-    pm = perms.to(ga.device)
     flat = bfull.reshape(n * n, -1)[:, :lb]
-    gathered = flat[pm[:, i] * n + pm[:, j]].to(torch.float64)  # (P, m, lb)
-    if not unbiased:                                             # + the diagonal (P, n, lb)
-        gathered = torch.cat([gathered, flat[pm * n + pm].to(torch.float64)], dim=1)
     a = ga.to(torch.float64)
-    # one product per permutation: the same bits however permutations are grouped
-    return torch.stack([a @ g for g in gathered]).cpu()
+    out = []
+    for p in perms.to(ga.device):   # one gather and product a permutation: the same bits
+        idx = p[i] * n + p[j]       # however permutations are grouped, memory m·lb
+        if not unbiased:            # + the diagonal
+            idx = torch.cat([idx, p * n + p])
+        out.append((a @ flat[idx].to(torch.float64)).cpu())
+    return torch.stack(out)
 
 
 class PermutationNull:
@@ -222,7 +223,14 @@ class PermutationNull:
         gb = ga if self.same else packed_rows(gb, n, self.unbiased)
         lb = gb.shape[0]
         step = 64 // gb.element_size()
-        bfull = full_grams(gb, n, self.unbiased, -(-lb // step) * step)
+        width = -(-lb // step) * step
+        need = n * n * width * gb.element_size()
+        if need >= 2 ** 28:
+            _memory.check(need, gb.device, f"the permutation null's copy of {lb} centered "
+                          f"Grams at n = {n} ((n, n, {width}) {gb.dtype})",
+                          "Use minibatches of fewer samples (batch_size=, or compare's "
+                          "loader) or fewer layers a call.")
+        bfull = full_grams(gb, n, self.unbiased, width)
         P = self.num_permutations
         out = torch.empty(P, ga.shape[0], lb, dtype=torch.float64)
         from tqdm.auto import tqdm
