@@ -275,3 +275,37 @@ def test_bad_arguments_say_what_to_change(tmp_path):
         store.similarity(models=["b"])
     with pytest.raises(StoreError, match="is not a feature store"):
         Store(tmp_path)
+
+
+class _Text(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(50, 8)
+        self.mix = torch.nn.Linear(8, 6)
+
+    def forward(self, input_ids, attention_mask, doc_id):
+        return self.mix(self.emb(input_ids))
+
+
+def test_text_masked_mean_and_a_user_id_column(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for b in range(3):
+        ids = torch.randint(0, 50, (10, 7), generator=g)
+        mask = (torch.arange(7)[None] < torch.randint(1, 8, (10, 1), generator=g)).long()
+        batches.append({"input_ids": ids, "attention_mask": mask,
+                        "doc_id": torch.arange(10) * 7 + 1000 * b})
+    model = _Text().double()
+    store = write_store({"t": model}, batches, out=tmp_path / "s", layers=["emb", "mix"],
+                        mask="attention_mask", sample_ids="doc_id", dtype="float64", **QUIET)
+    assert store.sample_ids[:3] == [0, 7, 14] and store.sample_ids[10] == 1000
+    with torch.no_grad():
+        for lay, f in (("emb", lambda b: model.emb(b["input_ids"])),
+                       ("mix", lambda b: model(**b))):
+            want = []
+            for b in batches:
+                x, m = f(b).double(), b["attention_mask"].double()[:, :, None]
+                want.append((x * m).sum(1) / m.sum(1))
+            torch.testing.assert_close(store.features("t", lay), torch.cat(want), rtol=1e-12,
+                                       atol=1e-12)
