@@ -127,7 +127,10 @@ void pair_permuted_t(const T* ga, int64_t la, int64_t lda, const T* B, int64_t l
   if (isa == simd::Isa::avx2) fn = one_avx2<T>;
 #endif
   std::atomic<int64_t> next{0};
-  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
+  // small jobs on the calling thread: waking a team costs more than they do
+  const int64_t work = count * la * lb * n * n;
+  const int nt = work < (int64_t(1) << 22) ? 1
+                                           : int(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
   Pool::get().run(nt, [&](int) {
     for (int64_t p; (p = next++) < count;)
       fn(ga, la, lda, B, lb, lbp, n, diag, perms + p * n, out + p * la * lb);

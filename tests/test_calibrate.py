@@ -119,14 +119,14 @@ def test_permutations_are_seeded_and_distinct():
 
 
 def test_pvalues_uniform_under_the_null():
-    """Independent random layers: p-values of 300 independent tests pass Kolmogorov–Smirnov
-    against U(0, 1) at the 1% level (fixed seed; p-values on a grid of 1/200)."""
+    """Independent random layers: p-values of 200 independent tests pass Kolmogorov–Smirnov
+    against U(0, 1) at the 1% level (fixed seed; p-values on a grid of 1/100)."""
     g = np.random.default_rng(20261204)
     pv = []
-    for t in range(300):
+    for t in range(200):
         x = torch.tensor(g.standard_normal((24, 6)))
         y = torch.tensor(g.standard_normal((24, 3)))
-        pv.append(float(flashcka.permutation_test(x, y, num_permutations=199, seed=t).pvalue))
+        pv.append(float(flashcka.permutation_test(x, y, num_permutations=99, seed=t).pvalue))
     assert scipy.stats.kstest(pv, "uniform").pvalue > 0.01
 
 
