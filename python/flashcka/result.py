@@ -155,7 +155,10 @@ class CKAResult:
         return (f"CKAResult({a} {len(self.names_a)} layers x {b} {len(self.names_b)} layers, "
                 f"kernel={self.settings.get('kernel')!r}, unbiased={self.settings.get('unbiased')}, "
                 f"{self.num_samples} samples in {self.num_batches} batches"
-                + (", with jackknife stderr" if self.stderr is not None else "") + ")")
+                + (", with jackknife stderr" if self.stderr is not None else "")
+                + (f", permutation p-values ({_count_of(self.settings, 'permutations')})"
+                   if self.pvalue is not None else "")
+                + (", bootstrap intervals" if self.ci_low is not None else "") + ")")
 
     def numpy(self) -> np.ndarray:
         return self.matrix.numpy()
@@ -448,6 +451,13 @@ def plot_title(settings: dict, num_samples: int = 0, num_batches: int = 0) -> st
              f"{s['weights']} weights" if s.get("weights") else "",
              f"tokens: {tokens}" if tokens else ""]
     return head + ("\n" + " · ".join(p for p in parts if p) if any(parts) else "")
+
+
+def _count_of(settings: dict, key: str) -> str:
+    """``"1000 permutations"`` from ``settings["permutations"]`` (``"?"`` when absent)."""
+    info = settings.get(key)
+    count = info.get("num_permutations") if isinstance(info, dict) else None
+    return f"{count if count is not None else '?'} permutations"
 
 
 def _cell(v: float) -> str:
