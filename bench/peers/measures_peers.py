@@ -98,6 +98,41 @@ def peers():
     return out, missing
 
 
+def diagnose(x, y) -> list[str]:
+    """anatome's SVCCA and PWCCA on one float64 pair, as shipped and with each bug fixed in
+    turn (written here from the issue threads; anatome's own ``cca`` does the CCA), against
+    flashcka: markdown lines."""
+    import torch
+    import flashcka
+    from anatome import distance as ad
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    ours = {m: float(flashcka.similarity_matrix(tx, ty, measure=m)) for m in ("svcca", "pwcca")}
+
+    def reduce(t, centre, square, one_more):
+        t = t - t.mean(0) if centre else t
+        _, s, vt = torch.linalg.svd(t, full_matrices=False)
+        v = s * s if square else s.abs()
+        k = int((v.cumsum(0) / v.sum() < 0.99).sum()) + int(one_more)
+        return t @ vt[:k].T
+
+    lines = [f"| SVCCA | flashcka | {ours['svcca']:.15f} |",
+             f"| SVCCA | anatome as shipped | {1 - float(ad.svcca_distance(tx, ty, 0.99, 'svd')):.15f} |"]
+    for flags, what in (((True, False, False), "+ centred before the SVD"),
+                        ((True, True, False), "+ variance (s²), not abs(s)"),
+                        ((True, True, True), "+ the direction that reaches 99%")):
+        v = float(ad.cca(reduce(tx, *flags), reduce(ty, *flags), "svd")[2].mean())
+        lines.append(f"| SVCCA | anatome {what} | {v:.15f} |")
+    a, _, rho = ad.cca(tx, ty, "svd")
+    xc = tx - tx.mean(0)
+    h, _ = torch.linalg.qr(xc @ a)                # orthonormalised canonical variates
+    alpha = (h.T @ xc).abs().sum(1)               # summed over neurons
+    lines += [f"| PWCCA | flashcka | {ours['pwcca']:.15f} |",
+              f"| PWCCA | anatome as shipped | {1 - float(ad.pwcca_distance(tx, ty, 'svd')):.15f} |",
+              f"| PWCCA | anatome with #30's fix (variates orthonormalised, weights summed over "
+              f"centred neurons) | {float(alpha @ rho / alpha.sum()):.15f} |"]
+    return lines
+
+
 def as_flashcka(peer: str, measure: str, v: float, da: int, db: int) -> float:
     """The peer's number turned into flashcka's quantity (see the module docstring)."""
     import math
@@ -188,6 +223,11 @@ def main(argv=None) -> int:
     for m, peer, t0, t1, e64, e32, t32, d32 in rows:
         lines.append(f"| {m} | {peer} | {t0:.2f} | {t1:.2f} | {t1 / t0:.1f}x | {e64:.1e} | "
                      f"{e32:.1e} | {t32:.2f} ({d32:.0e}) |")
+    if "anatome" in fns:
+        lines += ["", f"anatome's SVCCA and PWCCA on one pair (A[{L - 1}], B[{L // 2}], "
+                      f"float64), as shipped and with each bug fixed in turn:", "",
+                  "| measure | computed by | value |", "|---|---|---|"]
+        lines += diagnose(A[L - 1].astype(np.float64), B[L // 2].astype(np.float64))
     for peer, why in missing.items():
         lines.append(f"\n{peer} not run: {why}")
     text = "\n".join(lines) + "\n"
