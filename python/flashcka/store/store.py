@@ -173,8 +173,9 @@ class Store:
         True: always; False: never), so an added model costs its own Grams and the row
         products of its pairs; otherwise one ``cka_matrix(rows, columns,
         max_memory=max_memory)`` call, which streams sample tiles (the tiled route) when
-        the Grams would exceed ``max_memory`` (default: the memory available). RSA and mutual kNN: blocks of layers within ``max_memory``
-        (default 4 GiB) of per-layer n × n work (about 8·n² bytes a layer). The features
+        the Grams would exceed ``max_memory`` (default: the memory available). RSA and
+        mutual kNN: blocks of layers within ``max_memory`` (default 4 GiB) of per-layer
+        n × n work (about 8·n² bytes a layer). The features
         of a block's layers are held in memory (n·d values each). ``self.last`` tells how
         many pairs were computed and read, and the seconds taken."""
         if measure not in MEASURES:
@@ -191,8 +192,11 @@ class Store:
         key_settings = {"measure": measure, **{k: (str(v).replace("torch.", "")
                                                    if k == "dtype" and v is not None else v)
                                                for k, v in full.items()}}
-        if measure == "cka":
-            key_settings["unbiased"] = bool(full["unbiased"])
+        if measure == "cka":                   # checked before any cache lookup
+            s = Settings(full["kernel"], full["unbiased"], full["sigma"], full["threshold"])
+            s.check()
+            full.update(unbiased=s.unbiased, sigma=s.sigma, threshold=s.threshold)
+            key_settings.update(unbiased=s.unbiased, sigma=s.sigma, threshold=s.threshold)
         t0 = time.perf_counter()
         sel = self._select(models, layers)
         keys = [self.key(m, lay) for m, lay in sel]
