@@ -45,7 +45,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}      # max dynamic shared memory per block
-HOT = ("_gram_stats_kernel", "_gram_reduce_kernel", "_pair_kernel")
+HOT = ("_gram_stats_kernel", "_gram_reduce_kernel", "_pair_kernel", "_kernel_tile_kernel")
 MAX_COLD_SPILL = 64   # bytes of stack a hot kernel may use outside its loops
 TENSOR_CORE = ("tf32", "bf16")
 INSTR = ("HGMMA", "HMMA", "DMMA", "FFMA", "DFMA", "LDL", "STL")

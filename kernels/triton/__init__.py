@@ -9,10 +9,13 @@ Device code only: ``@triton.jit`` functions that know nothing of torch. Launcher
   index (``_tile_coords``).
 - ``rbf.py``: ``_rbf_kernel`` (squared distances and exp(-D/(2σ²)) in place, row sums).
 - ``pair.py``: ``_pair_kernel`` (split-K inner products of packed rows).
+- ``tiled.py``: ``_kernel_tile_kernel`` (one layer's kernel tile of the tiled route: linear,
+  squared distances or RBF, shifted, zero diagonal).
 """
 from .gram import _center_pack_kernel, _gram_reduce_kernel, _gram_stats_kernel
 from .pair import _pair_kernel
 from .rbf import _rbf_kernel
+from .tiled import _kernel_tile_kernel
 
 __all__ = ["_gram_stats_kernel", "_gram_reduce_kernel", "_center_pack_kernel", "_rbf_kernel",
-           "_pair_kernel"]
+           "_pair_kernel", "_kernel_tile_kernel"]

@@ -102,6 +102,13 @@ class TritonBackend(Backend):
     def pair(self, ga, gb):
         return _launch().pair_triton(ga, gb, allow_tf32=self.allow_tf32)
 
+    def kernel_tiles(self, xi, xj, out, *, kernel, two_s2, shift, unbiased, dims,
+                     sums=None):
+        """The tiled route's tiles (base.py): ``_kernel_tile_kernel`` (kernels/triton/tiled.py)."""
+        return _launch().kernel_tiles_triton(xi, xj, out, kernel=kernel, two_s2=two_s2,
+                                             shift=shift, unbiased=unbiased, dims=dims,
+                                             sums=sums)
+
 
 # ------------------------------------------------------------------ fail-safe first use
 

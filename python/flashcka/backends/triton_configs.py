@@ -71,6 +71,15 @@ def pair_config(dt: str, interpret: bool) -> tuple[int, int, dict]:
     return 32, 16, dict(num_warps=4, num_stages=3)
 
 
+def tile_config(ct: str, interpret: bool) -> dict:
+    """``_kernel_tile_kernel`` (the tiled route) block sizes and launch options."""
+    if interpret:
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32)
+    if ct == "float64":
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=2)
+
+
 _NS = (64, 4096)      # a small and a large n: every block-size branch above
 
 
@@ -116,6 +125,19 @@ def aot_cases():
                            nb="i32")
                 yield ("_rbf_kernel", sig, dict(BLOCK=blk, DIST=dist, EXP=exp), {},
                        f"ct={ct} B{blk} dist={dist} exp={exp}")
+        cfg = tile_config(ct, False)
+        opts = {k: cfg[k] for k in ("num_warps", "num_stages")}
+        blocks = {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
+        for kernel, diag, unbiased, shift in itertools.product((0, 1, 2), (False, True),
+                                                              (False, True), (False, True)):
+            if kernel == 2 and (unbiased or shift):
+                continue          # distances: no shift, no diagonal rule
+            sig = dict(xi_ptr=ptr(ct), xj_ptr=ptr(ct), par_ptr=ptr(ct), out_ptr=ptr(ct),
+                       ti="i32", tj="i32", d="i32", stride_i="i32", stride_j="i32", tol="fp32")
+            yield ("_kernel_tile_kernel", sig,
+                   dict(blocks, KERNEL=kernel, DIAG=diag, UNBIASED=unbiased, SHIFT=shift,
+                        INPUT_PRECISION="ieee"), opts,
+                   f"ct={ct} kernel={kernel} diag={diag} unbiased={unbiased} shift={shift}")
         ba, bk, opts = pair_config(ct, False)
         for prec in sorted({precision("float32" if ct == "float32" else ct, ct, t, False, False)
                             for t in (False, True)}):

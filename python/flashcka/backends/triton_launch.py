@@ -291,6 +291,36 @@ def pair_triton(ga: torch.Tensor, gb: torch.Tensor, *, allow_tf32: bool = False)
     return part.sum(0)
 
 
+def kernel_tiles_triton(xi, xj, out, *, kernel, two_s2, shift, unbiased, dims, sums=None):
+    """The tiled route's tiles (``Backend.kernel_tiles``): ``_kernel_tile_kernel`` once per
+    layer, the numbers of ``torch_backend.kernel_tile``; row/column sums in float64."""
+    ct = out.dtype
+    if ct not in (torch.float32, torch.float64) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32/float64 tensor, got {ct}")
+    L, ti, tj = out.shape
+    cfg = dict(_cfg.tile_config(_name(ct), interpreting()))
+    code = {"linear": 0, "rbf": 1, "dist": 2}[kernel]
+    par = torch.zeros(L, 2, dtype=ct, device=out.device)
+    if two_s2 is not None:
+        par[:, 0] = two_s2
+    if shift is not None:
+        par[:, 1] = shift
+    grid = (triton.cdiv(ti, cfg["BLOCK_M"]), triton.cdiv(tj, cfg["BLOCK_N"]))
+    for i in range(L):
+        a = xi[i].to(ct)
+        b = a if xj is None else xj[i].to(ct)
+        a = a if a.stride(-1) == 1 else a.contiguous()
+        b = b if b.stride(-1) == 1 else b.contiguous()
+        _k._kernel_tile_kernel[grid](
+            a, b, par[i], out[i], ti, tj, a.shape[1], a.stride(0), b.stride(0),
+            noise_tol(dims[i], ct), KERNEL=code, DIAG=xj is None, UNBIASED=bool(unbiased),
+            SHIFT=shift is not None, INPUT_PRECISION="ieee", **cfg)
+    if sums is not None:
+        torch.sum(out, 2, dtype=torch.float64, out=sums[0])
+        torch.sum(out, 1, dtype=torch.float64, out=sums[1])
+    return out
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
@@ -298,4 +328,5 @@ def _num_sms(device: torch.device) -> int:
 
 
 __all__ = ["gram_stats_triton", "gram_plan", "GramPlan", "rbf_triton", "center_pack_triton", "pair_triton",
+           "kernel_tiles_triton",
            "row_length", "token_view", "interpreting"]
