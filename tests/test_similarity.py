@@ -82,7 +82,7 @@ def test_cka_is_cka_matrix(rng):
 def test_errors(rng):
     xs = layers(rng, 10, [3, 4])
     with pytest.raises(ValueError, match="measure"):
-        similarity_matrix(xs, measure="cca")
+        similarity_matrix(xs, measure="cosine")
     with pytest.raises(ValueError, match=r"topk must be an int in \[1, 9\]"):
         similarity_matrix(xs, measure="mutual_knn", topk=10)
     with pytest.raises(ValueError, match=r"topk must be an int in \[2, 9\]"):
