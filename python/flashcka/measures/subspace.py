@@ -116,14 +116,16 @@ def _constant(name: str) -> None:
 
 def pairs(ba: list[Basis], bb: list[Basis] | None, pair_fn, *, symmetric: bool,
           progress: bool | None, desc: str) -> torch.Tensor:
-    """(L_A, L_B) float64 of ``pair_fn(a, b, m)`` over every pair, m = a.uᵀ b.u stacked over
-    the pairs of one row whose blocks have one shape (a batch of (r_A, r_B) blocks; pair_fn
-    returns one value per block). ``bb`` None: ``ba`` with itself, and when ``symmetric``
-    only j ≥ i is computed and mirrored. Pairs with a constant layer are NaN."""
+    """(L_A, L_B) float64, on the inputs' device, of ``pair_fn(a, bs, m)`` over every pair:
+    m = a.uᵀ b.u stacked over the pairs of one row whose blocks have one shape (a batch of
+    (r_A, r_B) blocks; pair_fn returns one value per block). ``bb`` None: ``ba`` with
+    itself, and when ``symmetric`` only j ≥ i is computed and mirrored. Pairs with a
+    constant layer are NaN."""
     from tqdm.auto import tqdm
     same = bb is None
     cols = ba if same else bb
-    out = torch.full((len(ba), len(cols)), float("nan"), dtype=torch.float64)
+    out = torch.full((len(ba), len(cols)), float("nan"), dtype=torch.float64,
+                     device=ba[0].u.device)
     ub = torch.cat([b.u for b in cols], 1)
     stops = torch.tensor([b.rank for b in cols]).cumsum(0).tolist()
     starts = [0] + stops[:-1]
@@ -143,9 +145,9 @@ def pairs(ba: list[Basis], bb: list[Basis] | None, pair_fn, *, symmetric: bool,
         for _, group in by_shape.items():
             m = torch.stack([row[:, starts[j] - shift:stops[j] - shift] for j in group])
             vals = pair_fn(a, [cols[j] for j in group], m)
-            out[i, group] = vals.to(torch.float64).cpu()
+            out[i, group] = vals.to(torch.float64)
     if same and symmetric:
-        iu = torch.triu_indices(len(ba), len(ba), 1)
+        iu = torch.triu_indices(len(ba), len(ba), 1, device=out.device)
         out[iu[1], iu[0]] = out[iu[0], iu[1]]
     return out
 
