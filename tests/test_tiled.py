@@ -240,3 +240,46 @@ def test_scale_invariance_float32(rng):
     for f in (1e-20, 1e20):
         got = flashcka.cka_matrix([x * f for x in xs], route="tiled").numpy()
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+_ISA_CHECK = """
+import sys, numpy as np, torch
+sys.path.insert(0, {tests!r})
+import reference as ref
+from flashcka import backends
+from flashcka.core import sources, tiled
+from flashcka.core.engine import Settings, cka_from_hsic
+rng = np.random.default_rng({seed})
+xs = [torch.tensor(rng.standard_normal((37, d)) + 2.0) for d in (1, 5, 20)]
+worst = 0.0
+for kernel, sigma in (("linear", None), ("rbf", None), ("rbf", 1.5)):
+    for unbiased in (True, False):
+        s = Settings(kernel, unbiased, sigma, 1.0)
+        h, ca, cb = tiled.hsics(backends.get("native"), sources.open_layers(xs, "xs"), None,
+                                s, torch.float64, tile=8, progress=False)
+        names = ["a", "b", "c"]
+        got = cka_from_hsic(h.cross, h.self_a, h.self_b, ca, cb, names, names).numpy()
+        want = np.array([[ref.cka(x.numpy(), y.numpy(), kernel, unbiased, sigma)
+                          for y in xs] for x in xs])
+        worst = max(worst, float(np.abs(got - want).max()))
+print(backends.native._load().simd_isa, worst)
+"""
+
+
+@pytest.mark.parametrize("simd", ["avx512", "avx2", "0"])
+def test_native_tiles_on_every_kernel_set(rng, simd):
+    """The native tile kernel on each instruction set this CPU runs (and OpenBLAS), each in
+    a process of its own (the set is chosen once a process)."""
+    import subprocess
+    import sys
+    if "native" not in BACKENDS:
+        pytest.skip("no native backend")
+    from flashcka.backends.native import _load
+    if simd not in _load().simd_supported:
+        pytest.skip(f"this CPU cannot run {simd}")
+    code = _ISA_CHECK.format(tests=os.path.dirname(__file__), seed=int(rng.integers(2 ** 31)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, FLASHCKA_SIMD=simd), timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    isa, worst = out.stdout.split()
+    assert isa == simd and float(worst) < 1e-9, out.stdout
