@@ -214,7 +214,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"),
                    default="float32", help="dtype of the stored features (default %(default)s)")
     e.add_argument("--out", required=True, metavar="DIR", help="the store's folder")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=int, default=64,
+                   help="images per forward pass (default %(default)s)")
     e.add_argument("--num-samples", type=int, default=None, metavar="N",
                    help="the first N samples (default: all)")
     e.add_argument("--image-size", type=int, default=None, metavar="S",
@@ -224,7 +225,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--device", default=None, help="e.g. cpu or cuda:0")
     e.add_argument("--shard-size", type=int, default=None, metavar="N",
                    help="samples per shard (default: about 256 MiB per shard)")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (default: shown when stderr is a terminal)")
 
     z = sub.add_parser("zoo", help="compare every model/layer of feature stores",
                        description="Similarity of every pair of model/layer in one or more "
@@ -232,14 +234,19 @@ def add_parsers(sub) -> None:
                        "models on several datasets). Results are cached in the store.")
     z.add_argument("stores", nargs="+", metavar="STORE",
                    help="store folders (NAME=DIR to name a dataset with --across-datasets)")
-    z.add_argument("--measure", choices=("cka", "rsa", "mutual_knn"), default="cka")
-    z.add_argument("--kernel", choices=("linear", "rbf"), default="linear")
-    z.add_argument("--sigma", type=float, default=None)
+    z.add_argument("--measure", choices=("cka", "rsa", "mutual_knn"), default="cka",
+                   help="similarity measure (default %(default)s)")
+    z.add_argument("--kernel", choices=("linear", "rbf"), default="linear",
+                   help="CKA kernel (default %(default)s)")
+    z.add_argument("--sigma", type=float, default=None,
+                   help="RBF bandwidth (default: median heuristic)")
     z.add_argument("--biased", action="store_true", help="biased HSIC (default: debiased)")
     z.add_argument("--topk", type=int, default=10, help="neighbours for mutual_knn")
-    z.add_argument("--rsa-method", choices=("spearman", "pearson"), default="spearman")
+    z.add_argument("--rsa-method", choices=("spearman", "pearson"), default="spearman",
+                   help="correlation of the RDMs (default %(default)s)")
     z.add_argument("--float64", action="store_true", help="compute in float64")
-    z.add_argument("--models", nargs="+", default=None, metavar="NAME")
+    z.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help="the models to compare (default: all)")
     z.add_argument("--model-layer", type=int, default=-1, metavar="INDEX",
                    help="the layer of each model in the model x model matrix (default -1: "
                    "its last)")
@@ -248,10 +255,13 @@ def add_parsers(sub) -> None:
     z.add_argument("--across-datasets", action="store_true",
                    help="each STORE is one dataset: model x model matrices per dataset and "
                    "their consistency (Ciernik et al. 2025)")
-    z.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
-    z.add_argument("--out", default="flashcka_zoo", metavar="DIR")
+    z.add_argument("--format", choices=("png", "svg", "pdf"), default="png",
+                   help="plot format (default %(default)s)")
+    z.add_argument("--out", default="flashcka_zoo", metavar="DIR",
+                   help="output folder (default %(default)s)")
     z.add_argument("--name", default="zoo", help="file stem of the outputs")
-    z.add_argument("--no-progress", action="store_true")
+    z.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (default: shown when stderr is a terminal)")
 
 
 def run(args) -> int:
