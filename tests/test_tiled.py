@@ -283,3 +283,29 @@ def test_native_tiles_on_every_kernel_set(rng, simd):
     assert out.returncode == 0, out.stderr[-2000:]
     isa, worst = out.stdout.split()
     assert isa == simd and float(worst) < 1e-9, out.stdout
+
+
+def test_plan(rng, tmp_path):
+    """plan: the route cka_matrix takes, per-route memory/flops/time from shapes alone."""
+    xs = _layers(rng, 300, (8, 20), torch.float32)
+    p = flashcka.plan(xs, kernel="rbf", max_memory=1000)
+    assert p.route == "tiled" and p.n == 300 and p.layers == (2, 2)
+    assert p.routes["tiled"].passes == 3 and p.routes["gram"].passes == 1
+    assert p.routes["tiled"].memory < p.routes["gram"].memory
+    assert p.routes["gram"].flops == 300 * 300 * 28 + 4 * 300 * 300
+    assert flashcka.plan(xs, kernel="rbf", max_memory=10 ** 12).route == "gram"
+    assert flashcka.plan(xs, kernel="rbf", sigma=1.0).routes["tiled"].passes == 1
+    assert "<- auto" in str(p) and p.gflops > 0
+    path = tmp_path / "x.npy"
+    np.save(path, xs[0].numpy())
+    assert flashcka.plan([str(path), xs[1]]).route == "tiled"
+
+
+def test_progress_bar(rng, capsys):
+    xs = _layers(rng, 40, (3,), torch.float32)
+    tiled_route.run(xs, None, Settings("rbf", True, None, 1.0), None, "auto",
+                    progress=True, tile=16)
+    err = capsys.readouterr().err
+    assert "flashcka tiles" in err and "18/18" in err    # 6 tile pairs × 3 passes
+    flashcka.cka_matrix(xs, route="tiled", progress=False)
+    assert "flashcka tiles" not in capsys.readouterr().err

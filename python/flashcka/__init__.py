@@ -25,6 +25,10 @@ from .measures.similarity import similarity_matrix  # noqa: E402
 
 __all__ += ["similarity_matrix"]
 
+from .measures.plan import Plan, plan  # noqa: E402
+
+__all__ += ["plan", "Plan"]
+
 from .models.many import compare_many  # noqa: E402
 from .store import Store  # noqa: E402
 from .cli.zoo import extract  # noqa: E402

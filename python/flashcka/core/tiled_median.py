@@ -49,9 +49,9 @@ def medians(be, layers, n: int, ct: torch.dtype, tile: int, bar, sweep):
     targets = [[_Target(r) for r in sorted(set(ranks))] for _ in layers]
     maxd = torch.zeros(len(layers), dtype=ct, device=layers[0].mu.device)
     upper_masks: dict = {}
-    first = True
+    first, done = True, 0
     while any(t.value is None for ts in targets for t in ts):
-        if not first:
+        if done >= passes(ct):                # float64 beyond two passes: say so
             bar.total += _count(n, tile)
             bar.refresh()
         for ts in targets:
@@ -88,7 +88,7 @@ def medians(be, layers, n: int, ct: torch.dtype, tile: int, bar, sweep):
                         t.hist += h
 
         sweep(be, layers, n, ct, tile, "dist", visit, bar)
-        first = False
+        first, done = False, done + 1
         for ts in targets:
             for t in ts:
                 if t.value is None:
