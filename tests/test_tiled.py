@@ -206,6 +206,13 @@ def test_files_and_memmaps(rng, tmp_path):
     want = flashcka.cka_matrix(xs, route="tiled")
     got = flashcka.cka_matrix([paths[0], mm])       # route auto: not in memory -> tiled
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-12)
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["a"] = xs[0].numpy()
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        got = flashcka.cka_matrix([f["a"], xs[1]], kernel="rbf", unbiased=False)
+    want = flashcka.cka_matrix(xs, kernel="rbf", unbiased=False, route="gram")
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-6)
 
 
 def test_errors_name_the_layer(rng):

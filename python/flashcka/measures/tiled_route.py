@@ -34,7 +34,14 @@ def needs_sources(xs) -> bool:
 
 
 def _external(v) -> bool:
-    return not (isinstance(v, torch.Tensor) or type(v).__name__ == "ndarray")
+    """A layer only a row source reads: a path, a (path, key) pair, a memmap, a source, or
+    an array-like with shape, dtype and row slicing (h5py, zarr) that is not a tensor or an
+    in-memory NumPy array."""
+    if isinstance(v, (torch.Tensor, list)) or type(v).__name__ == "ndarray":
+        return False
+    return (isinstance(v, (str, os.PathLike, _sources.Source))
+            or (isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], (str, os.PathLike)))
+            or all(hasattr(v, a) for a in ("shape", "dtype", "__getitem__")))
 
 
 def max_memory_arg(max_memory) -> int | None:
