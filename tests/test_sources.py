@@ -267,3 +267,15 @@ def test_load_takes_opened_sources(rng):
     src = S.open_rows(x, "other", "elsewhere")
     assert torch.equal(S.load({"k": src}, "xs")["k"], torch.from_numpy(x))
     assert torch.equal(S.load([src], "xs")[0], torch.from_numpy(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_every_non_finite_value_is_found(rng, dtype, bad):
+    x = torch.from_numpy(rng.standard_normal((7, 5))).to(dtype)
+    for r, c in ((0, 0), (3, 2), (6, 4)):
+        y = x.clone()
+        y[r, c] = bad
+        with pytest.raises(ValueError, match=rf"at row {r}, feature {c} "):
+            S.open_rows(y, "xs").read(0, 7)
+    assert torch.equal(S.open_rows(x, "xs").read(0, 7), x)

@@ -195,7 +195,8 @@ def check_finite(t: torch.Tensor, name: str, row0: int = 0, arg: str | None = No
     """Raise ValueError naming the layer ``name`` (of argument ``arg``) and the first
     NaN/Inf of rows ``t`` (rows of the layer from ``row0``)."""
     u = t.float() if t.element_size() == 1 else t  # float8: no isfinite kernel
-    if bool(torch.isfinite(u).all()):
+    lo, hi = torch.aminmax(u)       # propagates NaN; many times faster than isfinite().all()
+    if math.isfinite(lo.item()) and math.isfinite(hi.item()):
         return
     r, c = (int(i) for i in (~torch.isfinite(u)).nonzero()[0])
     where = "" if arg in (None, name) or name.startswith(f"{arg}[") else f"{arg}, "
