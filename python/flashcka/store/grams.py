@@ -121,14 +121,15 @@ def cka_block(grams: GramRows, layers, keys, rows: list[int], cols: list[int]) -
     def pick(idx):
         sel = torch.tensor([at[i] for i in idx])
         return _engine.Rows(r.g[sel], r.sq_c[sel], r.sq[sel], r.scale[sel])
-    ra, rb = pick(rows), pick(cols)
+    same = rows == cols                   # one set of layers: the symmetric pair stage
+    ra = pick(rows) if not same or len(union) != len(rows) else r
+    rb = ra if same else pick(cols)
     na = [f"{layers[i][0]}/{layers[i][1]}" for i in rows]
-    nb = [f"{layers[i][0]}/{layers[i][1]}" for i in cols]
-    lazy_a, lazy_b = _Lazy(grams.store, [layers[i] for i in rows]), \
-        _Lazy(grams.store, [layers[i] for i in cols])
-    const_a = _constant(ra, lazy_a, na, grams.ct)
-    const_b = _constant(rb, lazy_b, nb, grams.ct)
-    h = _engine.hsic_from_rows(grams.be, ra, rb, False, grams.n, grams.s.unbiased, na, nb)
+    nb = na if same else [f"{layers[i][0]}/{layers[i][1]}" for i in cols]
+    const_a = _constant(ra, _Lazy(grams.store, [layers[i] for i in rows]), na, grams.ct)
+    const_b = const_a if same else _constant(
+        rb, _Lazy(grams.store, [layers[i] for i in cols]), nb, grams.ct)
+    h = _engine.hsic_from_rows(grams.be, ra, rb, same, grams.n, grams.s.unbiased, na, nb)
     return _engine.cka_from_hsic(h.cross, h.self_a, h.self_b, const_a, const_b, na, nb)
 
 
