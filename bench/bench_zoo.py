@@ -94,14 +94,17 @@ def _load_hub():
     load_torchvision()
 
 
-def run(quick: bool, work: Path, log=print) -> dict:
-    """Every stage once; returns the times (s), disk use (bytes) and pair counts."""
+def run(quick: bool, work: Path, log=print, keep_stores: bool = False) -> dict:
+    """Every stage once; returns the times (s), disk use (bytes) and pair counts.
+    ``keep_stores``: reuse the stores of an earlier run (their extraction is then skipped
+    and timed as such; the result caches are cleared, the comparisons measured again)."""
     import flashcka
     from flashcka.analysis import cross_dataset_consistency
     from flashcka.store import plots
     work.mkdir(parents=True, exist_ok=True)
-    for sub in ("digits", "folder", "out"):
+    for sub in ("digits/cache", "folder/cache") if keep_stores else ("digits", "folder"):
         shutil.rmtree(work / sub, ignore_errors=True)
+    shutil.rmtree(work / "out", ignore_errors=True)
     if quick:
         zoo, extra = _quick_models()
         models = dict(zoo)
@@ -204,9 +207,11 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--work", default="/tmp/flashcka_bench_zoo")
     p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--keep-stores", action="store_true",
+                   help="reuse the stores in --work (comparisons measured again)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
-    r = run(a.quick, Path(a.work))
+    r = run(a.quick, Path(a.work), keep_stores=a.keep_stores)
     print(json.dumps(r, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=1))
