@@ -1,6 +1,7 @@
 """``flashcka extract`` / ``flashcka zoo`` and ``flashcka.extract`` with model and data
 specs (factories, a hub model, an image folder), resumable and additive; the plots."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -134,3 +135,29 @@ def test_a_hub_model_with_local_weights(tmp_path):
     assert store.layers("r") == [f"layer{i}" for i in range(1, len(store.layers("r")) + 1)]
     x = store.features("r", "layer1")
     assert x.shape[0] == 24 and x.dtype == torch.float32
+
+
+def test_cluster_order_groups_similar_models_and_scipy_is_named(tmp_path, monkeypatch):
+    from flashcka.result import CKAResult
+    from flashcka.store import plots
+    s = np.full((6, 6), 0.2)
+    for group in ((0, 2, 4), (1, 3, 5)):
+        for i in group:
+            for j in group:
+                s[i, j] = 0.9
+    np.fill_diagonal(s, 1.0)
+    order = plots.cluster_order(s)
+    assert sorted(order) == list(range(6))
+    assert {frozenset(order[:3]), frozenset(order[3:])} == {frozenset((0, 2, 4)),
+                                                            frozenset((1, 3, 5))}
+    r = CKAResult(torch.tensor(s), [f"m{i}" for i in range(6)], [f"m{i}" for i in range(6)],
+                  {"measure": "cka"})
+    assert plots.clustered_heatmap(r, tmp_path / "c.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="the result has no layers of model 'zz'"):
+        plots.layer_grid(r, ["zz"], tmp_path / "g.png")
+    s[0, 1] = np.nan
+    with pytest.raises(ValueError, match=r"entry \(0, 1\) is not finite"):
+        plots.cluster_order(s)
+    monkeypatch.setitem(sys.modules, "scipy.cluster", None)
+    with pytest.raises(ImportError, match="pip install scipy"):
+        plots.clustered_heatmap(r, tmp_path / "c2.png")
