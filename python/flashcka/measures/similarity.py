@@ -104,6 +104,18 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
     inputs' dtype; they hold the bases, 8·n·Σ min(n, d_l) bytes, within ``max_bytes``.
     No gradients. ``progress``: a tqdm bar over row layers (None: when stderr is a
     terminal).
+
+    Other packages (bench/peers/measures_peers.py, float64 inputs): netrep's
+    ``LinearMetric(alpha=1)`` angle is arccos of ``"procrustes"`` (agrees to 1e-14);
+    ``LinearMetric(alpha=0)`` zero-pads the narrower layer, so its angle has
+    cos θ = Σρ_i / sqrt(d_A d_B): the same canonical correlations (agree to 1e-15), the mean
+    CCA only where d_A = d_B. anatome's ``orthogonal_procrustes_distance`` (1 − S) and
+    ``cca`` agree to 1e-15. anatome's ``svcca_distance`` is not SVCCA: it reduces each
+    layer with the SVD of the *uncentred* features, counts |s| instead of s² (variance) and
+    keeps one direction fewer than reach the threshold (anatome #27); with the three fixed
+    it gives ours. Its ``pwcca_distance`` orthonormalises the CCA coefficients instead of
+    the canonical variates and sums |·| over samples of the uncentred layer instead of
+    over neurons (anatome #30); with #30's fix it gives ours. Both differ by up to 0.1.
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
