@@ -147,11 +147,18 @@ def _ids_of(batch, sample_ids, start: int, n: int, b: int) -> list:
         if len(vals) != n:
             raise ValueError(f"sample_ids={sample_ids!r}: batch {b} has {len(vals)} IDs for "
                              f"{n} samples")
-        return [v if isinstance(v, int) else str(v) for v in vals]
+        return [_id(v) for v in vals]
     if start + n > len(sample_ids):
         raise ValueError(f"sample_ids has {len(sample_ids)} IDs but the loader gave more "
                          f"samples (batch {b} ends at {start + n})")
-    return list(sample_ids[start:start + n])
+    return [_id(v) for v in sample_ids[start:start + n]]
+
+
+def _id(v):
+    """A sample ID as the manifest keeps it: an int (NumPy/torch integers too) or a str."""
+    if isinstance(v, bool) or not isinstance(v, int) and not hasattr(v, "__index__"):
+        return str(v)
+    return int(v.__index__())
 
 
 def extract_model(root, name: str, model: nn.Module, loader, *, layers=None,
