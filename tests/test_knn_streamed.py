@@ -174,3 +174,20 @@ def test_memory_estimate_is_linear_in_n():
     big = K.knn_bytes(1_000_000, 24, 10, 768, 2048, 4)
     assert big < 10 * small
     assert K.knn_bytes(100_000, 24, 10, 768, 2048, 4) < 1 << 30
+
+
+@pytest.mark.parametrize("dtype,log2", [(torch.float32, -136), (torch.float32, -100),
+                                        (torch.float32, 100), (torch.float16, -20)])
+def test_low_precision_at_extreme_scales(rng, dtype, log2):
+    """Each layer is brought to max |x| in [1/2, 1) by a power of two first: layers near
+    their dtype's limits (float32 · 2^-136 is subnormal) pick the neighbours of the
+    unscaled float64 data."""
+    x = torch.from_numpy(rng.integers(-8, 9, (40, 5)).astype(np.float64))
+    scaled = (x * 2.0 ** log2).to(dtype)
+    assert torch.equal(scaled.double() * 2.0 ** -log2, x)          # exact
+    np.testing.assert_allclose(streamed([scaled], [x], "mutual_knn", 5, tile=7), [[1.0]],
+                               rtol=0, atol=0)
+    src = K._sources.open_rows(scaled, "xs")
+    nb = K.neighbours([src], [K.pow2_scale(src, 7)], 5, True, torch.float32, tile=7,
+                      progress=False)[0]
+    np.testing.assert_array_equal(nb.idx.numpy(), ref_neighbours(x.numpy(), 5)[0])

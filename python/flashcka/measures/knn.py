@@ -121,8 +121,8 @@ def neighbours(sources, scales, topk: int, exclude_self: bool, dtype: torch.dtyp
     """The ``topk`` nearest neighbours of every sample in every layer, streamed.
 
     sources: row sources (``core.sources``) of one n; scales: each layer's power-of-two
-    factor (rows are read, multiplied by it in float64, cast to ``dtype`` and multiplied
-    as ``X_I X_Jᵀ`` in ``dtype``); tile: rows per tile. ``progress``: a tqdm bar over tile
+    factor (rows are read, multiplied by it, rounded once to ``dtype`` and multiplied as
+    ``X_I X_Jᵀ`` in ``dtype``); tile: rows per tile. ``progress``: a tqdm bar over tile
     pairs (None: when stderr is a terminal and there is more than one tile pair)."""
     n = sources[0].n
     starts = list(range(0, n, tile))
@@ -131,15 +131,24 @@ def neighbours(sources, scales, topk: int, exclude_self: bool, dtype: torch.dtyp
     pairs = len(bounds) * (len(bounds) + 1) // 2
     if progress is None:
         progress = pairs > 1 and sys.stderr.isatty()
+    # The Gram tile and its transpose live in two buffers made once: a fresh 16 MiB tile
+    # per pair made glibc's heap grow with n (its mmap threshold rises after each free).
+    # So do every layer's row tile I and one tile J.
+    t = bounds[0][1]
+    dev = sources[0].device
+    buf = lambda k: torch.empty(k, dtype=dtype, device=dev)  # noqa: E731
+    gbuf, tbuf, jbuf = buf(t * t), buf(t * t), buf(t * max(s.d for s in sources))
+    ibufs = [buf(t * s.d) for s in sources]
     from tqdm.auto import tqdm
     with tqdm(total=pairs, disable=not progress, unit="tile pair",
               desc="flashcka kNN") as bar:
         for bi, (i0, i1) in enumerate(bounds):
-            xi = [_rows(s, c, i0, i1, dtype) for s, c in zip(sources, scales)]
+            xi = [_rows(s, c, i0, i1, ib) for s, c, ib in zip(sources, scales, ibufs)]
             for bj in range(bi, len(bounds)):
                 j0, j1 = bounds[bj]
                 for layer, (a, src, c) in enumerate(zip(xi, sources, scales)):
-                    g = a @ (a if bj == bi else _rows(src, c, j0, j1, dtype)).T
+                    b = a if bj == bi else _rows(src, c, j0, j1, jbuf)
+                    g = torch.mm(a, b.T, out=gbuf[:len(a) * len(b)].view(len(a), len(b)))
                     rows = state[layer]
                     if bj == bi:
                         if exclude_self:
@@ -147,17 +156,22 @@ def neighbours(sources, scales, topk: int, exclude_self: bool, dtype: torch.dtyp
                         rows[bi] = _merge(rows[bi], g, j0, topk)
                     else:
                         rows[bi] = _merge(rows[bi], g, j0, topk)
-                        rows[bj] = _merge(rows[bj], g.T.contiguous(), i0, topk)
+                        gt = tbuf[:len(a) * len(b)].view(len(b), len(a)).copy_(g.T)
+                        rows[bj] = _merge(rows[bj], gt, i0, topk)
                 bar.update()
     return [Neighbours(torch.cat([r[1] for r in rows]), torch.cat([r[0] for r in rows]))
             for rows in state]
 
 
-def _rows(source, scale: float, start: int, stop: int, dtype) -> torch.Tensor:
+def _rows(source, scale: float, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
+    """Rows start..stop times ``scale`` (a power of two), in ``out``'s dtype, written into
+    ``out``: exactly ``(rows in float64 · scale)`` rounded once to that dtype."""
     r = source.read(start, stop)
-    if r.element_size() == 1:  # float8: no arithmetic
-        r = r.float()
-    return (r.to(torch.float64) * scale).to(dtype)
+    x = out[:r.numel()].view(r.shape)
+    if (r.dtype == torch.float64 and x.dtype != torch.float64) \
+            or not 2.0 ** -100 <= scale <= 2.0 ** 100:   # (beyond float32's exponents)
+        return x.copy_(r.to(torch.float64) * scale)
+    return x.copy_(r).mul_(scale)          # exact: a widening copy, then a power of two
 
 
 def _merge(run, g: torch.Tensor, col0: int, topk: int):
@@ -168,7 +182,7 @@ def _merge(run, g: torch.Tensor, col0: int, topk: int):
         pos = _select(g, topk)
         vals, idx = g.gather(1, pos), pos + col0
     else:
-        vals = g
+        vals = g.clone()                   # g is a reused buffer
         idx = torch.arange(col0, col0 + c, device=g.device).expand(r, c)
     if run is None:
         return vals, idx
