@@ -323,3 +323,74 @@ def test_heatmap_marks_non_significant_pairs(rng, tmp_path):
     legend = heat[0].get_legend().get_texts()[0].get_text()
     assert "Benjamini–Hochberg FDR 0.05 over all 6 pairs" in legend and "299 permutations" in legend
     r.plot(tmp_path / "none.png", significance=False)
+
+
+# ---------------------------------------------------------------- compare and the CLI
+
+def _two_models():
+    from torch import nn
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    b = nn.Sequential(nn.Linear(6, 5), nn.Tanh())
+    return a, b
+
+
+def test_compare_permutations_equal_the_tensor_function(rng):
+    a, b = _two_models()
+    xs = torch.tensor(rng.standard_normal((3 * 29, 6)), dtype=torch.float32)
+    loader = [(xs[k * 29:(k + 1) * 29],) for k in range(3)]
+    r = flashcka.compare(a, b, loader, layers_a=["0", "2"], layers_b=["0", "1"],
+                         permutations=40, seed=6, progress=False)
+    with torch.no_grad():
+        acts_a = [a[0](xs), a[2](a[1](a[0](xs)))]
+        acts_b = [b[0](xs), b[1](b[0](xs))]
+    p = flashcka.permutation_test(acts_a, acts_b, num_permutations=40, seed=6, batch_size=29)
+    np.testing.assert_allclose(r.matrix.numpy(), p.observed.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(r.null_mean.numpy(), p.null_mean.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(r.null_std.numpy(), p.null_std.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(r.pvalue.numpy(), p.pvalue.numpy(), rtol=0, atol=1.01 / 41)
+    assert r.settings["permutations"]["num_permutations"] == 40 and r.ci_low is None
+
+
+def test_compare_bootstrap_needs_one_batch(rng):
+    a, b = _two_models()
+    xs = torch.tensor(rng.standard_normal((40, 6)), dtype=torch.float32)
+    r = flashcka.compare(a, b, [(xs,)], layers_a=["0"], layers_b=["1"], bootstrap=30,
+                         seed=2, progress=False)
+    with torch.no_grad():
+        direct = flashcka.bootstrap_interval([a[0](xs)], [b[1](b[0](xs))], num_resamples=30,
+                                             seed=2)
+    np.testing.assert_allclose(r.ci_low.numpy(), direct.low.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(r.ci_high.numpy(), direct.high.numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="one batch"):
+        flashcka.compare(a, b, [(xs[:20],), (xs[20:],)], layers_a=["0"], layers_b=["1"],
+                         bootstrap=30, progress=False)
+    with pytest.raises(ValueError, match="checkpoint"):
+        flashcka.compare(a, b, [(xs,)], layers_a=["0"], permutations=5, progress=False,
+                         checkpoint="never-written.ckpt")
+
+
+def test_cli_permutations_and_bootstrap(tmp_path, monkeypatch, capsys):
+    from flashcka.cli.main import main
+    (tmp_path / "cal_factories.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def model_a():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))\n"
+        "def data():\n    g = torch.Generator().manual_seed(2)\n"
+        "    return [(torch.randn(48, 6, generator=g), torch.zeros(48)) for _ in range(2)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = ["compare", "--model-a", "cal_factories:model_a", "--data", "cal_factories:data",
+            "--no-progress"]
+    assert main(base + ["--permutations", "30", "--plot-calibrated",
+                        "--out", str(tmp_path / "p")]) == 0
+    r = flashcka.load_result(tmp_path / "p" / "cka.json")
+    assert r.pvalue is not None and r.settings["permutations"]["num_permutations"] == 30
+    assert "30 permutations" in capsys.readouterr().out
+    assert (tmp_path / "p" / "cka.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(base + ["--bootstrap", "20", "--max-batches", "1",
+                        "--out", str(tmp_path / "b")]) == 0
+    assert flashcka.load_result(tmp_path / "b" / "cka.json").ci_low is not None
+    with pytest.raises(SystemExit, match="one batch"):
+        main(base + ["--bootstrap", "20", "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="--plot-calibrated needs --permutations"):
+        main(base + ["--plot-calibrated", "--out", str(tmp_path / "d")])

@@ -119,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="no error bars (saves memory with thousands of layers)")
     c.add_argument("--plot-stderr", action="store_true",
                    help="add a panel with the jackknife standard errors to the plot")
+    c.add_argument("--permutations", type=int, default=0, metavar="N",
+                   help="permutation test of every pair with N permutations (within each "
+                   "batch; seeded by --seed): p-values saved, pairs not significant under "
+                   "Benjamini-Hochberg at 5%% hatched on the plot")
+    c.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="BCa 95%% bootstrap intervals over samples from N resamples (runs of "
+                   "one batch: --batch-size at least the number of samples)")
+    c.add_argument("--plot-calibrated", action="store_true",
+                   help="add a panel with the calibrated score (CKA minus the permutation "
+                   "null's mean; needs --permutations)")
     c.add_argument("--format", choices=("png", "svg", "pdf"), default="png",
                    help="heatmap format (default %(default)s)")
     c.add_argument("--out", default="flashcka_out", help="output folder (default %(default)s)")
@@ -189,11 +199,19 @@ def _compare(args) -> int:
     for opt in ("batch_size", "checkpoint_every"):
         if getattr(args, opt) < 1:
             raise SpecError(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
+    for opt, least in (("permutations", 1), ("bootstrap", 2)):
+        if getattr(args, opt) and getattr(args, opt) < least:
+            raise SpecError(f"--{opt} must be >= {least} (or left out), got {getattr(args, opt)}")
+    if args.plot_calibrated and not args.permutations:
+        raise SpecError("--plot-calibrated needs --permutations N")
     if args.num_samples is not None and args.num_samples < 1:
         raise SpecError(f"--num-samples must be >= 1, got {args.num_samples}")
     rank, world = _init_distributed()
     out = _check_outputs(args, rank)
     if args.features_a is not None or args.features_b is not None:
+        if args.permutations or args.bootstrap:
+            raise SpecError("--permutations and --bootstrap run with models; for saved "
+                            "features use flashcka.permutation_test / bootstrap_interval")
         from .features import compare_features
         return _write(compare_features(args), args, out)
     if args.model_a is None:
@@ -266,7 +284,8 @@ def _compare(args) -> int:
                      unbiased=not args.biased, sigma=args.sigma, backend=args.backend,
                      jackknife=not args.no_jackknife, checkpoint=args.checkpoint,
                      checkpoint_every=args.checkpoint_every,
-                     shard=isinstance(source, Batches) and world > 1)
+                     shard=isinstance(source, Batches) and world > 1,
+                     permutations=args.permutations, bootstrap=args.bootstrap, seed=args.seed)
     kinds = [lm.info.get("weights") or "factory's" for lm in loaded]   # plot titles
     weights = kinds[0] if len(set(kinds)) == 1 else f"A: {kinds[0]}, B: {kinds[1]}"
     result.settings.update(model_a=lm_a.name, model_b=(lm_b or lm_a).name, data=source.name,
@@ -288,7 +307,8 @@ def _write(result, args, out: Path) -> int:
         return 1
     try:
         fig = result.plot(out / f"{args.name}.{args.format}", stderr=args.plot_stderr
-                          and result.stderr is not None)
+                          and result.stderr is not None,
+                          calibrated=getattr(args, "plot_calibrated", False))
     except Exception as e:  # noqa: BLE001 - matplotlib, fonts, disk: the JSON is written
         print(f"flashcka: wrote {js}, but the heatmap could not be drawn "
               f"({type(e).__name__}: {e})", file=sys.stderr)

@@ -11,6 +11,7 @@ from torch import nn
 from ..core import validate as _validate
 from .. import backends
 from ..core.engine import Settings
+from ..core.calibrated_run import CalibratedRun
 from .hooks import TOKEN_MODES, GramRecorder, RowContext, Tokens
 from .selection import select_points
 from .run import RunState, dist_info
@@ -40,7 +41,8 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             threshold: float = 1.0, dtype: torch.dtype | None = None,
             backend: str = "auto", jackknife=True, checkpoint=None,
             checkpoint_every: int = 10, distributed: bool | None = None,
-            shard: bool = False) -> CKAResult:
+            shard: bool = False, permutations: int = 0, bootstrap: int = 0,
+            seed: int = 0) -> CKAResult:
     """Minibatch CKA (Nguyen, Raghu & Kornblith 2021) between every chosen layer of
     ``model_a`` and every chosen layer of ``model_b`` over the batches of ``loader``.
 
@@ -125,6 +127,17 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             ``b`` with ``b % world_size == rank`` only (every rank iterating the same loader).
             ``distributed=False``: never reduce; ``True``: require a process group.
 
+        permutations: a permutation test of every pair with that many permutations
+            (``flashcka.permutation_test``'s minibatch form: samples permuted within each
+            batch, permutation k of loader batch b seeded by (seed, b, k), from the Gram
+            rows the hooks built; memory ``permutations · L_A · L_B`` float64):
+            ``result.pvalue``, ``null_mean``, ``null_std``, ``calibrated``, ``zscore``.
+            Not with ``checkpoint=`` or across torch.distributed ranks (yet).
+        bootstrap: that many bootstrap resamples over samples
+            (``flashcka.bootstrap_interval``, BCa 95%): ``result.ci_low``, ``ci_high``. For
+            the full-batch estimator only: a run of one batch (else a ValueError).
+        seed: seeds the permutations and the resamples.
+
     Returns:
         ``CKAResult`` with the (L_A, L_B) float64 matrix and the layer names. Layers are
         ordered by when they first appear in the first batch's forward pass; a module
@@ -152,6 +165,12 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
     tok_a, tok_b = _check_args(model_a, model_b, tokens, mask, inputs_a, inputs_b,
                                max_batches, dtype, backend)
     same = model_b is None
+    calibration = CalibratedRun(permutations, bootstrap, seed, same, settings.unbiased,
+                                progress=progress) if permutations or bootstrap else None
+    if calibration is not None and (checkpoint is not None or run.dist is not None):
+        raise ValueError("permutations= and bootstrap= cannot be resumed from a checkpoint or "
+                         "summed over torch.distributed ranks yet: leave out checkpoint= and "
+                         "run in one process")
     with _uncompiled(model_a) as model_a, _uncompiled(model_b) as model_b:
         points_a = select_points(model_a, layers_a, "layers_a")
         points_b = points_a if same else select_points(model_b, layers_b, "layers_b")
@@ -168,7 +187,7 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
                 model.eval()
             adapters = [inputs_a] if same else [inputs_a, inputs_b]
             _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, same,
-                 run)
+                 run, calibration)
         finally:
             for r in recorders:
                 r.remove()
@@ -186,15 +205,21 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             "dtype": str(ctx.ct).replace("torch.", ""),
             "model_a": type(model_a).__name__,
             "model_b": type(model_a if same else model_b).__name__, "same_model": same}
+    extra = {}
+    if calibration is not None:
+        extra, more = calibration.fields(list(acc.names_a), list(acc.names_b))
+        info.update(more)
     return CKAResult(matrix, list(acc.names_a), list(acc.names_b), info,
                      num_samples=acc.num_samples, num_batches=acc.num_batches,
-                     stderr=acc.stderr(matrix))
+                     stderr=acc.stderr(matrix), **extra)
 
 
 @torch.no_grad()
-def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, same, run):
+def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, same, run,
+         calibration=None):
     """The batch loop: each batch this process runs goes through the models once and its
-    Gram rows into ``run`` (which owns the accumulator, the counts and the checkpoint)."""
+    Gram rows into ``run`` (which owns the accumulator, the counts and the checkpoint), and
+    into ``calibration`` (a ``CalibratedRun``: permutation nulls, bootstrap) if given."""
     from tqdm.auto import tqdm
     total = max_batches
     if total is None and hasattr(loader, "__len__"):
@@ -241,6 +266,9 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
             ctx.fixed = True                     # the compute dtype is fixed from here on
             run.add(b, ctx.be, rows[0], rows[0] if same else rows[1], n, ctx.ct,
                     recorders[0].labels, None if same else recorders[1].labels)
+            if calibration is not None:
+                calibration.add_rows(ctx.be, rows[0], rows[0] if same else rows[1], n,
+                                     run.acc.names_a, run.acc.names_b, b)
     except KeyboardInterrupt:
         raise CompareInterrupted(b, total, run.path, run.saved_batch) from None
     finally:
