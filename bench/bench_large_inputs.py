@@ -1,7 +1,8 @@
 """Inputs larger than RAM (issue 19): peak RSS and time of streaming `.npy` feature files.
 
     python bench/bench_large_inputs.py [--quick] [--cases read,cka,knn] [--knn-n 5000,10000]
-        [--folder /tmp/flashcka_large] [--out bench/results/amd-epyc-zen5-2cpu/large_inputs.md]
+        [--cka-n 20000,100000] [--limit SECONDS] [--folder /tmp/flashcka_large]
+        [--out bench/results/amd-epyc-zen5-2cpu/large_inputs.md]
     python -m pytest bench/bench_large_inputs.py -q --quick --benchmark-disable   # CI smoke
 
 Every case runs in a fresh process (``--worker``) so that its peak RSS (``VmHWM`` of
@@ -108,12 +109,32 @@ def worker(case: str, paths_a: list, paths_b: list, cold: bool) -> dict:
             "cache_dropped": dropped, "threads": torch.get_num_threads(), **extra}
 
 
-def run_worker(case, paths_a, paths_b=(), cold=False) -> dict:
+def run_worker(case, paths_a, paths_b=(), cold=False, limit=None) -> dict:
+    """The case in its own process; with ``limit`` seconds, a run still going then is
+    stopped and reported with the peak RSS it had reached (polled from /proc/PID)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", case,
            "--paths-a", *paths_a] + (["--paths-b", *paths_b] if paths_b else []) + \
         (["--cold"] if cold else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0, peak = time.perf_counter(), 0
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except OSError:
+            pass
+        if limit is not None and time.perf_counter() - t0 > limit:
+            proc.kill()
+            proc.wait()
+            return {"case": case, "seconds": time.perf_counter() - t0, "peak_rss": peak,
+                    "rss_at_start": float("nan"), "page_cache_rise": float("nan"),
+                    "stopped": True}
+        time.sleep(0.5)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{case} failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------ the full run
@@ -130,6 +151,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--cases", default="read,cka,knn")
     p.add_argument("--knn-n", default=None)
+    p.add_argument("--cka-n", default=None, help="n of the cka case (default: --n's)")
+    p.add_argument("--limit", type=float, default=None,
+                   help="stop the cka and knn runs after this many seconds (peak RSS so far)")
     p.add_argument("--folder", default="/tmp/flashcka_large")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
@@ -160,17 +184,28 @@ def main(argv=None) -> int:
                         r["gbps"] = r["bytes"] / r["seconds"] / 1e9
                         rows.append(r)
             if "cka" in cases:
-                r = run_worker("cka", paths)
-                r["what"] = f"cka_matrix tiled, {L} layers, n = {n}"
-                rows.append(r)
+                for m in ([int(v) for v in a.cka_n.split(",")] if a.cka_n else [n]):
+                    sub = paths
+                    if m < n:           # the first m rows of each file, as files
+                        sub = []
+                        for q in paths:
+                            np.save(q + f".{m}.npy", np.load(q, mmap_mode="r")[:m])
+                            sub.append(q + f".{m}.npy")
+                    r = run_worker("cka", sub, limit=a.limit)
+                    r["what"] = f"cka_matrix tiled, {L} layers, n = {m}" + (
+                        f" (stopped after {r['seconds']:.0f} s)" if r.get("stopped") else "")
+                    rows.append(r)
+                    for q in sub if m < n else ():
+                        os.remove(q)
             for q in paths:
                 os.remove(q)
         if "knn" in cases:
             for m in knn_n:
                 pa = write_inputs(folder, "a", m, L, d, 1)
                 pb = write_inputs(folder, "b", m, L, d, 2)
-                r = run_worker("knn", pa, pb)
-                r["what"] = f"mutual_knn k=10, {L}+{L} layers, n = {m}"
+                r = run_worker("knn", pa, pb, limit=a.limit)
+                r["what"] = f"mutual_knn k=10, {L}+{L} layers, n = {m}" + (
+                    f" (stopped after {r['seconds']:.0f} s)" if r.get("stopped") else "")
                 r["n"] = m
                 rows.append(r)
                 for q in pa + pb:
