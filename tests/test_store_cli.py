@@ -161,3 +161,23 @@ def test_cluster_order_groups_similar_models_and_scipy_is_named(tmp_path, monkey
     monkeypatch.setitem(sys.modules, "scipy.cluster", None)
     with pytest.raises(ImportError, match="pip install scipy"):
         plots.clustered_heatmap(r, tmp_path / "c2.png")
+
+
+def test_an_hf_vision_model_from_a_loader_and_from_a_data_spec(tmp_path):
+    from hub_models import need_transformers
+    transformers = need_transformers()
+    cfg = transformers.ViTConfig(image_size=8, patch_size=4, hidden_size=16,
+                                 num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32, num_channels=1)
+    cfg.save_pretrained(tmp_path / "vit")
+    from flashcka.cli.zoo import extract
+    loader = [(torch.rand(12, 1, 8, 8),) for _ in range(2)]
+    quiet = {"progress": False, "log": lambda m: None}
+    a = extract({"h": f"hf:{tmp_path / 'vit'}"}, loader, out=tmp_path / "a",
+                layers="layers.*", **quiet)
+    assert a.layers("h") == ["layers.0", "layers.1"]
+    assert a.features("h", "layers.1").shape == (24, 16)
+    b = extract({"h": f"hf:{tmp_path / 'vit'}"}, "digits", out=tmp_path / "b", num_samples=20,
+                layers="layers.*", **quiet)
+    assert b.entry("h")["fingerprint"]["preprocess"] == "resize to 8x8, mean = std = 0.5"
+    assert b.features("h", "layers.0").shape == (20, 16)

@@ -186,8 +186,9 @@ def _hf(path, image_size, kwargs, arg):
         info["preprocess"] = f"{type(proc).__name__} from {d}"
     elif vision:
         s = image_size or int(_first(config.image_size))
-        preprocess = _resize_normalise(s, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                                       "RGB" if getattr(config, "num_channels", 3) == 3 else "L")
+        gray = getattr(config, "num_channels", 3) == 1      # one channel: one mean and std
+        half = (0.5,) if gray else (0.5, 0.5, 0.5)
+        preprocess = _resize_normalise(s, half, half, "L" if gray else "RGB")
         info["preprocess"] = f"resize to {s}x{s}, mean = std = 0.5"
     if vision:
         def wrap(x):   # saved weights at another size: interpolate the position embeddings

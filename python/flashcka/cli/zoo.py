@@ -128,8 +128,10 @@ def _source_ids(source, spec: str) -> list | None:
 
 
 def _job(model, source, preprocess, wrap, batch_size, num_samples, info, name) -> ModelJob:
+    first = None if wrap is None else (       # hf vision models: pixel_values=
+        lambda batch: wrap(batch[0] if isinstance(batch, (tuple, list)) else batch))
     if source is None:
-        return ModelJob(model, None, None, info)
+        return ModelJob(model, None, first, info)
     if isinstance(source, Images):
         if preprocess is None:
             raise SpecError(f"models[{name!r}] takes no images (it has no image "
@@ -144,7 +146,7 @@ def _job(model, source, preprocess, wrap, batch_size, num_samples, info, name) -
     if num_samples is not None:
         raise SpecError("num_samples applies to digits, imagefolder: and npz: data, not to a "
                         "factory's batches")
-    return ModelJob(model, source.iterable, None, info)
+    return ModelJob(model, source.iterable, first, info)
 
 
 def read_models_file(path) -> list[tuple[str, str, dict]]:
