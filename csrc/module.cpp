@@ -156,6 +156,17 @@ PYBIND11_MODULE(_C, m) {
       "The tiled route's tiles of one tile pair, every layer (tiled_cpu.h): out (count, ti, "
       "tj) of the compute dtype; kernel 0 linear, 1 rbf, 2 squared distances; rsum/csum "
       "(count, ti)/(count, tj) float64 or 0: the tiles' row and column sums.");
+  m.def(
+      "tile_histogram",
+      [](std::uintptr_t tile, int64_t ti, int64_t tj, bool diag, int ct, uint64_t pre, int nb,
+         std::uintptr_t hist) {
+        return flashcka::tile_histogram(cptr(tile), ti, tj, diag, ct, pre, nb,
+                                        static_cast<int64_t*>(mptr(hist)));
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "The exact median's selection pass over one distance tile (tiled_cpu.h): hist "
+      "(65536 int64) += counts of the next 16 bits among values matching pre; returns the "
+      "largest value counted.");
   m.def("set_num_threads", [](int t) { flashcka::set_blas_threads(t); });
   m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
 }

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <vector>
 
@@ -157,7 +158,35 @@ void run(const TileLayer* layers, int64_t count, int64_t ti, int64_t tj, bool di
   });
 }
 
+template <class T, class U>
+double histogram(const T* tile, int64_t ti, int64_t tj, bool diag, uint64_t pre, int nb,
+                 int64_t* hist) {
+  constexpr int W = int(8 * sizeof(U));
+  const int top = W - nb, low = W - nb - 16;
+  T best = T(0);
+  for (int64_t i = 0; i < ti; ++i) {
+    const T* row = tile + i * tj;
+    for (int64_t j = diag ? i + 1 : 0; j < tj; ++j) {
+      U bits;
+      std::memcpy(&bits, row + j, sizeof(U));
+      if (nb > 0 && uint64_t(bits >> top) != pre) continue;
+      ++hist[(bits >> low) & 0xFFFF];
+      if (row[j] > best) best = row[j];
+    }
+  }
+  return double(best);
+}
+
 }  // namespace
+
+double tile_histogram(const void* tile, int64_t ti, int64_t tj, bool diag, int ct,
+                      uint64_t pre, int nb, int64_t* hist) {
+  if (ct == kF64)
+    return histogram<double, uint64_t>(static_cast<const double*>(tile), ti, tj, diag, pre, nb,
+                                       hist);
+  return histogram<float, uint32_t>(static_cast<const float*>(tile), ti, tj, diag, pre, nb,
+                                    hist);
+}
 
 void kernel_tiles(const TileLayer* layers, int64_t count, int64_t ti, int64_t tj, bool diag,
                   int ct, int kernel, bool unbiased, void* out, double* rsum, double* csum,

@@ -36,4 +36,12 @@ void kernel_tiles(const TileLayer* layers, int64_t count, int64_t ti, int64_t tj
                   int ct, int kernel, bool unbiased, void* out, double* rsum, double* csum,
                   int threads);
 
+// The exact median's selection pass (core/tiled_median.py) over one layer's distance tile
+// (ti × tj, contiguous, dtype ct; on a diagonal tile only the strict upper triangle
+// counts): among the values whose top nb bits (as an unsigned integer of the value's
+// width, 32 or 64) equal pre (all values when nb = 0), hist[next 16 bits] += 1 (hist: 65536
+// int64). Returns the largest value counted (0 when none).
+double tile_histogram(const void* tile, int64_t ti, int64_t tj, bool diag, int ct,
+                      uint64_t pre, int nb, int64_t* hist);
+
 }  // namespace flashcka

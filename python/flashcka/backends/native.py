@@ -325,6 +325,23 @@ class NativeBackend(Backend):
                                  out.data_ptr(), rs, cs, self._threads())
         return out
 
+    def tile_histogram(self, tile, diag, pre, nb, hist):
+        """The exact median's selection pass over one distance tile (csrc/tiled_cpu.h):
+        ``hist`` (65536 int64, CPU) += counts of the next 16 bits among the values whose
+        top ``nb`` bits are ``pre`` (strict upper triangle of a diagonal tile); returns the
+        largest value counted."""
+        if tile.dim() != 2 or tile.dtype not in _CODES or not tile.is_contiguous() \
+                or tile.device.type != "cpu":
+            raise ValueError(f"tile must be a contiguous 2-D CPU float32/float64 tensor, got "
+                             f"{tuple(tile.shape)} {tile.dtype} on {tile.device}")
+        if hist.shape != (1 << 16,) or hist.dtype != torch.int64 or not hist.is_contiguous():
+            raise ValueError("hist must be a contiguous int64 tensor of 65536 counts")
+        width = 8 * tile.element_size()
+        if not (0 <= nb <= width - 16 and 0 <= pre < (1 << max(nb, 1))):
+            raise ValueError(f"bad prefix: {nb} bits {pre}")
+        return _load().tile_histogram(tile.data_ptr(), tile.shape[0], tile.shape[1], bool(diag),
+                                      _CODES[tile.dtype], int(pre), int(nb), hist.data_ptr())
+
     @staticmethod
     def _tile_rows(x, ct):
         """Rows (t, d) in ct with unit column stride (a view when they already are)."""

@@ -42,50 +42,45 @@ class _Target:
 
 def medians(be, layers, n: int, ct: torch.dtype, tile: int, bar, sweep):
     """(median, max) (L,) ct of each layer's n² squared distances (``sweep`` as in
-    tiled.py)."""
+    tiled.py). A backend with ``tile_histogram`` (native) counts the bits of a tile in one
+    call; otherwise torch operations do (``_torch_counts``)."""
     width, it = _BITS[ct]
     total = n * n
     ranks = [(k - n) // 2 for k in ((total - 1) // 2, total // 2) if k >= n]
     targets = [[_Target(r) for r in sorted(set(ranks))] for _ in layers]
-    maxd = torch.zeros(len(layers), dtype=ct, device=layers[0].mu.device)
-    upper_masks: dict = {}
+    maxd = torch.zeros(len(layers), dtype=torch.float64)
+    native = getattr(be, "tile_histogram", None)
+    masks: dict = {}
     first, done = True, 0
     while any(t.value is None for ts in targets for t in ts):
         if done >= passes(ct):                # float64 beyond two passes: say so
             bar.total += _count(n, tile)
             bar.refresh()
+        groups = []                           # per layer: (pre, nb, collect) -> targets
         for ts in targets:
+            g: dict = {}
             for t in ts:
-                if t.value is None and not t.collect:
-                    t.hist = torch.zeros(1 << 16, dtype=torch.int64, device=maxd.device)
+                if t.value is None:
+                    g.setdefault((t.pre, t.nb, t.collect), []).append(t)
+            for (_, _, collect), group in g.items():
+                if not collect:               # one histogram per group, shared
+                    h = torch.zeros(1 << 16, dtype=torch.int64,
+                                    device="cpu" if native else layers[0].mu.device)
+                    for t in group:
+                        t.hist = h
+            groups.append(g)
 
         def visit(i0, i1, j0, j1, tiles, first=first):
-            for l, ts in enumerate(targets):
-                v = tiles[l]
-                if i0 == j0:
-                    key = v.shape[0]
-                    if key not in upper_masks:
-                        upper_masks[key] = torch.ones(key, key, dtype=torch.bool,
-                                                      device=v.device).triu(1)
-                    v = v[upper_masks[key]]
-                else:
-                    v = v.reshape(-1)
-                if first and v.numel():
-                    maxd[l] = torch.maximum(maxd[l], v.max())
-                bits = v.view(it).to(torch.int64) if it == torch.int32 else v.view(it)
-                groups: dict = {}
-                for t in ts:
-                    if t.value is None:
-                        groups.setdefault((t.pre, t.nb, t.collect), []).append(t)
-                for (pre, nb, collect), group in groups.items():
-                    b = bits if nb == 0 else bits[(bits >> (width - nb)) == pre]
-                    if collect:
-                        for t in group:
-                            t.found.append(b)
-                        continue
-                    h = torch.bincount((b >> (width - nb - 16)) & 0xFFFF, minlength=1 << 16)
-                    for t in group:
-                        t.hist += h
+            diag = i0 == j0
+            for l, g in enumerate(groups):
+                for (pre, nb, collect), group in g.items():
+                    if native is not None and not collect:
+                        top = native(tiles[l], diag, pre, nb, group[0].hist)
+                    else:
+                        top = _torch_counts(tiles[l], diag, pre, nb, collect, group, width,
+                                            it, masks)
+                    if first:
+                        maxd[l] = max(float(maxd[l]), top)
 
         sweep(be, layers, n, ct, tile, "dist", visit, bar)
         first, done = False, done + 1
@@ -94,6 +89,29 @@ def medians(be, layers, n: int, ct: torch.dtype, tile: int, bar, sweep):
                 if t.value is None:
                     _refine(t, width)
     return _middle(targets, n, ct, it), maxd
+
+
+def _torch_counts(v, diag, pre, nb, collect, group, width, it, masks) -> float:
+    """The selection pass over one tile with torch operations: the strict upper values (a
+    diagonal tile) or all, those matching ``pre`` in their top ``nb`` bits counted by their
+    next 16 bits into the group's histogram, or collected. Returns the largest value
+    (pass 1: nb = 0)."""
+    if diag:
+        k = v.shape[0]
+        if k not in masks:
+            masks[k] = torch.ones(k, k, dtype=torch.bool, device=v.device).triu(1)
+        v = v[masks[k]]
+    else:
+        v = v.reshape(-1)
+    top = float(v.max()) if nb == 0 and v.numel() else 0.0
+    bits = v.view(it).to(torch.int64) if it == torch.int32 else v.view(it)
+    b = bits if nb == 0 else bits[(bits >> (width - nb)) == pre]
+    if collect:
+        for t in group:
+            t.found.append(b)
+        return top
+    group[0].hist += torch.bincount((b >> (width - nb - 16)) & 0xFFFF, minlength=1 << 16)
+    return top
 
 
 def _refine(t: _Target, width: int) -> None:
@@ -139,7 +157,7 @@ def bandwidths(med: torch.Tensor, maxd: torch.Tensor, threshold: float, layers,
     """2σ² = 2·threshold²·median per layer (ct). A zero median raises naming the layer,
     unless every distance is zero (a constant layer: its kernel is 11ᵀ whatever σ, which
     centres to 0, as on the Gram route)."""
-    med, maxd = med.cpu(), maxd.cpu()
+    med = med.cpu()
     for l, ly in enumerate(layers):
         if not bool(med[l] > 0) and bool(maxd[l] > 0):
             raise ValueError(f"{ly.src.name}: the median heuristic gives sigma = 0 (at least "
