@@ -190,6 +190,24 @@ def run(quick: bool, work: Path, log=print, keep_stores: bool = False) -> dict:
     return out
 
 
+def markdown(r: dict) -> str:
+    """The stage table of a run (seconds, MiB, pairs)."""
+    st = r["stages"]
+    rows = ["| stage | digits | folder |", "|---|---|---|"]
+    for what in ("extract", "compare", "extract 13th", "compare 13th"):
+        rows.append(f"| {what} | {st[f'{what} digits']:.2f} s | {st[f'{what} folder']:.2f} s |")
+    rows += [f"| pairs computed (12 models / the 13th) | {r['pairs digits']} / "
+             f"{r['pairs 13th digits']} | {r['pairs folder']} / {r['pairs 13th folder']} |",
+             f"| store size | {r['disk digits'] / 2**20:.1f} MiB ({r['samples digits']} "
+             f"samples) | {r['disk folder'] / 2**20:.1f} MiB ({r['samples folder']} samples) |",
+             "", f"consistency {st['consistency']:.3f} s (r = {r['consistency']:.3f}, 95% "
+             f"bootstrap interval [{r['consistency_ci'][0]:.3f}, {r['consistency_ci'][1]:.3f}]"
+             f"), plots {st['plots']:.2f} s; comparison stage, median of 6 alternating runs: "
+             f"12 models {r['compare first median']:.3f} s, adding the 13th "
+             f"{r['compare add median']:.3f} s = {r['add / first']:.3f} of it."]
+    return "\n".join(rows)
+
+
 def test_zoo_end_to_end(quick, tmp_path):
     """CI smoke test (--quick): every stage runs, the added model computes its pairs only."""
     if not quick:
@@ -213,6 +231,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     r = run(a.quick, Path(a.work), keep_stores=a.keep_stores)
     print(json.dumps(r, indent=1))
+    print(markdown(r))
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=1))
     return 0
