@@ -267,7 +267,15 @@ def add_parsers(sub) -> None:
 
 
 def run(args) -> int:
-    return run_extract(args) if args.command == "extract" else run_zoo(args)
+    if args.command == "zoo":
+        return run_zoo(args)
+    try:
+        return run_extract(args)
+    except KeyboardInterrupt:
+        import sys
+        print("\nflashcka extract: stopped (Ctrl-C); the shards written are kept: run the "
+              "same command to resume", file=sys.stderr)
+        return 130
 
 
 def run_extract(args) -> int:

@@ -189,7 +189,7 @@ def extract_model(root, name: str, model: nn.Module, loader, *, layers=None,
                                  f"arguments ({', '.join(diff)} differ); delete {folder} to "
                                  f"start it over, or use another name")
         state = old
-        for s in state["shards"]:          # a shard lost or damaged since: redo from it
+        for s in state["shards"]:          # a listed shard that is gone: start over
             if not (folder / s["file"]).is_file():
                 raise _io.StoreError(f"{ppath} lists {s['file']}, which is missing; delete "
                                      f"{folder} to extract {name!r} again")
