@@ -181,3 +181,14 @@ def test_an_hf_vision_model_from_a_loader_and_from_a_data_spec(tmp_path):
                 layers="layers.*", **quiet)
     assert b.entry("h")["fingerprint"]["preprocess"] == "resize to 8x8, mean = std = 0.5"
     assert b.features("h", "layers.0").shape == (20, 16)
+
+
+def test_ctrl_c_during_extract_says_how_to_resume(monkeypatch, capsys):
+    import flashcka.cli.zoo as zoo
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(zoo, "extract", stop)
+    assert main(["extract", "--models", "flashcka.models:TinyViT", "--out", "st"]) == 130
+    assert "the shards written are kept: run the same command to resume" in \
+        capsys.readouterr().err
