@@ -82,3 +82,27 @@ def test_permutations_vs_pair_stage(benchmark, quick):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-s", "--benchmark-disable", *sys.argv[1:]]))
+
+
+def test_permutation_test_end_to_end(benchmark, quick):
+    """``flashcka.permutation_test`` with its Grams, against ``MinibatchCKA`` on the same
+    batches (the observed matrix must be the same numbers)."""
+    import flashcka
+    layers, n, batches, P = (4, 64, 2, 20) if quick else (12, 256, 4, 1000)
+    a, b = make_data(layers, n, batches)
+    xs, ys = [torch.from_numpy(x) for x in a], [torch.from_numpy(y) for y in b]
+    flashcka.permutation_test(xs[:2], ys[:2], num_permutations=4, batch_size=n)  # warm-up
+    s = time.perf_counter()
+    acc = flashcka.MinibatchCKA(layers, layers)
+    for k in range(batches):
+        acc.update([x[k * n:(k + 1) * n] for x in xs], [y[k * n:(k + 1) * n] for y in ys])
+    t_mb = time.perf_counter() - s
+    s = time.perf_counter()
+    r = flashcka.permutation_test(xs, ys, num_permutations=P, batch_size=n, progress=False)
+    t_pt = time.perf_counter() - s
+    assert torch.equal(r.observed, acc.compute())
+    benchmark.extra_info.update(minibatch_s=round(t_mb, 4), permutation_test_s=round(t_pt, 4))
+    print(f"\npermutation_test({P} permutations, {batches} x {n} samples, {layers} x {layers} "
+          f"layers) {t_pt:.3f} s with its Grams; MinibatchCKA over the same batches "
+          f"{t_mb:.3f} s; p-values {float(r.pvalue.min()):.4f}..{float(r.pvalue.max()):.4f}")
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)

@@ -185,7 +185,7 @@ class PermutationNull:
     depend on it)."""
 
     def __init__(self, num_permutations: int, seed: int, same: bool, unbiased: bool,
-                 chunk: int = 32, progress: bool | None = None):
+                 chunk: int = 250, progress: bool | None = None):
         if isinstance(num_permutations, bool) or not isinstance(num_permutations, int) \
                 or num_permutations < 1:
             raise ValueError(f"num_permutations must be a positive int, got "
