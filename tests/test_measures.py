@@ -266,6 +266,13 @@ def test_constant_layer_is_nan_with_warning(rng, measure, value):
     assert float(got[0, 0]) == pytest.approx(1.0, abs=1e-12)
 
 
+def test_progress_bar_and_device(rng, capsys):
+    xs, ys = sides(rng, 41)
+    got = similarity_matrix(t(xs), t(ys), measure="linreg", progress=True)
+    assert got.device == torch.device("cpu")
+    np.testing.assert_allclose(got, ref.matrix("linreg", xs, ys), rtol=0, atol=1e-10)
+
+
 def test_input_errors(rng):
     x = torch.randn(30, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"ys\[0\] has 29 samples but xs\[0\] has 30"):
