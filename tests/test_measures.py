@@ -266,6 +266,21 @@ def test_constant_layer_is_nan_with_warning(rng, measure, value):
     assert float(got[0, 0]) == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("measure", MEASURES)
+@pytest.mark.parametrize("scale", [1e-300, 1e150, 1e300])
+def test_extreme_scales(rng, measure, scale):
+    """Every measure is scale-invariant; float64 layers far outside float32's range work,
+    in float64 and with dtype=torch.float32 (each layer is scaled by a power of two first)."""
+    xs, ys = sides(rng, 47)
+    xs = [x.astype(np.float64) for x in xs]
+    want = ref.matrix(measure, xs, ys)
+    big = t([x * scale for x in xs])
+    np.testing.assert_allclose(similarity_matrix(big, t(ys), measure=measure), want,
+                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(similarity_matrix(big, t(ys), measure=measure,
+                                                 dtype=torch.float32), want, rtol=0, atol=2e-4)
+
+
 def test_progress_bar_and_device(rng, capsys):
     xs, ys = sides(rng, 41)
     got = similarity_matrix(t(xs), t(ys), measure="linreg", progress=True)

@@ -3,7 +3,7 @@ layer's centred features factorised once (``basis``: the thin SVD ``X_c = U S V�
 ``features``: for Procrustes, X̃ = X_c/‖X_c‖_F itself, or an n × n factor when d > n), and
 for every pair the block ``U_Aᵀ U_B`` (one product per row layer against all the column
 layers at once). Every pair's score is then a small function of that block and the two
-layers' S, Vᵀ (docs/design.md, "Procrustes and CCA").
+layers' S, Vᵀ (docs/design.md §5, "Procrustes, CCA, SVCCA, PWCCA, linear regression").
 """
 from __future__ import annotations
 
@@ -74,9 +74,10 @@ def centred(x: torch.Tensor, name: str, ct: torch.dtype) -> tuple[torch.Tensor, 
     amax = float(f.abs().amax())
     if not math.isfinite(amax):
         _validate.raise_non_finite(x, name, ct)
-    f = f.to(ct)
+    f = f.to(torch.float64 if f.dtype == torch.float64 else ct)   # scaled before any narrowing
     if amax > 0:
         f = f * math.ldexp(1.0, -math.frexp(amax)[1])
+    f = f.to(ct)
     return f - f.mean(0, keepdim=True), max(f.shape) * torch.finfo(ct).eps
 
 
