@@ -362,9 +362,12 @@ def test_compare_bootstrap_needs_one_batch(rng):
                                              seed=2)
     np.testing.assert_allclose(r.ci_low.numpy(), direct.low.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(r.ci_high.numpy(), direct.high.numpy(), rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="one batch"):
+    with pytest.raises(ValueError, match="one batch"):    # a loader with a length
         flashcka.compare(a, b, [(xs[:20],), (xs[20:],)], layers_a=["0"], layers_b=["1"],
                          bootstrap=30, progress=False)
+    with pytest.raises(ValueError, match="one batch"):    # found at the second batch
+        flashcka.compare(a, b, iter([(xs[:20],), (xs[20:],)]), layers_a=["0"],
+                         layers_b=["1"], bootstrap=30, progress=False)
     with pytest.raises(ValueError, match="checkpoint"):
         flashcka.compare(a, b, [(xs,)], layers_a=["0"], permutations=5, progress=False,
                          checkpoint="never-written.ckpt")

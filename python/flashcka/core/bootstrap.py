@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import engine as _engine, validate as _validate
+from . import engine as _engine, memory as _memory, validate as _validate
 from .. import backends
 from .calibrate import permutation_seed
 from .engine import Settings
@@ -54,7 +54,9 @@ def bootstrap_interval(xs, ys=None, *, num_resamples: int = 1000, seed: int = 0,
     [1/(2R), 1 − 1/(2R)]; acceleration a = Σ(θ̄ − θ₍ᵢ₎)³ / (6 (Σ(θ̄ − θ₍ᵢ₎)²)^{3/2}) from
     the n leave-one-out CKAs θ₍ᵢ₎, also from the stored Grams; quantiles at
     Φ(z₀ + (z₀ + z_q)/(1 − a(z₀ + z_q))) for q = α/2, 1 − α/2). BCa needs n ≥ 5
-    unbiased. The kernel's σ (median heuristic) is the full sample's, not re-estimated
+    unbiased. Cost: each resample (and each of BCa's n leave-one-out CKAs) re-centers the
+    (L_A + L_B) stored Grams, O((L_A + L_B)·n²), plus a product; memory: float64 copies of
+    the Grams, (L_A + L_B)·n² values. The kernel's σ (median heuristic) is the full sample's, not re-estimated
     per resample.
     """
     level = check_args(num_resamples, seed, level, method)
@@ -92,6 +94,12 @@ def bootstrap_rows(be, ra: _engine.Rows, rb: _engine.Rows, n: int, unbiased: boo
     bad_b = bad_a if same else _engine.zero_variance(rb.sq_c, rb.sq, None)
     observed = _engine.cka_from_hsic(h.cross, h.self_a, h.self_b, bad_a, bad_b, names_a,
                                      names_b).cpu()
+    layers = ra.g.shape[0] + (0 if same else rb.g.shape[0])
+    need = 3 * layers * n * n * 8            # the copies, and a resample's two temporaries
+    if need >= 2 ** 28:
+        _memory.check(need, ra.g.device, f"the bootstrap's float64 copies of {layers} "
+                      f"centered Grams at n = {n}", "Bootstrap fewer layers a call, or fewer "
+                      "samples.")
     ca = full_matrices(ra.g, n, unbiased)
     cb = ca if same else full_matrices(rb.g, n, unbiased)
     from tqdm.auto import tqdm

@@ -9,6 +9,11 @@ from .bootstrap import bootstrap_rows, check_args
 from .calibrate import PermutationNull
 
 
+ONE_BATCH = ("bootstrap= needs the full-batch estimator, a run of one batch: make the "
+             "loader's batch_size at least the number of samples (or leave bootstrap out: "
+             "permutations= works with minibatches)")
+
+
 class CalibratedRun:
     def __init__(self, permutations: int, bootstrap: int, seed: int, same: bool,
                  unbiased: bool, level: float = 0.95, method: str = "bca",
@@ -28,10 +33,7 @@ class CalibratedRun:
     def add_rows(self, be, ra: _engine.Rows, rb: _engine.Rows, n: int, names_a, names_b,
                  batch: int) -> None:
         """One batch's rows (``batch``: its loader index, which seeds its permutations)."""
-        if self.bootstrap and self.batches:
-            raise ValueError("bootstrap= needs the full-batch estimator, a run of one batch: "
-                             "make the loader's batch_size at least the number of samples "
-                             "(or leave bootstrap out: permutations= works with minibatches)")
+        self.check_batches(self.batches + 1)
         if self.null is not None:
             self.null.add_rows(be, ra, rb, n, names_a, names_b, batch=batch)
         if self.bootstrap:
@@ -40,6 +42,11 @@ class CalibratedRun:
             ka = copy(ra)
             self.kept = (be, ka, ka if self.same else copy(rb), n)
         self.batches += 1
+
+    def check_batches(self, count: int) -> None:
+        """Raise (``ONE_BATCH``) when a bootstrap run would have ``count`` > 1 batches."""
+        if self.bootstrap and count > 1:
+            raise ValueError(ONE_BATCH)
 
     def fields(self, names_a, names_b) -> tuple[dict, dict]:
         """(CKAResult keyword arguments, settings entries) of what was computed."""

@@ -171,6 +171,8 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
         raise ValueError("permutations= and bootstrap= cannot be resumed from a checkpoint or "
                          "summed over torch.distributed ranks yet: leave out checkpoint= and "
                          "run in one process")
+    if calibration is not None and hasattr(loader, "__len__"):  # before any forward pass
+        calibration.check_batches(min(len(loader), max_batches or len(loader)))
     with _uncompiled(model_a) as model_a, _uncompiled(model_b) as model_b:
         points_a = select_points(model_a, layers_a, "layers_a")
         points_b = points_a if same else select_points(model_b, layers_b, "layers_b")
