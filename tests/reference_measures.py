@@ -65,7 +65,7 @@ def svcca(x, y, threshold=0.99):
 
 
 def pwcca(x, y):
-    """Morcos et al. 2018, §2.2: Σ_i α_i ρ_i / Σ_i α_i, α_i = Σ_j |⟨h_i, x_j⟩|, h_i the
+    """Morcos et al. 2018 (projection weighting): Σ_i α_i ρ_i / Σ_i α_i, α_i = Σ_j |⟨h_i, x_j⟩|, h_i the
     (unit-norm) canonical variates of X, x_j the (centred) neurons of X; X is weighted."""
     rho, a = canonical(x, y)
     xc = centred(x)

@@ -77,11 +77,11 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
         k = min(r_A, r_B) (Hotelling 1936; Raghu et al. 2017's ρ̄). Invariant to invertible
         linear maps of either layer. Symmetric.
       * ``"svcca"``: CCA after keeping each layer's fewest top singular directions whose
-        variance Σ s_i² reaches ``svcca_threshold`` (0.99, Raghu et al. 2017, "SVCCA", §2:
+        variance Σ s_i² reaches ``svcca_threshold`` (0.99: Raghu et al. 2017, "SVCCA", take
         "enough directions to explain 99% of variance") of its total. Symmetric.
       * ``"pwcca"``: Σ α_i ρ_i / Σ α_i with α_i = Σ_j |⟨h_i, x_j⟩| (Morcos et al. 2018,
         "Insights on representational similarity in neural networks with canonical
-        correlation", eq. in §2.2): h_i the i-th canonical variate of X (unit norm), x_j
+        correlation", projection weighting): h_i the i-th canonical variate of X (unit norm), x_j
         the j-th centred neuron of X. **Asymmetric: the row layer (``xs``) is weighted**,
         as their L1 is; ``similarity_matrix(ys, xs, measure="pwcca").T`` weights ``ys``.
         (Their released code weights whichever layer has fewer neurons.) Where canonical
@@ -90,8 +90,8 @@ def similarity_matrix(xs, ys=None, *, measure: str = "cka", topk: int = 10,
       * ``"linreg"``: R² = 1 − min_B ‖Ỹ − X_c B‖²_F = ‖Q_Xᵀ Ỹ‖²_F: the fraction of the
         variance of the **column layer** (``ys[j]``) explained by a least-squares linear
         fit (with intercept) from the **row layer** (``xs[i]``) (Kornblith et al. 2019,
-        "Similarity of neural network representations revisited", §3 "Linear
-        regression"). Asymmetric.
+        "Similarity of neural network representations revisited", "Linear regression").
+        Asymmetric.
 
     CCA, SVCCA, PWCCA (either layer) and linreg (the predictor) raise ``ValueError`` for a
     layer whose (kept) centred features span all n − 1 sample directions (rank n − 1,
