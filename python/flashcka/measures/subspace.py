@@ -158,12 +158,12 @@ def stack_s(bs: list[Basis]) -> torch.Tensor:
     return torch.stack([b.s for b in bs])
 
 
-def require_proper(bases: list[Basis], n: int, measure: str, ranks=None) -> None:
+def require_proper(bases: list[Basis], n: int, measure: str) -> None:
     """CCA-type measures degenerate when a layer's (kept) centred features span all n − 1
     sample directions: every canonical correlation with it is then 1 (and a regression
     from it fits anything exactly), whatever the other layer holds."""
-    for k, b in enumerate(bases):
-        r = b.rank if ranks is None else ranks[k]
+    for b in bases:
+        r = b.rank
         if n > 1 and r >= n - 1:
             raise ValueError(
                 f"{b.name} has rank {r} over n = {n} samples (d = {b.d} features): its centred "
