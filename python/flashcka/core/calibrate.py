@@ -273,6 +273,36 @@ class PermutationNull:
         self.sq_c_b = self.sq_c_a if self.same else sb + sq_c_b.to(dev)
         self.num_batches += 1
 
+    def all_reduce(self, group=None) -> None:
+        """Sum the observed and permuted sums over the ranks of a torch.distributed group
+        (each layer first brought to its largest unit over the ranks, as
+        ``MinibatchCKA.all_reduce`` does); with batches seeded by their global index, the
+        result is that of one process over all batches."""
+        import torch.distributed as dist
+        if self.h is None:
+            raise RuntimeError("all_reduce() before any batch on this rank")
+        h = self.h
+        units = []
+        for p, hs in ((h.ea, h.self_a), (h.eb, h.self_b)):
+            u = torch.where(hs != 0, p, torch.full_like(p, float("-inf")))
+            dist.all_reduce(u, op=dist.ReduceOp.MAX, group=group)
+            units.append(torch.where(torch.isfinite(u), u, torch.zeros_like(u)))
+        pa, pb = units
+        new = _in_units(h, pa, pb)
+        null = _engine.ldexp(self.null, (h.ea - pa)[:, None] + (h.eb - pb)[None, :])
+        parts = [new.cross, new.self_a, new.self_b, null, self.sq_c_a, self.sq_c_b,
+                 torch.tensor([float(self.num_batches)], dtype=torch.float64)]
+        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in parts])
+        dist.all_reduce(flat, group=group)
+        out, at = [], 0
+        for t in parts:
+            out.append(flat[at:at + t.numel()].view_as(t))
+            at += t.numel()
+        self.h = _engine.Hsics(out[0], out[1], out[2], pa, pb)
+        self.null, self.sq_c_a = out[3], out[4]
+        self.sq_c_b = self.sq_c_a if self.same else out[5]
+        self.num_batches = int(out[6])
+
     def result(self, names_a, names_b) -> "PermutationResult":
         """Observed CKA, the permutation null of every pair and its summaries."""
         if self.h is None:

@@ -48,6 +48,15 @@ class CalibratedRun:
         if self.bootstrap and count > 1:
             raise ValueError(ONE_BATCH)
 
+    def all_reduce(self, group=None) -> None:
+        """Sum the permutation null over torch.distributed ranks (no bootstrap there: a
+        run of one batch has one rank doing the work)."""
+        if self.bootstrap:
+            raise ValueError("bootstrap= is for runs of one batch in one process, not "
+                             "under torch.distributed")
+        if self.null is not None:
+            self.null.all_reduce(group)
+
     def fields(self, names_a, names_b) -> tuple[dict, dict]:
         """(CKAResult keyword arguments, settings entries) of what was computed."""
         extra, settings = {}, {}

@@ -132,7 +132,9 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
             batch, permutation k of loader batch b seeded by (seed, b, k), from the Gram
             rows the hooks built; memory ``permutations · L_A · L_B`` float64):
             ``result.pvalue``, ``null_mean``, ``null_std``, ``calibrated``, ``zscore``.
-            Not with ``checkpoint=`` or across torch.distributed ranks (yet).
+            Under torch.distributed batches are seeded by their global index and the
+            nulls summed over the ranks (the numbers of one process); not with
+            ``checkpoint=`` (yet).
         bootstrap: that many bootstrap resamples over samples
             (``flashcka.bootstrap_interval``, BCa 95%): ``result.ci_low``, ``ci_high``. For
             the full-batch estimator only: a run of one batch (else a ValueError).
@@ -167,10 +169,12 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
     same = model_b is None
     calibration = CalibratedRun(permutations, bootstrap, seed, same, settings.unbiased,
                                 progress=progress) if permutations or bootstrap else None
-    if calibration is not None and (checkpoint is not None or run.dist is not None):
-        raise ValueError("permutations= and bootstrap= cannot be resumed from a checkpoint or "
-                         "summed over torch.distributed ranks yet: leave out checkpoint= and "
-                         "run in one process")
+    if calibration is not None and checkpoint is not None:
+        raise ValueError("permutations= and bootstrap= cannot be resumed from a checkpoint "
+                         "yet: leave out checkpoint=")
+    if bootstrap and run.dist is not None:
+        raise ValueError("bootstrap= is for runs of one batch in one process, not under "
+                         "torch.distributed (distributed=False runs this rank alone)")
     if calibration is not None and hasattr(loader, "__len__"):  # before any forward pass
         calibration.check_batches(min(len(loader), max_batches or len(loader)))
     with _uncompiled(model_a) as model_a, _uncompiled(model_b) as model_b:
@@ -197,6 +201,8 @@ def compare(model_a: nn.Module, model_b: nn.Module | None, loader, *, layers_a=N
                 for m, flag in saved.items():
                     m.training = flag
     acc = run.finish()
+    if calibration is not None and run.dist is not None:
+        calibration.all_reduce()
     matrix = acc.compute().cpu()
     info = {"kernel": kernel, "unbiased": settings.unbiased, "sigma": settings.sigma,
             "threshold": settings.threshold,
@@ -270,7 +276,7 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
                     recorders[0].labels, None if same else recorders[1].labels)
             if calibration is not None:
                 calibration.add_rows(ctx.be, rows[0], rows[0] if same else rows[1], n,
-                                     run.acc.names_a, run.acc.names_b, b)
+                                     run.acc.names_a, run.acc.names_b, run.index(b))
     except KeyboardInterrupt:
         raise CompareInterrupted(b, total, run.path, run.saved_batch) from None
     finally:
