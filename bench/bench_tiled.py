@@ -135,6 +135,30 @@ def cases_for(which, size, n_big):
     return out
 
 
+def header(argv) -> str:
+    """Where and how the rows were measured: command, commit, CPU, load, versions."""
+    import platform
+    import torch
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=HERE).stdout.strip()
+    except OSError:
+        commit = "?"
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cmd = "python bench/bench_tiled.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    return (f"`{cmd}` at {commit}; {cpu}, {os.cpu_count()} CPUs, load "
+            f"{os.getloadavg()[0]:.1f} at the end (a machine shared with other jobs); torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads; float32. Floor: "
+            f"L·n²·d flops at torch.matmul's rate measured in the same process.\n")
+
+
 def table(rows) -> str:
     head = ("| case | route | n | L × d | estimator | time | floor | ratio | passes | "
             "peak RSS | inputs | peak − inputs |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -193,13 +217,21 @@ def main(argv=None) -> int:
     p.add_argument("--cases", default="linear,rbf,scaling")
     p.add_argument("--n", type=int, default=None, help="n of the linear case")
     p.add_argument("--out", default=None, help="markdown; a .json and a -scaling.png beside")
+    p.add_argument("--from-json", nargs="*", default=None,
+                   help="no runs: the rows of these .json files (of earlier --out runs, or "
+                        "a worker's output line) written again as one table and plot")
     a = p.parse_args(argv)
     if a.worker:
         print(json.dumps(worker(json.loads(a.worker))))
         return 0
     size = QUICK if a.quick else FULL
     rows = []
-    for case in cases_for(a.cases.split(","), size, a.n or size["n"]):
+    for f in a.from_json or []:
+        got = json.loads(Path(f).read_text().strip().splitlines()[-1]) \
+            if not Path(f).read_text().lstrip().startswith("[") else \
+            json.loads(Path(f).read_text())
+        rows += got if isinstance(got, list) else [got]
+    for case in [] if a.from_json else cases_for(a.cases.split(","), size, a.n or size["n"]):
         r = run_worker(case)
         rows.append(r)
         print(json.dumps(r), flush=True)
@@ -207,6 +239,7 @@ def main(argv=None) -> int:
     print(text)
     if a.out:
         out = Path(a.out)
+        out.write_text(header(argv) + "\n" + text + "\n")
         out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
         if any(r.get("kind") in ("scaling", "linear") for r in rows):
             plot(rows, out.with_name(out.stem + "-scaling.png"))
