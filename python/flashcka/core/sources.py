@@ -6,8 +6,9 @@ dict, file or folder of layers). A source has ``n``, ``d`` (features per sample,
 dimensions flattened as ``validate.representations`` does), ``dtype`` (torch), ``name``
 (the layer, as ``validate.representations`` names it: a mapping's key, ``arg[i]`` in a
 sequence), ``arg`` (the argument), ``shape == (n, d)``, ``device``, ``in_memory`` and
-``read(start, stop)``: rows ``start..stop`` as a ``(stop − start, d)`` tensor. ``read`` checks finiteness of what it
-returns and raises ``ValueError`` naming the argument, the layer and the first bad entry.
+``read(start, stop)``: rows ``start..stop`` as a ``(stop − start, d)`` tensor. ``read``
+checks finiteness of what it returns and raises ``ValueError`` naming the argument, the
+layer and the first bad entry.
 
 Accepted, for one layer:
 

@@ -264,9 +264,9 @@ def cknna_hsic(x: CknnaLayers, p: int, y: CknnaLayers, q: int) -> float:
     both = x.mutual[p][hit] & y.mutual[q][pos[hit]]
     t1 = float((k[both] * l_[both]).sum())
     sk, sl = float(k.sum()), float(l_.sum())
-    sums = lambda at, w: torch.zeros(n, dtype=torch.float64, device=w.device).index_add_(  # noqa: E731
-        0, at, w)
-    rk, ck, rl, cl = sums(i, k), sums(j, k), sums(i, l_), sums(j, l_)
+    zero = torch.zeros(n, dtype=torch.float64, device=k.device)
+    rk, ck, rl, cl = (zero.clone().index_add_(0, at, w)     # row and column sums of K', L'
+                      for at, w in ((i, k), (j, k), (i, l_), (j, l_)))
     kl = float((ck * rl).sum())
     if x.unbiased:
         return (t1 + sk * sl / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl) / (n * (n - 3))
