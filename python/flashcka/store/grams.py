@@ -52,55 +52,71 @@ class GramRows:
     def _path(self, key: str) -> Path:
         return self.dir / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
 
-    def rows(self, layers: list[tuple[str, str]], keys: list[str]) -> _engine.Rows:
-        """Rows of ``layers`` ((model, layer) pairs), read from disk or computed (all the
-        missing ones in one call) and written."""
-        got: dict[int, tuple] = {}
+    def rows(self, layers: list[tuple[str, str]], keys: list[str]):
+        """Rows of ``layers`` ((model, layer) pairs) in one (L, m) buffer: the kept ones
+        read straight into it (one copy from the page cache), the others computed into its
+        tail (all in one ``gram_rows`` call) and written. Returns (Rows, order): row j of
+        the buffer is layer ``order[j]`` (an index into ``layers``)."""
+        L = len(keys)
+        g = torch.empty(L, self.m, dtype=self.ct)
+        stats = torch.ones(L, 3, dtype=torch.float64)
+        order = []
         for i, k in enumerate(keys):
-            r = self._read(k)
-            if r is not None:
-                got[i] = r
-        todo = [i for i in range(len(keys)) if i not in got]
+            j = len(order)
+            if self._read(k, g[j], stats[j]):
+                order.append(i)
+        todo = [i for i in range(L) if i not in set(order)]
         if todo:
+            k0 = len(order)
             names = [f"{layers[i][0]}/{layers[i][1]}" for i in todo]
             xs, names = _validate.representations(
                 {nm: self.store.features(*layers[i]) for nm, i in zip(names, todo)}, "store")
             for x, nm in zip(xs, names):
                 _validate.representation(x, nm)
-            r = _engine.gram_rows(self.be, xs, names, self.n, self.ct, self.s)
-            scale = r.scale if r.scale is not None else torch.ones_like(r.sq_c)
-            for j, i in enumerate(todo):
-                one = (r.g[j], r.sq_c[j], r.sq[j], scale[j])
-                self._write(keys[i], one)
-                got[i] = one
-        g = torch.stack([got[i][0] for i in range(len(keys))])
-        return _engine.Rows(g, *(torch.stack([got[i][k] for i in range(len(keys))])
-                                 for k in (1, 2, 3)))
+            r = _engine.gram_rows(self.be, xs, names, self.n, self.ct, self.s, out=g[k0:])
+            stats[k0:, 0], stats[k0:, 1] = r.sq_c, r.sq
+            if r.scale is not None:
+                stats[k0:, 2] = r.scale
+            for j, i in enumerate(todo, k0):
+                self._write(keys[i], g[j], stats[j])
+            order += todo
+        return _engine.Rows(g, stats[:, 0], stats[:, 1], stats[:, 2]), order
 
-    def _read(self, key: str):
+    def _read(self, key: str, out: torch.Tensor, stats: torch.Tensor) -> bool:
+        """Read the kept row of ``key`` into ``out`` (m,) and ``stats`` (3,); False when
+        there is none, or (with a warning) when it is damaged."""
         path = self._path(key)
         if not path.is_file():
-            return None
-        st = _io.safetensors_torch()
+            return False
         try:
-            d = st.load_file(str(path))
-            ok = _digest(d["g"], d["stats"]) == _meta(path).get("crc32") \
-                and d["g"].shape == (self.m,) and d["g"].dtype == self.ct
+            with open(path, "rb") as f:
+                head = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+                base = f.tell()
+                for name, t in (("g", out), ("stats", stats)):
+                    info = head[name]
+                    lo, hi = info["data_offsets"]
+                    if hi - lo != t.numel() * t.element_size() or \
+                            info["dtype"] != _ST_DTYPES[t.dtype]:
+                        raise ValueError(f"{name}: {info}")
+                    f.seek(base + lo)
+                    if f.readinto(memoryview(t.numpy()).cast("B")) != hi - lo:
+                        raise ValueError(f"{name}: short read")
+            ok = _digest(out, stats) == head.get("__metadata__", {}).get("crc32")
         except Exception:  # noqa: BLE001 - a damaged cache file is recomputed
             ok = False
         if not ok:
             warnings.warn(f"Gram cache file {path} is damaged; recomputing it",
                           FlashCKAWarning, stacklevel=3)
-            return None
-        return d["g"], d["stats"][0], d["stats"][1], d["stats"][2]
+        return ok
 
-    def _write(self, key: str, one) -> None:
+    def _write(self, key: str, g: torch.Tensor, stats: torch.Tensor) -> None:
         st = _io.safetensors_torch()
-        g = one[0].contiguous()
-        stats = torch.stack([one[1], one[2], one[3]]).to(torch.float64)
-        data = st.save({"g": g, "stats": stats}, metadata={"crc32": _digest(g, stats),
-                                                           "key": key})
-        _io.atomic_write(self._path(key), data)
+        data = st.save({"g": g.contiguous(), "stats": stats.contiguous()},
+                       metadata={"crc32": _digest(g, stats), "key": key})
+        _io.atomic_write(self._path(key), data, sync=False)
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64"}
 
 
 def _digest(g, stats) -> str:
@@ -110,33 +126,33 @@ def _digest(g, stats) -> str:
     return f"{crc:08x}"
 
 
-def _meta(path: Path) -> dict:
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
-
-def cka_block(grams: GramRows, layers, keys, rows: list[int], cols: list[int]) -> torch.Tensor:
+def cka_block(grams: GramRows, layers, keys, rows: list[int], cols: list[int]):
     """CKA of layers ``rows`` × ``cols`` (indices into ``layers``/``keys``) from the kept
     Gram rows: the Gram route of ``cka_matrix`` (same pair stage, same zero-variance and
-    scale handling), every row read or computed once."""
-    union = sorted(set(rows) | set(cols))
-    at = {i: j for j, i in enumerate(union)}
-    r = grams.rows([layers[i] for i in union], [keys[i] for i in union])
+    scale handling), every row read or computed once. Returns (matrix, rows, cols) with
+    the rows and columns in the order of the matrix."""
+    union = list(dict.fromkeys(cols + rows))
+    r, order = grams.rows([layers[i] for i in union], [keys[i] for i in union])
+    order = [union[j] for j in order]              # buffer row -> layer index
 
-    def pick(idx):
-        sel = torch.tensor([at[i] for i in idx])
-        return _engine.Rows(r.g[sel], r.sq_c[sel], r.sq[sel], r.scale[sel])
-    same = rows == cols                   # one set of layers: the symmetric pair stage
-    ra = pick(rows) if not same or len(union) != len(rows) else r
-    rb = ra if same else pick(cols)
+    def side(want):
+        if set(want) == set(order):
+            return r, order                          # the whole buffer: no copy
+        idx = [j for j, i in enumerate(order) if i in set(want)]
+        sel = torch.tensor(idx)
+        return (_engine.Rows(r.g[sel], r.sq_c[sel], r.sq[sel], r.scale[sel]),
+                [order[j] for j in idx])
+    same = set(rows) == set(cols)        # one set of layers: the symmetric pair stage
+    rb, cols = side(cols)
+    ra, rows = (rb, cols) if same else side(rows)
     na = [f"{layers[i][0]}/{layers[i][1]}" for i in rows]
     nb = na if same else [f"{layers[i][0]}/{layers[i][1]}" for i in cols]
     const_a = _constant(ra, _Lazy(grams.store, [layers[i] for i in rows]), na, grams.ct)
     const_b = const_a if same else _constant(
         rb, _Lazy(grams.store, [layers[i] for i in cols]), nb, grams.ct)
     h = _engine.hsic_from_rows(grams.be, ra, rb, same, grams.n, grams.s.unbiased, na, nb)
-    return _engine.cka_from_hsic(h.cross, h.self_a, h.self_b, const_a, const_b, na, nb)
+    return _engine.cka_from_hsic(h.cross, h.self_a, h.self_b, const_a, const_b, na,
+                                 nb), rows, cols
 
 
 class _Lazy:

@@ -237,7 +237,7 @@ class Store:
             xs = {f"{sel[i][0]}/{sel[i][1]}": feats.get(i) for i in rb}
             ys = None if rb == cb else {f"{sel[i][0]}/{sel[i][1]}": feats.get(i) for i in cb}
             if grams is not None:
-                block = cka_block(grams, sel, keys, rb, cb)
+                block, rb, cb = cka_block(grams, sel, keys, rb, cb)
             elif measure == "cka":
                 block = cka_matrix(xs, ys, backend=backend, max_memory=max_memory,
                                    progress=progress, **full)
