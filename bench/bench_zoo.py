@@ -190,6 +190,36 @@ def run(quick: bool, work: Path, log=print, keep_stores: bool = False) -> dict:
     return out
 
 
+def wide(d: int, work: Path, n: int = 2000, models: int = 12) -> dict:
+    """The comparison stages alone on wide layers: 13 MLPs (64 -> d -> d, 2 layers each)
+    on n random inputs; 12 models' pairs vs the 13th's, alternately, medians of 3."""
+    from torch import nn
+
+    from flashcka.store import Store, write_store
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(250, 64, generator=g),) for _ in range(n // 250)]
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, d), nn.GELU(), nn.Linear(d, d))
+    root = work / f"wide{d}"
+    shutil.rmtree(root, ignore_errors=True)
+    write_store({f"m{i}": net(i) for i in range(models + 1)}, data, out=root,
+                layers=["0", "2"], progress=False, log=lambda m: None)
+    s = Store(root)
+    first, a, b = s.models[:models], [], []
+    for _ in range(3):
+        shutil.rmtree(root / "cache", ignore_errors=True)
+        t = time.perf_counter()
+        s.similarity(models=first)
+        a.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        s.similarity()
+        b.append(time.perf_counter() - t)
+    fa, fb = statistics.median(a), statistics.median(b)
+    return {"d": d, "n": n, "first": fa, "add": fb, "add / first": fb / fa}
+
+
 def markdown(r: dict) -> str:
     """The stage table of a run (seconds, MiB, pairs)."""
     st = r["stages"]
@@ -227,8 +257,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--keep-stores", action="store_true",
                    help="reuse the stores in --work (comparisons measured again)")
+    p.add_argument("--wide", type=int, default=None, metavar="D",
+                   help="only the comparison stages, on 13 MLPs with layers of width D")
     a = p.parse_args(argv)
     torch.manual_seed(0)
+    if a.wide:
+        print(wide(a.wide, Path(a.work)))
+        return 0
     r = run(a.quick, Path(a.work), keep_stores=a.keep_stores)
     print(json.dumps(r, indent=1))
     print(markdown(r))
