@@ -46,7 +46,9 @@ def extract(models, data, *, layers=None, out, tokens="mean", sample_ids=None,
     version. Writes are atomic; called again (after a stop, or with new models) it skips
     the finished models and the written shards and gives the same bytes. A model already
     in the store with other settings, or data whose sample IDs differ from the store's,
-    raises naming the difference.
+    raises naming the difference. One writer at a time: two processes extracting into one
+    store at once may lose a manifest entry (extract into separate stores and open them
+    together with ``Store(a, b)``).
     """
     named = _named(models)
     weights = dict(weights or {})
