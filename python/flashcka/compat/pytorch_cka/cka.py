@@ -198,7 +198,10 @@ def cka_from_features(features_x: torch.Tensor | Sequence[torch.Tensor],
     xs, ys = _layer_list(features_x, "features_x"), _layer_list(features_y, "features_y")
     for layers, arg in ((xs, "features_x"), (ys, "features_y")):
         for i, f in enumerate(layers):
-            if isinstance(f, torch.Tensor) and f.dim() >= 1 and f.shape[0] <= 3:
+            # the original takes tensors only (flashcka's own functions also read paths)
+            if not isinstance(f, torch.Tensor):
+                raise TypeError(f"{arg}[{i}] must be a torch.Tensor, got {type(f).__name__}")
+            if f.dim() >= 1 and f.shape[0] <= 3:
                 raise ValueError(f"cka_from_features requires n > 3 samples (unbiased HSIC "
                                  f"divides by n(n-3)); {arg} layer {i} has n={f.shape[0]}")
     return cka_matrix({f"features_x[{i}]": f for i, f in enumerate(xs)},
