@@ -4,6 +4,8 @@
 ``engine`` (the Gram route, the pair stage, CKA from HSICs in power-of-two units),
 ``feature`` (the feature route), ``minibatch`` (``MinibatchCKA``, the accumulator) and
 ``jackknife``, ``sources`` (row sources: a layer in memory or in a .npy/.safetensors/HDF5
-file, read a block of rows at a time). Imports only ``flashcka.backends`` (and the leaf
+file, read a block of rows at a time), ``tiled`` and ``tiled_median`` (the tiled route and
+its exact median heuristic), ``calibrate`` (permutation nulls), ``bootstrap`` (intervals
+over samples) and ``calibrated_run`` (both fed by ``compare``'s batches). Imports only ``flashcka.backends`` (and the leaf
 modules ``_warning``, ``_C``): nothing here knows of models or the command line.
 """
