@@ -37,7 +37,8 @@ def _kernel_tile_kernel(xi_ptr, xj_ptr, par_ptr, out_ptr, ti, tj, d, stride_i, s
                     mask=mm[:, None] & mk[None, :], other=0.0)
         b = tl.load(xj_ptr + rn.to(tl.int64)[:, None] * stride_j + rk[None, :],
                     mask=mn[:, None] & mk[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION,
+                     out_dtype=dt)      # float64: Triton 3.6 needs it
     if KERNEL != 0:     # squared row norms: a second walk (kept out of the product loop,
         for k0 in range(0, d, BLOCK_K):     # where it made float32 on sm_80 spill)
             rk = k0 + tl.arange(0, BLOCK_K)
