@@ -13,6 +13,17 @@
 4. ``MinibatchCKA.update`` on the activations of random-weight ViT-B/16 (48 sub-layers:
    per block ln_1 output, attention output, ln_2 input, MLP output; 197 × 768 tokens) and
    ResNet-50 (16 bottleneck outputs) at n = 256, against the two models' forward time.
+5. The million-pair job: ``MinibatchCKA(1000, 1000).update`` on layers of width 768 at
+   n = 256, timed per batch and extrapolated to 196 batches (50,000 samples); a 16 × 16
+   block checked against float64.
+6. pytorch-cka's README job on the same GPU: two random-weight ResNet-18s (18 layers: conv1,
+   the 16 block convolutions, fc), 10,240 CIFAR-10-sized inputs in batches of 256;
+   ``flashcka.compare`` against ``cka.compute_cka``, both against the float64 minibatch CKA
+   of the same activations (cuDNN deterministic, so every pass sees the same numbers).
+7. The tiled full-batch route: ``cka_matrix(12 layers of (n, 768), route="tiled")`` at
+   n = 20,000 and, if that extrapolates to under 90 s, n = 100,000, against the floor
+   L·n²·d at the measured tf32 matmul rate (the SYRK count of bench/bench_tiled.py), and
+   against float64 unbiased CKA from features (Song et al.'s formula, no n × n matrix).
 
 Timing: CUDA events around each call, median of REPS after WARMUP calls (JIT included in
 warm-up), inputs rotated over 3 buffers. --dry-run: CPU, Triton interpreter, tiny sizes (the
@@ -50,6 +61,9 @@ SIZES = dict(
     pair=(6, 8) if DRY else (1000, 256),                  # (L, n)
     batch=6 if DRY else 256,
     matmul=64 if DRY else 8192,
+    million=(12, 8, 32) if DRY else (1000, 256, 768),        # (L, n, d)
+    peer=(48, 8) if DRY else (10240, 256),                  # (samples, batch)
+    tiled=([40, 96], 12, 24) if DRY else ([20000, 100000], 12, 768),   # (ns, L, d)
 )
 rows: list[dict] = []
 errors: list[str] = []
@@ -239,6 +253,203 @@ def minibatch():
                          fraction_of_forward=round(t / (t_vit + t_rn), 3)))
 
 
+def hsic_u_from_grams(ka, kb):
+    """Song et al.'s unbiased HSIC for every pair of float64 Grams (La, n, n) × (Lb, n, n)."""
+    n = ka.shape[-1]
+    ka, kb = ka.clone(), kb.clone()
+    ka.diagonal(dim1=-2, dim2=-1).zero_()
+    kb.diagonal(dim1=-2, dim2=-1).zero_()
+    ra, rb = ka.sum(-1), kb.sum(-1)
+    tr = ka.flatten(1) @ kb.flatten(1).T
+    return (tr + ra.sum(-1)[:, None] * rb.sum(-1)[None, :] / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * ra @ rb.T) / (n * (n - 3))
+
+
+def minibatch_cka_f64(batches_a, batches_b):
+    """Nguyen et al.'s minibatch CKA in float64: batches_x[b] a list of (n, ...) layers."""
+    cross = sa = sb = 0
+    for xa, xb in zip(batches_a, batches_b):
+        ka = torch.stack([(lambda z: z @ z.T)(x.reshape(x.shape[0], -1).double()) for x in xa])
+        kb = torch.stack([(lambda z: z @ z.T)(x.reshape(x.shape[0], -1).double()) for x in xb])
+        cross = cross + hsic_u_from_grams(ka, kb)
+        sa = sa + hsic_u_from_grams(ka, ka).diagonal()
+        sb = sb + hsic_u_from_grams(kb, kb).diagonal()
+    return cross / (sa[:, None] * sb[None, :]).sqrt()
+
+
+def cka_u_from_features(xs):
+    """Unbiased linear CKA of every pair of (n, d_i) layers in float64 without an n × n
+    matrix (Song et al.): tr(K̃L̃) = ‖XᵀY‖² − Σ k_i l_i, 1ᵀK̃1 = ‖Xᵀ1‖² − Σ k_i,
+    K̃1 = X Xᵀ1 − k, with k the squared row norms; features centred first (HSIC₁ does not
+    change: U-centring removes row and column constants)."""
+    n = xs[0].shape[0]
+    cs = [x.double() - x.double().mean(0) for x in xs]
+    g = torch.cat(cs, 1)
+    g = g.T @ g
+    edges = [0]
+    for c in cs:
+        edges.append(edges[-1] + c.shape[1])
+    L = len(cs)
+    tr = torch.empty(L, L, dtype=torch.float64, device=g.device)
+    for i in range(L):
+        for j in range(L):
+            tr[i, j] = g[edges[i]:edges[i + 1], edges[j]:edges[j + 1]].square().sum()
+    k = torch.stack([c.square().sum(1) for c in cs])                     # (L, n)
+    tr -= k @ k.T
+    s = torch.stack([c.sum(0).square().sum() for c in cs]) - k.sum(1)
+    r = torch.stack([c @ c.sum(0) for c in cs]) - k                      # K̃1, (L, n)
+    h = (tr + s[:, None] * s[None, :] / ((n - 1) * (n - 2)) - 2 / (n - 2) * r @ r.T) \
+        / (n * (n - 3))
+    return h / (h.diagonal()[:, None] * h.diagonal()[None, :]).sqrt()
+
+
+def _correlated(L, n, d):
+    """L layers (n, d) sharing a random signal with weights from 0.2 to 2, so the CKAs
+    spread over (0, 1) rather than sit at the independent-noise floor."""
+    z = torch.randn(n, d, device=DEV)
+    return [z * (0.2 + 1.8 * i / max(L - 1, 1)) + randn(n, d) for i in range(L)]
+
+
+@case("million")
+def million_pairs():
+    L, n, d = SIZES["million"]
+    sets = [(_correlated(L, n, d), _correlated(L, n, d)) for _ in range(2)]
+    acc = flashcka.MinibatchCKA(L, L)
+    t = timeit(lambda s: acc.update(*s), sets)
+    check = flashcka.MinibatchCKA(L, L)
+    for a, b in sets:
+        check.update(a, b)
+    k = min(16, L)
+    got = check.compute()[:k, :k].to(DEV)
+    want = minibatch_cka_f64([a[:k] for a, _ in sets], [b[:k] for _, b in sets])
+    err = ((got - want).abs().max()).item()
+    if not err <= 1e-3:
+        errors.append(f"million-pair job: max |CKA - float64| {err:.3g} > 1e-3")
+    rows.append(dict(op="million-pair job", layers_a=L, layers_b=L, n=n, d=d,
+                     backend=backends.select("auto", sets[0][0][0]).name,
+                     update_ms=round(t * 1e3, 3), batches=196,
+                     extrapolated_s=round(196 * t, 2),
+                     max_abs_err_vs_f64_16x16=float(f"{err:.3g}")))
+
+
+class _Batches:
+    """(input, target) batches of one tensor already on the device, with a length (pytorch-cka
+    sizes its progress bar by it)."""
+
+    def __init__(self, data, size):
+        self.data, self.size = data, size
+
+    def __len__(self):
+        return -(-len(self.data) // self.size)
+
+    def __iter__(self):
+        for i in range(0, len(self.data), self.size):
+            yield self.data[i:i + self.size], None
+
+
+@case("peer")
+def peer_job():
+    sys.path.insert(0, str(Path(__file__).parent))
+    import gpu_models
+    from cka import compute_cka
+    N, B = SIZES["peer"]
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.manual_seed(1)
+    m1, names = gpu_models.resnet18()
+    m2, _ = gpu_models.resnet18()
+    m1, m2 = m1.to(DEV).eval(), m2.to(DEV).eval()
+    data = torch.rand(N, 3, 32, 32, device=DEV)
+    loader = _Batches(data, B)
+    acts = {}
+
+    def hook(key):
+        return lambda mod, inp, out: acts.setdefault(key, []).append(out.detach().clone())
+    hs = [dict(m.named_modules())[nm].register_forward_hook(hook((k, nm)))
+          for k, m in (("a", m1), ("b", m2)) for nm in names]
+    with torch.no_grad():
+        for x, _ in loader:
+            m1(x)
+            m2(x)
+    for h in hs:
+        h.remove()
+    nb = len(loader)
+    want = minibatch_cka_f64([[acts["a", nm][b] for nm in names] for b in range(nb)],
+                             [[acts["b", nm][b] for nm in names] for b in range(nb)])
+    del acts
+    jobs = {
+        "flashcka.compare": lambda _: flashcka.compare(
+            m1, m2, loader, layers_a=names, layers_b=names, progress=False).matrix,
+        "pytorch-cka compute_cka": lambda _: compute_cka(
+            m1, m2, loader, layers=names, model2_layers=names, device=DEV,
+            progress=False)[0],
+    }
+
+    def forward(_):
+        with torch.no_grad():
+            for x, _y in loader:
+                m1(x)
+                m2(x)
+    res = {"forward passes alone": dict(seconds=_wall(forward, reps=3))}
+    for name, fn in jobs.items():
+        out = fn(None)
+        err = ((out.double().to(DEV) - want).abs().max()).item()
+        res[name] = dict(seconds=_wall(fn, reps=3), max_abs_err_vs_f64=float(f"{err:.3g}"))
+    ours, peer = res["flashcka.compare"], res["pytorch-cka compute_cka"]
+    for name, r in res.items():
+        rows.append(dict(op="pytorch-cka job (ResNet-18 x2, 18 x 18 layers)", impl=name,
+                         samples=N, batch=B, **r))
+    rows.append(dict(op="pytorch-cka job ratio", speedup=round(peer["seconds"] /
+                                                               ours["seconds"], 2),
+                     error_ratio=round(peer["max_abs_err_vs_f64"] /
+                                       max(ours["max_abs_err_vs_f64"], 1e-300), 2)))
+    torch.backends.cudnn.deterministic = False
+
+
+def _wall(fn, reps=3):
+    """Median wall-clock seconds of fn(None) over reps runs, after one warm-up, synchronised."""
+    fn(None)
+    ts = []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        fn(None)
+        sync()
+        ts.append(time.perf_counter() - t)
+    return round(statistics.median(ts), 4)
+
+
+@case("tiled")
+def tiled_route(tf32_tflops: float | None):
+    ns, L, d = SIZES["tiled"]
+    flashcka.cka_matrix(_correlated(L, 64, d), route="tiled", progress=False)   # JIT warm-up
+    for n in ns:
+        if rows and rows[-1].get("op") == "tiled route" and rows[-1]["n"] < n:
+            prev = rows[-1]
+            predicted = prev["seconds"] * (n / prev["n"]) ** 2
+            if predicted > (1e9 if DRY else 90):
+                errors.append(f"tiled n={n}: skipped, n={prev['n']} took {prev['seconds']} s "
+                              f"(about {predicted:.0f} s predicted)")
+                return
+        xs = _correlated(L, n, d)
+        sync()
+        t = time.perf_counter()
+        got = flashcka.cka_matrix(xs, route="tiled", progress=False)
+        sync()
+        sec = time.perf_counter() - t
+        want = cka_u_from_features(xs)
+        err = ((got.double().to(DEV) - want).abs().max()).item()
+        if not err <= 1e-3:
+            errors.append(f"tiled n={n}: max |CKA - float64| {err:.3g} > 1e-3")
+        floor = L * n * n * d / (tf32_tflops * 1e12) if tf32_tflops else None
+        rows.append(dict(op="tiled route", n=n, layers=L, d=d, seconds=round(sec, 3),
+                         tf32_floor_s=round(floor, 4) if floor else None,
+                         ratio_to_floor=round(sec / floor, 2) if floor else None,
+                         max_abs_err_vs_f64=float(f"{err:.3g}")))
+        del xs
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+
+
 def environment() -> dict:
     env = dict(python=platform.python_version(), torch=torch.__version__,
                cuda=torch.version.cuda, flashcka=flashcka.__version__, dry_run=DRY,
@@ -287,6 +498,9 @@ def main() -> int:
     for tf32 in (False, True):
         pair(ceil.get("copy_gbytes_per_s"), tf32)
     minibatch()
+    million_pairs()
+    peer_job()
+    tiled_route(ceil.get("matmul_tf32_tflops"))
     for d in SIZES["gram_d"]:
         for mode in ("fp32", "tf32", "bf16"):
             gram(ns[-1], d, mode)

@@ -96,3 +96,53 @@ def resnet50():
     model = nn.Sequential(stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(cin, 1000))
     return model, blocks
+
+
+class _Basic(nn.Module):
+    """torchvision's BasicBlock, with its module names (conv1, bn1, conv2, bn2, downsample)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                         nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18(nn.Module):
+    """torchvision's resnet18 layout and module names (He et al. 2016), ``classes`` outputs."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = 64
+        for i, cout in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", nn.Sequential(_Basic(cin, cout, stride),
+                                                         _Basic(cout, cout, 1)))
+            cin = cout
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet18(classes: int = 10):
+    """(model, the 18 layers with weights: conv1, the 16 block convolutions, fc) — the 18
+    "representational layers" of pytorch-cka's README benchmark."""
+    model = ResNet18(classes)
+    names = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in range(1, 5) for b in range(2)
+                         for c in (1, 2)] + ["fc"]
+    return model, names

@@ -17,6 +17,9 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl "scipy-openblas32==$OPENBLAS"
+# pytorch-cka (import name cka), for the peer job of bench/gpu_bench.py; pure Python, and
+# everything it imports (torch, tqdm, matplotlib) is on the machine.
+python -m pip download -q --no-deps --only-binary=:all: -d .whl "pytorch-cka==1.1.3"
 { git rev-parse HEAD; git diff --quiet HEAD -- . ':!.whl' || echo "dirty"; } > .whl/COMMIT
 git diff HEAD -- . ':!.whl' > .whl/uncommitted.diff || true
 ls -la .whl
