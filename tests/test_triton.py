@@ -423,3 +423,20 @@ def test_rbf_duplicates_and_extreme_bandwidths():
     assert torch.equal(flashcka.gram(xs * 1e30, "rbf", sigma=0.5, backend="triton").cpu(), eye)
     const = torch.full((5, 2), 8.36e29, device=DEV)
     assert torch.equal(flashcka.gram(const, "rbf", sigma=0.5, backend="triton").cpu(), ones)
+
+
+@pytest.mark.parametrize("m", [1, 8191, 8192, 8193, 20000])
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+def test_pair_chunked_against_float64(rng, m, dt):
+    """The GPU's IEEE pair stage (cuBLAS per chunk of 8192 entries, chunks added in
+    float64): every chunk boundary and the tail, against float64 products; the error of a
+    float32 chunk sum is about √chunk·u·Σ|a_k b_k| (λ = 4)."""
+    from flashcka.backends.triton_backend import PAIR_CHUNK, pair_chunked
+    a = torch.from_numpy(rng.standard_normal((3, m)) + 1).to(dt)
+    b = torch.from_numpy(rng.standard_normal((5, m)) - 0.5).to(dt)
+    got = pair_chunked(a, b)
+    want = a.double() @ b.double().T
+    u = 2.0 ** -24 if dt == torch.float32 else 2.0 ** -53
+    bound = 4 * u * min(m, PAIR_CHUNK) ** 0.5 * (a.double().abs() @ b.double().abs().T)
+    assert got.dtype == torch.float64 and got.shape == (3, 5)
+    assert ((got - want).abs() <= bound).all()
