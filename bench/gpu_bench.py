@@ -21,8 +21,9 @@
    ``flashcka.compare`` against ``cka.compute_cka``, both against the float64 minibatch CKA
    of the same activations (cuDNN deterministic, so every pass sees the same numbers).
 7. The tiled full-batch route: ``cka_matrix(12 layers of (n, 768), route="tiled")`` at
-   n = 20,000 and, if that extrapolates to under 90 s, n = 100,000, against the floor
-   L·n²·d at the measured tf32 matmul rate (the SYRK count of bench/bench_tiled.py), and
+   n = 20,000 and, if that extrapolates to under 90 s, n = 100,000, against the floors
+   L·n²·d at the measured tf32 and fp32 matmul rates (the SYRK count of
+   bench/bench_tiled.py; the route multiplies in IEEE float32), and
    against float64 unbiased CKA from features (Song et al.'s formula, no n × n matrix).
 
 Timing: CUDA events around each call, median of REPS after WARMUP calls (JIT included in
@@ -177,7 +178,7 @@ def gram(n: int, d: int, mode: str):
 
 
 @case("pair")
-def pair(copy_gbs: float, tf32: bool):
+def pair(ceil: dict, tf32: bool):
     L, n = SIZES["pair"]
     be = TritonBackend(allow_tf32=tf32)
     m = be.row_length(n, True)
@@ -189,9 +190,18 @@ def pair(copy_gbs: float, tf32: bool):
     if not rel <= (1e-2 if tf32 else 1e-5):
         errors.append(f"pair tf32={tf32}: relative error {rel:.3g}")
     gbs = 2 * L * m * 4 / t / 1e9
+    copy_gbs = ceil.get("copy_gbytes_per_s")
+    rate = ceil.get("matmul_tf32_tflops" if tf32 else "matmul_fp32_tflops")
+    # The roofline: reading both row sets once at the copy bandwidth, or 2·L²·m flops at
+    # the matmul rate of the same precision, whichever is longer (at L = 1000 the flops:
+    # L/4 flops per byte read).
+    floor = max(2 * L * m * 4 / (copy_gbs * 1e9), 2 * L * L * m / (rate * 1e12)) \
+        if copy_gbs and rate else None
     rows.append(dict(op="pair", L=L, n=n, row_length=m, tf32=tf32, ms=round(t * 1e3, 4),
                      gbytes_per_s=round(gbs, 1), fraction_of_copy_bw=round(gbs / copy_gbs, 3)
                      if copy_gbs else None, tflops=round(2 * L * L * m / t / 1e12, 2),
+                     roofline_ms=round(floor * 1e3, 4) if floor else None,
+                     fraction_of_roofline=round(floor / t, 3) if floor else None,
                      rel_error_vs_f64=float(f"{rel:.3g}")))
 
 
@@ -235,16 +245,17 @@ def minibatch():
     for h in vh + rh:
         h.remove()
     assert len(va) == len(mods) and len(ra) == len(rmods), (len(va), len(ra))
-    for impl, bf16 in (("triton", False), ("triton", True), ("torch", False)):
+    for impl, mode in (("triton", ""), ("triton", "tf32"), ("triton", "bf16"),
+                       ("torch", "")):
         tb = backends.get("triton")
-        old = tb.allow_bf16
-        tb.allow_bf16 = bf16
+        old = tb.allow_tf32, tb.allow_bf16
+        tb.allow_tf32, tb.allow_bf16 = mode == "tf32", mode == "bf16"
         try:
             acc = flashcka.MinibatchCKA(len(va), len(ra), backend=impl)
             t = timeit(lambda _: acc.update(va, ra), [None])
         finally:
-            tb.allow_bf16 = old
-        rows.append(dict(op="MinibatchCKA.update", impl=impl + ("+bf16" if bf16 else ""),
+            tb.allow_tf32, tb.allow_bf16 = old
+        rows.append(dict(op="MinibatchCKA.update", impl=impl + ("+" + mode if mode else ""),
                          batch=b, layers_a=len(va), layers_b=len(ra),
                          act_dtype=str(va[0].dtype), ms=round(t * 1e3, 3),
                          forward_ms=round((t_vit + t_rn) * 1e3, 3),
@@ -394,12 +405,18 @@ def peer_job():
         out = fn(None)
         err = ((out.double().to(DEV) - want).abs().max()).item()
         res[name] = dict(seconds=_wall(fn, reps=3), max_abs_err_vs_f64=float(f"{err:.3g}"))
+    fwd = res["forward passes alone"]["seconds"]
+    for name in jobs:
+        res[name]["seconds_beyond_forward"] = round(res[name]["seconds"] - fwd, 4)
     ours, peer = res["flashcka.compare"], res["pytorch-cka compute_cka"]
     for name, r in res.items():
         rows.append(dict(op="pytorch-cka job (ResNet-18 x2, 18 x 18 layers)", impl=name,
                          samples=N, batch=B, **r))
     rows.append(dict(op="pytorch-cka job ratio", speedup=round(peer["seconds"] /
                                                                ours["seconds"], 2),
+                     speedup_beyond_forward=round(peer["seconds_beyond_forward"] /
+                                                  ours["seconds_beyond_forward"], 2)
+                     if ours["seconds_beyond_forward"] > 0 else None,
                      error_ratio=round(peer["max_abs_err_vs_f64"] /
                                        max(ours["max_abs_err_vs_f64"], 1e-300), 2)))
     torch.backends.cudnn.deterministic = False
@@ -419,7 +436,7 @@ def _wall(fn, reps=3):
 
 
 @case("tiled")
-def tiled_route(tf32_tflops: float | None):
+def tiled_route(ceil: dict):
     ns, L, d = SIZES["tiled"]
     flashcka.cka_matrix(_correlated(L, 64, d), route="tiled", progress=False)   # JIT warm-up
     for n in ns:
@@ -440,10 +457,12 @@ def tiled_route(tf32_tflops: float | None):
         err = ((got.double().to(DEV) - want).abs().max()).item()
         if not err <= 1e-3:
             errors.append(f"tiled n={n}: max |CKA - float64| {err:.3g} > 1e-3")
-        floor = L * n * n * d / (tf32_tflops * 1e12) if tf32_tflops else None
+        floors = {p: L * n * n * d / (ceil[f"matmul_{p}_tflops"] * 1e12)
+                  for p in ("tf32", "fp32") if ceil.get(f"matmul_{p}_tflops")}
         rows.append(dict(op="tiled route", n=n, layers=L, d=d, seconds=round(sec, 3),
-                         tf32_floor_s=round(floor, 4) if floor else None,
-                         ratio_to_floor=round(sec / floor, 2) if floor else None,
+                         **{f"{p}_floor_s": round(f, 4) for p, f in floors.items()},
+                         **{f"ratio_to_{p}_floor": round(sec / f, 2)
+                            for p, f in floors.items()},
                          max_abs_err_vs_f64=float(f"{err:.3g}")))
         del xs
         if DEV == "cuda":
@@ -496,11 +515,11 @@ def main() -> int:
             for mode in ("fp32", "tf32", "bf16"):
                 gram(n, d, mode)
     for tf32 in (False, True):
-        pair(ceil.get("copy_gbytes_per_s"), tf32)
+        pair(ceil, tf32)
     minibatch()
     million_pairs()
     peer_job()
-    tiled_route(ceil.get("matmul_tf32_tflops"))
+    tiled_route(ceil)
     for d in SIZES["gram_d"]:
         for mode in ("fp32", "tf32", "bf16"):
             gram(ns[-1], d, mode)
