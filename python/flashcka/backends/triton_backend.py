@@ -128,20 +128,23 @@ def _cublas_is_ieee(dt: torch.dtype, allow_tf32: bool) -> bool:
 
 def pair_chunked(ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
     """(LA, m), (LB, m) -> (LA, LB) float64 inner products of rows, as ``_pair_kernel``
-    adds them: each chunk of ``PAIR_CHUNK`` entries by torch.mm in the rows' dtype (one
-    matrix product per chunk: cuBLAS on a GPU), the chunk products added in float64 in
-    chunk order (deterministic)."""
+    adds them: each chunk of ``PAIR_CHUNK`` entries multiplied in the rows' dtype (the
+    whole chunks by one batched product, the tail by one more: cuBLAS on a GPU), the
+    chunk products added in float64 (deterministic)."""
     if ga.dim() != 2 or gb.dim() != 2 or ga.shape[1] != gb.shape[1]:
         raise ValueError(f"pair needs (LA, m) and (LB, m), got {tuple(ga.shape)}, "
                          f"{tuple(gb.shape)}")
     dt = torch.promote_types(ga.dtype, gb.dtype)
     ga, gb = ga.to(dt), gb.to(dt)
-    m = ga.shape[1]
-    out = torch.zeros(ga.shape[0], gb.shape[0], dtype=torch.float64, device=ga.device)
-    part = torch.empty(ga.shape[0], gb.shape[0], dtype=dt, device=ga.device)
-    for k in range(0, m, PAIR_CHUNK):
-        torch.mm(ga[:, k:k + PAIR_CHUNK], gb[:, k:k + PAIR_CHUNK].T, out=part)
-        out += part
+    (la, m), lb = ga.shape, gb.shape[0]
+    whole = m // PAIR_CHUNK * PAIR_CHUNK
+    out = torch.zeros(la, lb, dtype=torch.float64, device=ga.device)
+    if whole:   # (S, LA, c) @ (S, c, LB): views, batch stride c, row stride m
+        a = ga[:, :whole].unflatten(1, (-1, PAIR_CHUNK)).transpose(0, 1)
+        b = gb[:, :whole].unflatten(1, (-1, PAIR_CHUNK)).permute(1, 2, 0)
+        out += torch.bmm(a, b).sum(0, dtype=torch.float64)
+    if whole < m:
+        out += ga[:, whole:] @ gb[:, whole:].T
     return out
 
 
