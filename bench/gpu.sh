@@ -46,10 +46,12 @@ fi
 
 step "2/5 environment"
 {
-  if git rev-parse HEAD >/dev/null 2>&1; then
-    echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD 2>/dev/null || echo ' dirty')"
-  elif [ -f .whl/COMMIT ]; then
+  # .whl/COMMIT first: the device's copy of .git can be older than the working tree it
+  # receives (seen on the first H200 call: HEAD was the session's first commit).
+  if [ -f .whl/COMMIT ]; then
     echo "commit (from bench/gpu_prep.sh): $(tr '\n' ' ' < .whl/COMMIT)"
+  elif git rev-parse HEAD >/dev/null 2>&1; then
+    echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD 2>/dev/null || echo ' dirty')"
   else
     echo "commit: unknown"
   fi

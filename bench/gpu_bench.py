@@ -478,13 +478,15 @@ def environment() -> dict:
         env["triton"] = triton.__version__
     except ImportError:
         pass
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
-                                       capture_output=True, timeout=10).stdout.strip()
-    except OSError:
-        env["commit"] = ""
-    if not env["commit"] and (ROOT / ".whl/COMMIT").is_file():
+    env["commit"] = ""
+    if (ROOT / ".whl/COMMIT").is_file():     # bench/gpu_prep.sh's, right before the call
         env["commit"] = (ROOT / ".whl/COMMIT").read_text().strip().replace("\n", " ")
+    else:
+        try:
+            env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
+                                           capture_output=True, timeout=10).stdout.strip()
+        except OSError:
+            pass
     try:
         env["driver"] = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
