@@ -16,7 +16,9 @@ checks each one:
   inside a loop and at most MAX_COLD_SPILL bytes of stack in all (ptxas sometimes saves a
   few lane-index values before the main loop and reloads them for the epilogue: Triton
   3.6 on 5 of the 124 variants, 8 B each; 3.9 on none; the table gives every variant's);
-* the tf32/bf16 product paths use tensor cores: HMMA or HGMMA in ``cuobjdump -sass``.
+* the tf32/bf16 product paths use tensor cores: HMMA or HGMMA in ``cuobjdump -sass``;
+* the Gram kernel's main loop loads only through 16-byte cp.async (LDGSTS.128) or TMA
+  (the table gives every variant's in-loop loads: wide/other).
 
 Writes ``triton-<version>.md`` and ``.json`` under --out; exits 1 on any failure. Needs
 only triton (no torch, no flashcka install): the kernels and configs are loaded by path,
@@ -48,6 +50,7 @@ SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}      # max dynamic shared memory p
 HOT = ("_gram_stats_kernel", "_gram_reduce_kernel", "_pair_kernel", "_kernel_tile_kernel")
 MAX_COLD_SPILL = 64   # bytes of stack a hot kernel may use outside its loops
 TENSOR_CORE = ("tf32", "bf16")
+WIDE_LOADS = ("_gram_stats_kernel",)   # main loop: only 16-byte cp.async or TMA loads
 INSTR = ("HGMMA", "HMMA", "DMMA", "FFMA", "DFMA", "LDL", "STL")
 
 
@@ -72,18 +75,34 @@ def _cuobjdump() -> str:
     return found
 
 
-def loop_spills(sass: str) -> int:
-    """LDL/STL instructions inside a loop: between a backward branch's target and the
-    branch. Spills outside loops (a value saved before the main loop and reloaded for the
-    epilogue, which ptxas does to keep occupancy) cost a few bytes once per program."""
+def _in_loops(sass: str) -> list[str]:
+    """The instructions inside a loop: between a backward branch's target and the branch."""
     ins = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     loops = []
     for addr, op in ins:
         m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", op)
         if m and int(m.group(1), 16) < addr:
             loops.append((int(m.group(1), 16), addr))
-    return sum(1 for addr, op in ins if re.search(r"\b(LDL|STL)\b", op)
-               and any(lo <= addr <= hi for lo, hi in loops))
+    return [op for addr, op in ins if any(lo <= addr <= hi for lo, hi in loops)]
+
+
+def loop_spills(sass: str) -> int:
+    """LDL/STL instructions inside a loop. Spills outside loops (a value saved before the
+    main loop and reloaded for the epilogue, which ptxas does to keep occupancy) cost a
+    few bytes once per program."""
+    return sum(1 for op in _in_loops(sass) if re.search(r"\b(LDL|STL)\b", op))
+
+
+def loop_loads(sass: str) -> tuple[int, int]:
+    """(wide, other) global loads inside loops: wide = 16-byte cp.async (LDGSTS.*.128) or
+    TMA (UTMALDG); other = any other LDG/LDGSTS (narrower, or synchronous)."""
+    wide = other = 0
+    for op in _in_loops(sass):
+        if re.search(r"\bUTMALDG\b|\bLDGSTS\S*\.128\b", op):
+            wide += 1
+        elif re.search(r"\bLDG(STS)?\b|\bLDG(STS)?\.", op):
+            other += 1
+    return wide, other
 
 
 def compile_case(case, arch: int) -> dict:
@@ -92,12 +111,13 @@ def compile_case(case, arch: int) -> dict:
     fn = getattr(KERNELS, kname)
     t0 = time.perf_counter()
     try:
-        signature = dict(sig, **{k: "constexpr" for k in cst})
+        types = {a: t.removesuffix(":16") for a, t in sig.items()}
+        signature = dict(types, **{k: "constexpr" for k in cst})
         missing = set(fn.arg_names) - set(signature)
         if missing:
             raise TypeError(f"aot case lacks arguments {sorted(missing)}")
         attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
-                 for a, t in sig.items() if t.startswith("*")}
+                 for a, t in sig.items() if t.startswith("*") or t.endswith(":16")}
         ck = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=cst, attrs=attrs),
                             target=GPUTarget("cuda", arch, 32), options=dict(opts))
     except Exception as e:  # noqa: BLE001 - every compile failure is a result row
@@ -128,6 +148,10 @@ def compile_case(case, arch: int) -> dict:
     if kname in HOT and (hot or stack > MAX_COLD_SPILL or local > 0):
         row["problems"].append(f"spills: stack {stack} B, local {local} B, "
                                f"{counts['LDL']} LDL / {counts['STL']} STL, {hot} in loops")
+    row["loop_loads"] = wide, other = loop_loads(sass)
+    if kname in WIDE_LOADS and (other or not wide):
+        row["problems"].append(f"main loop loads: {wide} 16-byte cp.async/TMA, {other} "
+                               "other global loads (want only the former)")
     if cst.get("INPUT_PRECISION") in TENSOR_CORE and not (counts["HMMA"] or counts["HGMMA"]):
         row["problems"].append("no tensor-core instruction (HMMA/HGMMA) on a "
                                f"{cst['INPUT_PRECISION']} path")
@@ -138,17 +162,20 @@ def compile_case(case, arch: int) -> dict:
 def _table(rows, header) -> str:
     lines = [header, "",
              "| kernel | configuration | arch | ok | regs | stack/local B (spills in loops) | "
-             "shared KiB (limit) | tensor-core / FMA instructions | s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "shared KiB (limit) | tensor-core / FMA instructions | loop loads 16 B/other "
+             "| s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ins = r.get("instr", {})
         mma = ", ".join(f"{k} {v}" for k, v in ins.items() if v and k not in ("LDL", "STL"))
         lim = SMEM_LIMIT[int(r["arch"][3:])] // 1024
         smem = f"{r['shared'] / 1024:.1f} ({lim})" if "shared" in r else "-"
         sl = f"{r['stack']}/{r['local']} ({r['loop_spills']})" if "stack" in r else "-"
+        ll = "/".join(map(str, r["loop_loads"])) if "loop_loads" in r else "-"
         ok = "yes" if r["ok"] else "**NO**: " + "; ".join(r["problems"]).replace("|", "/")
         lines.append(f"| {r['kernel']} | {r['config']} | {r['arch']} | {ok} | "
-                     f"{r.get('regs', '-')} | {sl} | {smem} | {mma or '-'} | {r['seconds']} |")
+                     f"{r.get('regs', '-')} | {sl} | {smem} | {mma or '-'} | {ll} | "
+                     f"{r['seconds']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,9 @@
-"""Symmetric Gram with fused feature centering (split-K), and the centering/packing epilogue.
+"""Symmetric Gram of pre-centred rows (split-K), and the centering/packing epilogue.
 
 Buffers (all row-major, ``ct`` = float32 or float64 unless stated):
-  x       (n, T, C) any strides, dtype float16/bfloat16/float32/float64
-  mu      (T*C,) contiguous, ct: the column mean of x (any μ gives the same HSIC)
+  xc      (n, d_pad) rows of X_c = x − 1μᵀ made by the launcher, unit stride along
+          features, row stride a multiple of 16 elements, features d..d_pad zero; ct, or
+          bfloat16 for bf16 products
   k       (n, n) ct, stride_k: only tiles (bi, bj) with bj >= bi are written
   diag    (n,) ct: K_ii
   rowpart (nb, n) ct: rowpart[c, r] = Σ_{j in block c} K_rj, each slot written once,
@@ -35,11 +36,12 @@ def _tile_coords(t, nb):
 def _finish_tile(acc, bi, bj, k_ptr, diag_ptr, rowpart_ptr, n, stride_k,
                  BLOCK: tl.constexpr):
     """Store tile (bi, bj) of K, its row (and, off the diagonal, column) sums into rowpart,
-    and the diagonal. Rows/columns of acc beyond n must be exactly zero."""
+    and the diagonal. Rows/columns of acc beyond n are ignored (set to zero here)."""
     ri = bi * BLOCK + tl.arange(0, BLOCK)
     rj = bj * BLOCK + tl.arange(0, BLOCK)
     mi = ri < n
     mj = rj < n
+    acc = tl.where(mi[:, None] & mj[None, :], acc, 0.0)
     k_tile = k_ptr + ri.to(tl.int64)[:, None] * stride_k + rj[None, :]
     tl.store(k_tile, acc.to(k_ptr.dtype.element_ty), mask=mi[:, None] & mj[None, :])
     tl.store(rowpart_ptr + bj.to(tl.int64) * n + ri, tl.sum(acc, 1), mask=mi)
@@ -51,67 +53,45 @@ def _finish_tile(acc, bi, bj, k_ptr, diag_ptr, rowpart_ptr, n, stride_k,
 
 
 @triton.jit
-def _gram_stats_kernel(x_ptr, mu_ptr, k_ptr, diag_ptr, rowpart_ptr, part_ptr,
-                       n, T, C, stride_n, stride_t, stride_c, stride_k, nb, per_split,
+def _gram_stats_kernel(xc_ptr, k_ptr, diag_ptr, rowpart_ptr, part_ptr,
+                       n, d_pad, stride_n, stride_k, nb, per_split,
                        BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
-                       INPUT_PRECISION: tl.constexpr, CENTER_WIDE: tl.constexpr = False,
-                       SPLIT: tl.constexpr = False):
-    """Program (tile, s): tile (bi, bj), bj >= bi, of K = X_c X_cᵀ with X_c = x − 1μᵀ,
-    centered on load, over the features of split s.
+                       INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr = False):
+    """Program (tile, s): tile (bi, bj), bj >= bi, of K = X_c X_cᵀ over the features
+    [s·per_split·BLOCK_K, (s+1)·per_split·BLOCK_K) ∩ [0, d_pad) of split s.
 
-    The features are walked as T · ceil(C / BLOCK_K) steps of BLOCK_K columns of one token;
-    split s takes steps [s·per_split, (s+1)·per_split). SPLIT: write the partial tile to
-    part (finished by ``_gram_reduce_kernel``); else finish the tile here (one split).
-    x is converted to mu's dtype (float32 or float64) as it is loaded and centered in that
-    dtype (x − μ of a valid fp16 column can exceed the fp16 range).
-    INPUT_PRECISION: "ieee"; "tf32" (float32 only): TF32 tensor-core products; "bf16"
-    (float32 only): the centered values rounded to bfloat16, products on bf16 tensor cores,
-    accumulated in float32; "bf16_rounded": the same bf16 values, multiplied exactly in
+    The loads feed tl.dot directly (no arithmetic between them, so Hopper stages both
+    operands in shared memory for wgmma): rows beyond n are clamped to row n − 1 (no mask
+    in the loop) and zeroed in ``_finish_tile``; d_pad is a multiple of BLOCK_K (the
+    launcher zero-pads), so no feature mask either. SPLIT: write the partial tile to part
+    (finished by ``_gram_reduce_kernel``); else finish the tile here (one split).
+    INPUT_PRECISION: "ieee" (float32 FMA or float64); "tf32" (float32 xc); "bf16"
+    (bfloat16 xc, float32 accumulation); "bf16_rounded": bfloat16 xc multiplied exactly in
     float32 (for the Triton interpreter, whose tl.dot multiplies bf16 bit patterns as
     integers, at least in 3.9).
-    CENTER_WIDE (x float64, mu float32): x − μ is taken in float64, then rounded.
     """
     tile = tl.program_id(0)
     s = tl.program_id(1)
     bi, bj = _tile_coords(tile, nb)
-    ri = bi * BLOCK + tl.arange(0, BLOCK)
-    rj = bj * BLOCK + tl.arange(0, BLOCK)
-    mi = ri < n
-    mj = rj < n
+    ri = tl.minimum(bi * BLOCK + tl.arange(0, BLOCK), n - 1).to(tl.int64)
+    rj = tl.minimum(bj * BLOCK + tl.arange(0, BLOCK), n - 1).to(tl.int64)
     ck = tl.arange(0, BLOCK_K)
-    a_rows = x_ptr + ri.to(tl.int64)[:, None] * stride_n
-    b_rows = x_ptr + rj.to(tl.int64)[:, None] * stride_n
-    acc = tl.zeros((BLOCK, BLOCK), dtype=mu_ptr.dtype.element_ty)
-    ncb = tl.cdiv(C, BLOCK_K)
-    step0 = s * per_split
-    step1 = tl.minimum(step0 + per_split, T * ncb)
-    for step in range(step0, step1):
-        t = step // ncb
-        c = (step - t * ncb) * BLOCK_K + ck
-        mc = c < C
-        mu = tl.load(mu_ptr + t.to(tl.int64) * C + c, mask=mc, other=0.0)
-        col = t.to(tl.int64) * stride_t + c.to(tl.int64)[None, :] * stride_c
-        ma = mi[:, None] & mc[None, :]
-        mb = mj[:, None] & mc[None, :]
-        a = tl.load(a_rows + col, mask=ma, other=0.0)
-        b = tl.load(b_rows + col, mask=mb, other=0.0)
-        if CENTER_WIDE:   # float64 x, float32 compute: subtract in float64, then round
-            a = (a - mu.to(tl.float64)[None, :]).to(mu.dtype)
-            b = (b - mu.to(tl.float64)[None, :]).to(mu.dtype)
-        else:
-            a = a.to(mu.dtype) - mu[None, :]
-            b = b.to(mu.dtype) - mu[None, :]
-        a = tl.where(ma, a, 0.0)
-        b = tl.where(mb, b, 0.0)
+    a_ptrs = xc_ptr + ri[:, None] * stride_n + ck[None, :]
+    b_ptrs = xc_ptr + rj[:, None] * stride_n + ck[None, :]
+    acc = tl.zeros((BLOCK, BLOCK), dtype=k_ptr.dtype.element_ty)
+    k0 = s * per_split * BLOCK_K
+    k1 = tl.minimum(k0 + per_split * BLOCK_K, d_pad)
+    for kk in range(k0, k1, BLOCK_K):
+        a = tl.load(a_ptrs + kk)
+        b = tl.load(b_ptrs + kk)
         if INPUT_PRECISION == "bf16":
-            acc = tl.dot(a.to(tl.bfloat16), tl.trans(b.to(tl.bfloat16)), acc)
-        elif INPUT_PRECISION == "bf16_rounded":   # the same rounding, float32 products
-            a = a.to(tl.bfloat16).to(tl.float32)
-            b = b.to(tl.bfloat16).to(tl.float32)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee")
+            acc = tl.dot(a, tl.trans(b), acc)
+        elif INPUT_PRECISION == "bf16_rounded":   # the same bf16 values, float32 products
+            acc = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), acc,
+                         input_precision="ieee")
         else:
             acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION,
-                         out_dtype=mu_ptr.dtype.element_ty)   # float64: Triton 3.6 needs it
+                         out_dtype=k_ptr.dtype.element_ty)   # float64: Triton 3.6 needs it
     if SPLIT:
         r = tl.arange(0, BLOCK)
         base = (s * tl.num_programs(0) + tile).to(tl.int64) * (BLOCK * BLOCK)

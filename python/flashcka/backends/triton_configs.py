@@ -17,19 +17,31 @@ TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float6
 
 
 def gram_config(ct: str, n: int, interpret: bool, prec: str = "ieee") -> dict:
-    """``_gram_stats_kernel`` block sizes (and warps/stages on a GPU), chosen so that no
-    variant spills registers on sm_80 or sm_90 (bench/aot.py checks each; e.g. 64×64×32
-    IEEE tiles on 4 warps spilled 300 B on sm_80): 64×64 tiles for n > 128 (8 warps;
-    IEEE float32 products two stages deep), 32×32 below."""
+    """``_gram_stats_kernel`` block sizes (and warps/stages on a GPU) for its BLOCK×BLOCK
+    tiles of pre-centred rows. Chosen from sm_90 SASS with Triton 3.6 and 3.9 (bench/aot.py
+    checks every variant for sm_80 and sm_90: no spills, shared memory within the limit):
+    tf32/bf16, n > 128: 128×128 tiles, BLOCK_K 32 (tf32) / 64 (bf16), 8 warps, 4 stages:
+    HGMMA fed by 16-byte cp.async, 144-152 registers, 129 KiB shared (4 warps spill
+    144 B); n ≤ 128: 64×64 (more programs for split-K to share the features).
+    float32 IEEE (FMA): 64×64×32 on 4 warps, 2 stages: 4×8 accumulators a thread, about
+    10 FFMA per 16-byte shared load (8 warps: 8), 128 registers (4 blocks an SM).
+    float64: 32×32×16 (the float64 MMA)."""
     if interpret:
         return dict(BLOCK=32 if n > 16 else 16, BLOCK_K=64)
     if ct == "float64":
         return dict(BLOCK=32, BLOCK_K=16, num_warps=8, num_stages=2)
+    if prec == "ieee":
+        return dict(BLOCK=64, BLOCK_K=32, num_warps=4, num_stages=2)
+    bk = 32 if prec == "tf32" else 64
     if n <= 128:
-        if prec == "ieee":
-            return dict(BLOCK=32, BLOCK_K=16, num_warps=4, num_stages=3)
-        return dict(BLOCK=32, BLOCK_K=32, num_warps=4, num_stages=2)
-    return dict(BLOCK=64, BLOCK_K=32, num_warps=8, num_stages=2 if prec == "ieee" else 3)
+        return dict(BLOCK=64, BLOCK_K=bk, num_warps=4, num_stages=4)
+    return dict(BLOCK=128, BLOCK_K=bk, num_warps=8, num_stages=4)
+
+
+def reduce_config(block: int, interpret: bool) -> dict:
+    """``_gram_reduce_kernel`` warps: 8 for 128×128 tiles (64 float32 a thread), else
+    Triton's default."""
+    return dict(num_warps=8) if block >= 128 and not interpret else {}
 
 
 def precision(x_dtype: str, ct: str, allow_tf32: bool, allow_bf16: bool,
@@ -45,16 +57,6 @@ def precision(x_dtype: str, ct: str, allow_tf32: bool, allow_bf16: bool,
     if allow_tf32 and x_dtype != "float64":
         return "tf32"
     return "ieee"
-
-
-def kernel_x_dtype(x_dtype: str, ct: str) -> str:
-    """The dtype ``_gram_stats_kernel`` reads x in: float16/bfloat16 inputs with float64
-    compute are upcast to float32 first (exact) by the launcher, because Triton 3.6's
-    float64 MMA lowering asserts on operands loaded as 16-bit ("fp64 don't support largeK
-    MMA"; seen by bench/aot.py)."""
-    if ct == "float64" and x_dtype in ("float16", "bfloat16"):
-        return "float32"
-    return x_dtype
 
 
 def epilogue_block(n: int, interpret: bool) -> int:
@@ -80,39 +82,47 @@ def tile_config(ct: str, interpret: bool) -> dict:
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=2)
 
 
-_NS = (64, 4096)      # a small and a large n: every block-size branch above
+_NS = (128, 4096)     # a small and a large n: every block-size branch above
+
+
+def xc_dtype(ct: str, prec: str) -> str:
+    """The dtype of the pre-centred rows ``_gram_stats_kernel`` reads (launcher's
+    ``centred_rows``): bfloat16 for bf16 products, else the compute dtype."""
+    return "bfloat16" if prec in ("bf16", "bf16_rounded") else ct
 
 
 def aot_cases():
     """Yield (kernel name, signature, constexprs, options, label) for every compiled
     variant the launchers can choose on a GPU. Signature entries are Triton type strings;
-    integer arguments are i32 and pointers 16-byte aligned (the common specialisation)."""
+    pointers are 16-byte aligned (the common specialisation), "i32:16" integers divisible
+    by 16 (the Gram's d_pad and row stride, which the launcher makes so)."""
     ptr = lambda d: "*" + TRITON_TYPE[d]  # noqa: E731
     seen = set()
     for x, ct, tf32, bf16, n, split in itertools.product(
             X_DTYPES, COMPUTE, (False, True), (False, True), _NS, (False, True)):
-        x = kernel_x_dtype(x, ct)
         prec = precision(x, ct, tf32, bf16, False)
         cfg = gram_config(ct, n, False, prec)
-        key = (x, ct, prec, tuple(sorted(cfg.items())), split)
+        xc = xc_dtype(ct, prec)
+        key = (xc, ct, prec, tuple(sorted(cfg.items())), split)
         if key in seen:
             continue
         seen.add(key)
         opts = {k: cfg[k] for k in ("num_warps", "num_stages")}
-        sig = dict(x_ptr=ptr(x), mu_ptr=ptr(ct), k_ptr=ptr(ct), diag_ptr=ptr(ct),
-                   rowpart_ptr=ptr(ct), part_ptr=ptr(ct), n="i32", T="i32", C="i32",
-                   stride_n="i32", stride_t="i32", stride_c="i32", stride_k="i32",
-                   nb="i32", per_split="i32")
+        sig = dict(xc_ptr=ptr(xc), k_ptr=ptr(ct), diag_ptr=ptr(ct), rowpart_ptr=ptr(ct),
+                   part_ptr=ptr(ct), n="i32", d_pad="i32:16", stride_n="i32:16",
+                   stride_k="i32", nb="i32", per_split="i32")
         cst = dict(BLOCK=cfg["BLOCK"], BLOCK_K=cfg["BLOCK_K"], INPUT_PRECISION=prec,
-                   CENTER_WIDE=x == "float64" and ct == "float32", SPLIT=split)
+                   SPLIT=split)
         yield ("_gram_stats_kernel", sig, cst, opts,
-               f"x={x} ct={ct} {prec} B{cfg['BLOCK']}xK{cfg['BLOCK_K']}"
-               f"{' split' if split else ''}")
+               f"xc={xc} ct={ct} {prec} {cfg['BLOCK']}x{cfg['BLOCK']}xK{cfg['BLOCK_K']} "
+               f"w{cfg['num_warps']} s{cfg['num_stages']}{' split' if split else ''}")
     for ct in COMPUTE:
-        for blk in sorted({gram_config(ct, n, False)["BLOCK"] for n in _NS}):
+        for blk in sorted({gram_config(ct, n, False, p)["BLOCK"]
+                           for n in _NS for p in ("ieee", "tf32", "bf16")}):
             sig = dict(part_ptr=ptr(ct), k_ptr=ptr(ct), diag_ptr=ptr(ct), rowpart_ptr=ptr(ct),
                        n="i32", stride_k="i32", nb="i32", splits="i32")
-            yield "_gram_reduce_kernel", sig, dict(BLOCK=blk), {}, f"ct={ct} B{blk}"
+            yield ("_gram_reduce_kernel", sig, dict(BLOCK=blk), reduce_config(blk, False),
+                   f"ct={ct} B{blk}")
         for blk in sorted({epilogue_block(n, False) for n in (64, 1024)}):
             for unbiased in (True, False):
                 sig = dict(k_ptr=ptr(ct), m_ptr=ptr(ct), out_ptr=ptr(ct), n="i32",

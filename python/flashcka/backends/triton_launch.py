@@ -1,7 +1,7 @@
 """Launchers for the Triton kernels in ``kernels/triton`` (installed as flashcka.triton).
 
-``gram_stats_triton`` -> ``_gram_stats_kernel`` (+ ``_gram_reduce_kernel`` when
-``gram_plan`` splits the features); ``center_pack_triton`` ->
+``gram_stats_triton`` -> ``centred_rows`` (X_c = x − 1μᵀ, one torch pass) and
+``_gram_stats_kernel`` (+ ``_gram_reduce_kernel`` when ``gram_plan`` splits the features); ``center_pack_triton`` ->
 ``_center_pack_kernel``; ``rbf_triton`` -> ``_rbf_kernel``; ``pair_triton`` ->
 ``_pair_kernel``. Shapes and dtypes are checked here; the kernels take raw pointers and
 strides. Block sizes, warps, stages and product precision come from ``triton_configs``
@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import operator
 import os
 import sys
 from pathlib import Path
@@ -63,7 +64,7 @@ def _scratch(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-MIN_STEPS = 8   # split-K: at least this many BLOCK_K steps of features per split
+MIN_STEPS = 4   # split-K: at least this many BLOCK_K steps of features per split
 FILL = 2        # split-K when the upper-triangle tiles are fewer than FILL × SMs programs
 
 
@@ -91,19 +92,30 @@ class GramPlan(NamedTuple):
 
 
 def gram_plan(n: int, T: int, C: int, ct: torch.dtype, *, sms: int,
-              interpret: bool | None = None, prec: str = "ieee") -> GramPlan:
-    """The grid for an (n, T, C) input (T = 1 for (n, d)) on a device of ``sms``
+              interpret: bool | None = None, prec: str = "ieee",
+              config: dict | None = None) -> GramPlan:
+    """The grid for d = T·C features (T = 1 for (n, d)) on a device of ``sms``
     multiprocessors: one program per upper-triangle tile, and when those are fewer than
-    FILL·sms, the T·ceil(C/BLOCK_K) feature steps split S ways (S ≤ steps/MIN_STEPS) so
-    that about FILL·sms programs run; the S partial tiles are added in a fixed order."""
-    cfg = _gram_config(ct, n, interpret, prec)
+    FILL·sms, the ceil(d/BLOCK_K) feature steps split S ways (at least MIN_STEPS steps a
+    split; S about FILL·sms/ntri to twice that: enough programs, then the fullest last
+    wave on ``sms`` SMs, then the fewest splits); the S partial tiles are added in a fixed
+    order.
+    config: block sizes, warps and stages instead of ``triton_configs.gram_config``'s
+    (bench/gpu_sweep.py)."""
+    cfg = config or _gram_config(ct, n, interpret, prec)
     nb = triton.cdiv(n, cfg["BLOCK"])
     ntri = nb * (nb + 1) // 2
-    steps = max(1, T * triton.cdiv(C, cfg["BLOCK_K"]))
-    splits = 1
-    if ntri < FILL * sms:
-        splits = max(1, min(triton.cdiv(FILL * sms, ntri), steps // MIN_STEPS))
-    per_split = triton.cdiv(steps, splits)
+    steps = max(1, triton.cdiv(T * C, cfg["BLOCK_K"]))
+    per_split = steps
+    if ntri < FILL * sms and steps >= 2 * MIN_STEPS:
+        lo = triton.cdiv(FILL * sms, ntri)
+        ps = {max(MIN_STEPS, f(steps, s)) for s in range(lo, 2 * lo + 1)
+              for f in (operator.floordiv, triton.cdiv)}
+
+        def score(p):   # enough programs, then the fullest last wave, then fewest splits
+            progs = ntri * triton.cdiv(steps, p)
+            return min(progs, ntri * lo), progs / (triton.cdiv(progs, sms) * sms), p
+        per_split = max(ps, key=score)
     return GramPlan(cfg, nb, ntri, triton.cdiv(steps, per_split), per_split)
 
 
@@ -120,7 +132,8 @@ def token_view(x: torch.Tensor):
     """x (n, ...) as (x', T, C, stride_n, stride_t, stride_c): feature f = t·C + c of
     the row-major flattening lives at x' + i·stride_n + t·stride_t + c·stride_c.
     Trailing dims are merged where their strides allow; only layouts that need three or
-    more separate strides are copied (reshape)."""
+    more separate strides are copied (reshape). (The Gram no longer reads x through it:
+    tests and ``gram_plan``'s callers use it to describe token layouts.)"""
     merged: list[list[int]] = []
     for size, stride in zip(x.shape[1:], x.stride()[1:]):
         if size == 1:
@@ -140,47 +153,65 @@ def token_view(x: torch.Tensor):
     return x, T, C, x.stride(0), st_t, st_c
 
 
+def centred_rows(x: torch.Tensor, mu: torch.Tensor, prec: str, block_k: int) -> torch.Tensor:
+    """X_c = x − 1μᵀ of x (n, ...) as a contiguous (n, d_pad) tensor, d = x[0].numel(),
+    d_pad = BLOCK_K·ceil(d/BLOCK_K), features d..d_pad zero: what ``_gram_stats_kernel``
+    reads (unit stride, 16-element-aligned rows, no feature mask).
+
+    One torch pass, any strides of x (token tensors (n, T, C) included). x − μ is taken in
+    the wider of x's dtype and ct = mu.dtype (float64 x with float32 ct: in float64, then
+    rounded; float16/bfloat16 x: exactly widened to ct first), then rounded to the
+    products' dtype: ct, or bfloat16 for bf16 products ("bf16"/"bf16_rounded")."""
+    n, d = x.shape[0], x[0].numel()
+    if mu.numel() != d:
+        raise ValueError(f"mu has {mu.numel()} entries for {d} features")
+    dt = getattr(torch, _cfg.xc_dtype(_name(mu.dtype), prec))
+    d_pad = block_k * triton.cdiv(d, block_k)
+    xc = torch.empty((n, d_pad), dtype=dt, device=x.device)
+    xc[:, d:].zero_()
+    wide = torch.promote_types(x.dtype, mu.dtype)
+    torch.sub(x, mu.to(wide).reshape(x.shape[1:]), out=xc[:, :d].view(x.shape))
+    return xc
+
+
 def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = False,
-                      allow_bf16: bool = False):
+                      allow_bf16: bool = False, config: dict | None = None):
     """Upper-triangle tiles of K = X_c X_cᵀ (X_c = x − 1μᵀ, flattened (n, d)), its diagonal
     and row sums K1 = X_c(X_cᵀ1).
 
-    x (n, ...) float16/bfloat16/float32/float64, any strides (token tensors (n, T, C)
-    are read through their strides, not copied); mu (x.shape[1:]) in the compute dtype ct
-    (float32 or float64). Returns k (n, n) ct with only the tiles on and above the
+    x (n, ...) float16/bfloat16/float32/float64, any strides; mu (x.shape[1:]) in the
+    compute dtype ct (float32 or float64). X_c is materialised once (``centred_rows``,
+    n·d_pad elements of ct, or of bfloat16 for bf16 products), then the kernel runs a
+    triangle GEMM on it. Returns k (n, n) ct with only the tiles on and above the
     diagonal written (the lower triangle is garbage), diag (n,) ct, rowsum (n,) ct.
     allow_tf32: float32 products on TF32 tensor cores (≈1e-3 relative error; default off).
     allow_bf16: bfloat16 inputs' centered values rounded to bfloat16 for bf16 tensor-core
     products with float32 accumulation (≈4e-3 relative error per product; default off).
-    The grid is ``gram_plan``'s (split-K on a device the tiles would not fill).
+    The grid is ``gram_plan``'s (split-K on a device the tiles would not fill); config:
+    see ``gram_plan``.
     """
     ct = mu.dtype
     if ct not in (torch.float32, torch.float64):
         raise TypeError(f"mu must be float32 or float64, got {ct}")
     n = x.shape[0]
-    if _cfg.kernel_x_dtype(_name(x.dtype), _name(ct)) != _name(x.dtype):
-        x = x.float()        # 16-bit x, float64 compute: see triton_configs.kernel_x_dtype
-    xv, T, C, st_n, st_t, st_c = token_view(x)
-    mu_flat = mu.reshape(-1).contiguous()
-    if mu_flat.numel() != T * C:
-        raise ValueError(f"mu has {mu_flat.numel()} entries for {T * C} features")
     prec = _precision(x.dtype, ct, allow_tf32, allow_bf16)
-    plan = gram_plan(n, T, C, ct, sms=_num_sms(x.device), prec=prec)
-    blk = plan.cfg["BLOCK"]
+    plan = gram_plan(n, 1, x[0].numel(), ct, sms=_num_sms(x.device), prec=prec,
+                     config=config)
+    cfg = dict(plan.cfg)
+    blk = cfg["BLOCK"]
+    xc = centred_rows(x, mu, prec, cfg["BLOCK_K"])
     k = _scratch((n, n), ct, x.device)
     diag = _scratch((n,), ct, x.device)
     rowpart = _scratch((plan.nb, n), ct, x.device)
     split = plan.splits > 1
     part = _scratch((plan.splits, plan.ntri, blk, blk), ct, x.device) if split else k
     _k._gram_stats_kernel[(plan.ntri, plan.splits)](
-        xv, mu_flat, k, diag, rowpart, part, n, T, C, st_n, st_t, st_c, k.stride(0),
-        plan.nb, plan.per_split,
-        INPUT_PRECISION=prec,
-        CENTER_WIDE=x.dtype == torch.float64 and ct == torch.float32, SPLIT=split,
-        **plan.cfg)
+        xc, k, diag, rowpart, part, n, xc.shape[1], xc.stride(0), k.stride(0),
+        plan.nb, plan.per_split, INPUT_PRECISION=prec, SPLIT=split, **cfg)
     if split:
         _k._gram_reduce_kernel[(plan.ntri,)](part, k, diag, rowpart, n, k.stride(0),
-                                             plan.nb, plan.splits, BLOCK=blk)
+                                             plan.nb, plan.splits, BLOCK=blk,
+                                             **_cfg.reduce_config(blk, interpreting()))
     return k, diag, rowpart.sum(0)
 
 
@@ -327,6 +358,6 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-__all__ = ["gram_stats_triton", "gram_plan", "GramPlan", "rbf_triton", "center_pack_triton", "pair_triton",
+__all__ = ["gram_stats_triton", "gram_plan", "centred_rows", "GramPlan", "rbf_triton", "center_pack_triton", "pair_triton",
            "kernel_tiles_triton",
            "row_length", "token_view", "interpreting"]
