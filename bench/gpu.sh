@@ -11,7 +11,7 @@
 #                                              sizes, the installed flashcka; CI runs this)
 # Output: $OUT if set (the device tool brings it back), else bench/results/gpu-run/
 # (dry run: /tmp/flashcka-gpu-dry). Files: env.txt, build.log, tests.log, bench.json,
-# bench.md, summary.txt (at most 8 files: what the device tool returns).
+# bench.md, summary.txt, sweep.json, sweep.txt (at most 8 files: what the device tool returns).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -33,7 +33,7 @@ T0=$(date +%s)
 step() { echo "== [$(( $(date +%s) - T0 )) s] $*" | tee -a "$DEST/summary.txt"; }
 fail() { echo "FAILED: $*" | tee -a "$DEST/summary.txt"; status=1; }
 
-step "1/5 wheels"
+step "1/6 wheels"
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/flashcka-site .whl/*.whl || fail "wheel install"
@@ -44,7 +44,7 @@ else
   fail "no .whl/: run bench/gpu_prep.sh first and carry .whl"
 fi
 
-step "2/5 environment"
+step "2/6 environment"
 {
   # .whl/COMMIT first: the device's copy of .git can be older than the working tree it
   # receives (seen on the first H200 call: HEAD was the session's first commit).
@@ -68,7 +68,7 @@ if [ "$DRY" = 0 ]; then
       || { fail "no CUDA device"; exit 1; }
 fi
 
-step "3/5 build"
+step "3/6 build"
 if [ "$DRY" = 1 ]; then
   echo "dry run: build skipped (CI installed flashcka); checking it imports" > "$DEST/build.log"
   "$PY" -m flashcka info >> "$DEST/build.log" 2>&1 || fail "flashcka import"
@@ -84,12 +84,13 @@ else
   tail -3 "$DEST/build.log"
 fi
 
-step "4/5 GPU tests"
+step "4/6 GPU tests"
 if [ "$DRY" = 1 ]; then
   TESTS=(tests/test_triton_grid.py tests/test_triton.py -k "split_k or tensor_core or pair \
 or grid or minibatch")
 else
-  TESTS=(tests/test_triton.py tests/test_triton_grid.py tests/test_fallback.py)
+  TESTS=(tests/test_triton.py tests/test_triton_grid.py tests/test_fallback.py
+         tests/test_triton_gram_fast.py tests/test_rows_batched.py)
 fi
 timeout -k 5 120 "$PY" -m pytest -q -x -p no:cacheprovider -rs "${TESTS[@]}" \
     > "$DEST/tests.log" 2>&1 || fail "GPU tests (see tests.log)"
@@ -99,14 +100,21 @@ timeout -k 5 90 "$PY" -m pytest -q -x -p no:cacheprovider -rs tests/test_tiled.p
     >> "$DEST/tests.log" 2>&1 || fail "tiled-route GPU tests (see tests.log)"
 tail -1 "$DEST/tests.log"
 
-step "5/5 benchmarks"
+step "5/6 benchmarks"
 # Whatever is left of GPU_SECONDS (default 520 s; a device call's limit is 600 s): no case
 # starts past the budget (those are reported as skipped); the timeout lets the last finish.
-LEFT=$(( ${GPU_SECONDS:-520} - ($(date +%s) - T0) ))
+LEFT=$(( ${GPU_SECONDS:-520} - 50 - ($(date +%s) - T0) ))   # 50 s for step 6
 [ "$LEFT" -gt 60 ] || LEFT=60
 BARGS=(--out "$DEST" --budget $(( LEFT - 100 )))
 [ "$DRY" = 1 ] && BARGS+=(--dry-run)
 timeout -k 5 "$LEFT" "$PY" bench/gpu_bench.py "${BARGS[@]}" || fail "benchmarks"
+
+step "6/6 Gram configurations (bench/gpu_sweep.py: the launcher's and alternatives)"
+SARGS=(--out "$DEST/sweep.json" --seconds 35)
+[ "$DRY" = 1 ] && SARGS+=(--dry-run)
+timeout -k 5 60 "$PY" bench/gpu_sweep.py "${SARGS[@]}" > "$DEST/sweep.txt" 2>&1 \
+    || fail "Gram sweep (see sweep.txt)"
+tail -30 "$DEST/sweep.txt"
 
 step "done: exit status $status, results in $DEST"
 exit $status
