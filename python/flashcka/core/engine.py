@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import memory as _memory, validate as _validate
+from . import batched_rows as _batched, memory as _memory, validate as _validate
 from ..backends import ZeroBandwidthError, float64_shift
-
 
 
 @dataclass
@@ -83,7 +82,10 @@ def _sq_in_units(v: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None = None) -> Rows:
-    """One centered Gram row per representation, written into ``out`` (L, m) if given."""
+    """One centered Gram row per representation, written into ``out`` (L, m) if given:
+    native, all layers in one call (``_fused_rows``); the torch and Triton backends' linear
+    rows with one host read per call (``_device_rows``); RBF layer by layer (``gram_row``,
+    whose median heuristic reads the device)."""
     L = len(tensors)
     device = tensors[0].device
     m = be.row_length(n, s.unbiased)
@@ -91,6 +93,8 @@ def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None =
     g = out if out is not None else torch.empty(L, m, dtype=ct, device=device)
     if hasattr(be, "centered_gram_rows"):       # native: all layers in one call
         sq_c, sq, scale = _fused_rows(be, tensors, names, g, n, s)
+    elif s.kernel == "linear":
+        sq_c, sq, scale = _device_rows(be, tensors, names, g, n, ct, s)
     else:
         sq_c = torch.empty(L, dtype=torch.float64, device=device)
         sq = torch.empty(L, dtype=torch.float64, device=device)
@@ -126,6 +130,25 @@ def _fused_rows(be, tensors, names, g, n, s: Settings):
     except ZeroBandwidthError as e:
         raise ValueError(f"{names[e.layer]}: {e}") from None
     return st[:, 0], st[:, 1], st[:, 2]          # in x's units; RBF rows have scale 1
+
+
+def _device_rows(be, tensors, names, g, n, ct, s: Settings):
+    """Linear rows from the torch or Triton backend with one host read for the whole call:
+    every row, ‖X_c‖² and maybe-constant flag made on the device (``batched_rows``:
+    same-shape layers together where the backend allows), then read at once; the layers
+    they pick, those whose rows 0 and 1 are equal (constant ones among them) and those
+    whose ‖X_c‖² says ``_may_need_scale`` (NaN/Inf included), are redone by ``gram_row``,
+    exactly as alone -> (sq_c, sq, scale) (L,) float64. Other layers have scale 1 and
+    ‖X‖² = ‖X_c‖² + n·‖μ‖²."""
+    stats = _batched.linear_rows(be, tensors, g, n, ct, s.unbiased)
+    sq_c, sq = stats[0], stats[0] + n * stats[2]
+    scale = torch.ones(len(tensors), dtype=torch.float64, device=g.device)
+    values, flags, _ = stats.tolist()
+    for i, (v, c) in enumerate(zip(values, flags)):
+        if c or _may_need_scale(v, ct, tensors[i].numel()):
+            sq_c[i], sq[i] = gram_row(be, tensors[i], names[i], g[i], n, ct, s,
+                                      scale_out=scale[i])
+    return sq_c, sq, scale
 
 
 def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
