@@ -40,12 +40,12 @@ from flashcka.backends import triton_launch as tl  # noqa: E402
 SHAPES = [(256, 151296), (1024, 151296), (4096, 4096), (4096, 151296)]
 DRY_SHAPES = [(5, 70), (37, 200)]
 CANDIDATES = {    # beyond the launcher's own (triton_configs.gram_config)
-    "fp32": [dict(BLOCK=128, BLOCK_K=16, num_warps=8, num_stages=2),
-             dict(BLOCK=64, BLOCK_K=32, num_warps=2, num_stages=2)],
+    "fp32": [dict(BLOCK=64, BLOCK_K=32, num_warps=4, num_stages=2),
+             dict(BLOCK=128, BLOCK_K=16, num_warps=8, num_stages=2)],
     "tf32": [dict(BLOCK=128, BLOCK_K=32, num_warps=8, num_stages=3),
-             dict(BLOCK=128, BLOCK_K=16, num_warps=8, num_stages=4)],
+             dict(BLOCK=128, BLOCK_K=32, num_warps=8, num_stages=5)],
     "bf16": [dict(BLOCK=128, BLOCK_K=64, num_warps=8, num_stages=3),
-             dict(BLOCK=128, BLOCK_K=32, num_warps=8, num_stages=4)],
+             dict(BLOCK=128, BLOCK_K=64, num_warps=8, num_stages=5)],
 }
 FLAGS = {"fp32": dict(allow_tf32=False, allow_bf16=False),
          "tf32": dict(allow_tf32=True, allow_bf16=False),

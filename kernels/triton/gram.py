@@ -1,7 +1,7 @@
 """Symmetric Gram of pre-centred rows (split-K), and the centering/packing epilogue.
 
 Buffers (all row-major, ``ct`` = float32 or float64 unless stated):
-  xc      (n, d_pad) rows of X_c = x − 1μᵀ made by the launcher, unit stride along
+  xc      (n, d_pad) rows of X_c = x − 1μᵀ (``_centre_kernel``, once), unit stride along
           features, row stride a multiple of 16 elements, features d..d_pad zero; ct, or
           bfloat16 for bf16 products
   k       (n, n) ct, stride_k: only tiles (bi, bj) with bj >= bi are written
@@ -50,6 +50,33 @@ def _finish_tile(acc, bi, bj, k_ptr, diag_ptr, rowpart_ptr, n, stride_k,
         tl.store(diag_ptr + ri, tl.sum(tl.where(on_diag, acc, 0.0), 1), mask=mi)
     else:
         tl.store(rowpart_ptr + bi.to(tl.int64) * n + rj, tl.sum(acc, 0), mask=mj)
+
+
+@triton.jit
+def _centre_kernel(x_ptr, mu_ptr, xc_ptr, T, C, stride_n, stride_t, stride_c, d_pad,
+                   BLOCK_C: tl.constexpr):
+    """Program (i·T + t, cb): xc[i, t·C + c] = x[i, t, c] − μ[t·C + c] for the BLOCK_C
+    channels c of block cb: x read through its strides (x's dtype), the difference taken in
+    mu's dtype (the launcher passes μ in the wider of x's dtype and ct), rounded to xc's
+    dtype (ct, or bfloat16 for bf16 products). xc's features d..d_pad are not written."""
+    row = tl.program_id(0)
+    i = row // T
+    t = row - i * T
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    m = c < C
+    x = tl.load(x_ptr + i.to(tl.int64) * stride_n + t.to(tl.int64) * stride_t
+                + c.to(tl.int64) * stride_c, mask=m)
+    mu = tl.load(mu_ptr + t * C + c, mask=m)
+    v = x.to(mu.dtype) - mu
+    if xc_ptr.dtype.element_ty == tl.bfloat16:
+        # float32 -> bfloat16 rounded to nearest even by hand, as torch rounds (the Triton
+        # interpreter truncates); NaN and inf stay NaN and inf
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        v = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        v = v.to(xc_ptr.dtype.element_ty)
+    tl.store(xc_ptr + i.to(tl.int64) * d_pad + t * C + c, v, mask=m)
 
 
 @triton.jit

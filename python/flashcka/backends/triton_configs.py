@@ -19,23 +19,29 @@ TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float6
 def gram_config(ct: str, n: int, interpret: bool, prec: str = "ieee") -> dict:
     """``_gram_stats_kernel`` block sizes (and warps/stages on a GPU) for its BLOCK×BLOCK
     tiles of pre-centred rows. Chosen from sm_90 SASS with Triton 3.6 and 3.9 (bench/aot.py
-    checks every variant for sm_80 and sm_90: no spills, shared memory within the limit):
+    checks every variant for sm_80 and sm_90: no spills, shared memory within the limit)
+    and bench/gpu_sweep.py on an H200 (Triton 3.6):
     tf32/bf16, n > 128: 128×128 tiles, BLOCK_K 32 (tf32) / 64 (bf16), 8 warps, 4 stages:
     HGMMA fed by 16-byte cp.async, 144-152 registers, 129 KiB shared (4 warps spill
-    144 B); n ≤ 128: 64×64 (more programs for split-K to share the features).
-    float32 IEEE (FMA): 64×64×32 on 4 warps, 2 stages: 4×8 accumulators a thread, about
-    10 FFMA per 16-byte shared load (8 warps: 8), 128 registers (4 blocks an SM).
+    144 B; 3 or 5 stages, BLOCK_K 16/32, or 64×64 tiles were 1-60% slower at n = 4096);
+    n ≤ 128: 64×64 (more programs for split-K to share the features).
+    float32 IEEE (FMA): 64×64×32 on 2 warps, 2 stages: 8×8 accumulators a thread, about
+    12 FFMA per 16-byte shared load, 242-254 registers, no spill (H200, n = 4096,
+    d = 151296: 116 ms; 4 warps 187 ms, 8 warps 347 ms, 128×128×16 on 8 warps 140 ms).
     float64: 32×32×16 (the float64 MMA)."""
     if interpret:
         return dict(BLOCK=32 if n > 16 else 16, BLOCK_K=64)
     if ct == "float64":
         return dict(BLOCK=32, BLOCK_K=16, num_warps=8, num_stages=2)
     if prec == "ieee":
-        return dict(BLOCK=64, BLOCK_K=32, num_warps=4, num_stages=2)
+        return dict(BLOCK=64, BLOCK_K=32, num_warps=2, num_stages=2)
     bk = 32 if prec == "tf32" else 64
     if n <= 128:
         return dict(BLOCK=64, BLOCK_K=bk, num_warps=4, num_stages=4)
     return dict(BLOCK=128, BLOCK_K=bk, num_warps=8, num_stages=4)
+
+
+CENTRE_BLOCK = 1024   # channels per program of ``_centre_kernel``
 
 
 def reduce_config(block: int, interpret: bool) -> dict:
@@ -116,6 +122,15 @@ def aot_cases():
         yield ("_gram_stats_kernel", sig, cst, opts,
                f"xc={xc} ct={ct} {prec} {cfg['BLOCK']}x{cfg['BLOCK']}xK{cfg['BLOCK_K']} "
                f"w{cfg['num_warps']} s{cfg['num_stages']}{' split' if split else ''}")
+    for x, ct, prec in sorted({(x, ct, precision(x, ct, tf32, bf16, False))
+                               for x, ct, tf32, bf16 in itertools.product(
+                                   X_DTYPES, COMPUTE, (False, True), (False, True))}):
+        wide = "float64" if "float64" in (x, ct) else ct
+        xc = xc_dtype(ct, prec)
+        sig = dict(x_ptr=ptr(x), mu_ptr=ptr(wide), xc_ptr=ptr(xc), T="i32", C="i32",
+                   stride_n="i32", stride_t="i32", stride_c="i32", d_pad="i32:16")
+        yield ("_centre_kernel", sig, dict(BLOCK_C=CENTRE_BLOCK), {},
+               f"x={x} mu={wide} xc={xc} ({prec})")
     for ct in COMPUTE:
         for blk in sorted({gram_config(ct, n, False, p)["BLOCK"]
                            for n in _NS for p in ("ieee", "tf32", "bf16")}):

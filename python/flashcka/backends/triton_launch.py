@@ -66,6 +66,12 @@ def _scratch(shape, dtype, device) -> torch.Tensor:
 
 MIN_STEPS = 4   # split-K: at least this many BLOCK_K steps of features per split
 FILL = 2        # split-K when the upper-triangle tiles are fewer than FILL × SMs programs
+WAVE_SEARCH = 8  # split counts tried beyond the least that gives FILL × SMs programs
+
+
+def _cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints (triton.cdiv is a constexpr function: ~3 µs a call)."""
+    return -(-a // b)
 
 
 def _name(dt: torch.dtype) -> str:
@@ -97,26 +103,26 @@ def gram_plan(n: int, T: int, C: int, ct: torch.dtype, *, sms: int,
     """The grid for d = T·C features (T = 1 for (n, d)) on a device of ``sms``
     multiprocessors: one program per upper-triangle tile, and when those are fewer than
     FILL·sms, the ceil(d/BLOCK_K) feature steps split S ways (at least MIN_STEPS steps a
-    split; S about FILL·sms/ntri to twice that: enough programs, then the fullest last
-    wave on ``sms`` SMs, then the fewest splits); the S partial tiles are added in a fixed
-    order.
+    split; S from S0 = ceil(FILL·sms/ntri) to S0 + min(S0, WAVE_SEARCH): enough programs,
+    then the fullest last wave on ``sms`` SMs, then the fewest splits); the S partial tiles
+    are added in a fixed order.
     config: block sizes, warps and stages instead of ``triton_configs.gram_config``'s
     (bench/gpu_sweep.py)."""
     cfg = config or _gram_config(ct, n, interpret, prec)
-    nb = triton.cdiv(n, cfg["BLOCK"])
+    nb = _cdiv(n, cfg["BLOCK"])
     ntri = nb * (nb + 1) // 2
-    steps = max(1, triton.cdiv(T * C, cfg["BLOCK_K"]))
+    steps = max(1, _cdiv(T * C, cfg["BLOCK_K"]))
     per_split = steps
     if ntri < FILL * sms and steps >= 2 * MIN_STEPS:
-        lo = triton.cdiv(FILL * sms, ntri)
-        ps = {max(MIN_STEPS, f(steps, s)) for s in range(lo, 2 * lo + 1)
-              for f in (operator.floordiv, triton.cdiv)}
+        lo = _cdiv(FILL * sms, ntri)
+        ps = {max(MIN_STEPS, f(steps, s)) for s in range(lo, lo + min(lo, WAVE_SEARCH) + 1)
+              for f in (operator.floordiv, _cdiv)}
 
         def score(p):   # enough programs, then the fullest last wave, then fewest splits
-            progs = ntri * triton.cdiv(steps, p)
-            return min(progs, ntri * lo), progs / (triton.cdiv(progs, sms) * sms), p
+            progs = ntri * _cdiv(steps, p)
+            return min(progs, ntri * lo), progs / (_cdiv(progs, sms) * sms), p
         per_split = max(ps, key=score)
-    return GramPlan(cfg, nb, ntri, triton.cdiv(steps, per_split), per_split)
+    return GramPlan(cfg, nb, ntri, _cdiv(steps, per_split), per_split)
 
 
 def _precision(x_dtype: torch.dtype, ct: torch.dtype, allow_tf32: bool,
@@ -132,8 +138,7 @@ def token_view(x: torch.Tensor):
     """x (n, ...) as (x', T, C, stride_n, stride_t, stride_c): feature f = t·C + c of
     the row-major flattening lives at x' + i·stride_n + t·stride_t + c·stride_c.
     Trailing dims are merged where their strides allow; only layouts that need three or
-    more separate strides are copied (reshape). (The Gram no longer reads x through it:
-    tests and ``gram_plan``'s callers use it to describe token layouts.)"""
+    more separate strides are copied (reshape)."""
     merged: list[list[int]] = []
     for size, stride in zip(x.shape[1:], x.stride()[1:]):
         if size == 1:
@@ -158,19 +163,25 @@ def centred_rows(x: torch.Tensor, mu: torch.Tensor, prec: str, block_k: int) -> 
     d_pad = BLOCK_K·ceil(d/BLOCK_K), features d..d_pad zero: what ``_gram_stats_kernel``
     reads (unit stride, 16-element-aligned rows, no feature mask).
 
-    One torch pass, any strides of x (token tensors (n, T, C) included). x − μ is taken in
-    the wider of x's dtype and ct = mu.dtype (float64 x with float32 ct: in float64, then
-    rounded; float16/bfloat16 x: exactly widened to ct first), then rounded to the
-    products' dtype: ct, or bfloat16 for bf16 products ("bf16"/"bf16_rounded")."""
+    ``_centre_kernel``, one pass reading x through its strides (``token_view``: token
+    tensors (n, T, C) are not copied first). x − μ is taken in the wider of x's dtype and
+    ct = mu.dtype (float64 x with float32 ct: in float64, then rounded; float16/bfloat16 x:
+    exactly widened to ct first), then rounded to the products' dtype: ct, or bfloat16
+    for bf16 products ("bf16"/"bf16_rounded")."""
     n, d = x.shape[0], x[0].numel()
     if mu.numel() != d:
         raise ValueError(f"mu has {mu.numel()} entries for {d} features")
+    xv, T, C, st_n, st_t, st_c = token_view(x)
     dt = getattr(torch, _cfg.xc_dtype(_name(mu.dtype), prec))
-    d_pad = block_k * triton.cdiv(d, block_k)
+    d_pad = block_k * _cdiv(d, block_k)
     xc = torch.empty((n, d_pad), dtype=dt, device=x.device)
-    xc[:, d:].zero_()
-    wide = torch.promote_types(x.dtype, mu.dtype)
-    torch.sub(x, mu.to(wide).reshape(x.shape[1:]), out=xc[:, :d].view(x.shape))
+    if d_pad > d:
+        xc[:, d:].zero_()
+    mu_w = mu.reshape(-1).to(torch.promote_types(x.dtype, mu.dtype)).contiguous()
+    if n:
+        blk = _cfg.CENTRE_BLOCK
+        _k._centre_kernel[(n * T, _cdiv(C, blk))](xv, mu_w, xc, T, C, st_n, st_t, st_c,
+                                                  d_pad, BLOCK_C=blk)
     return xc
 
 
