@@ -103,18 +103,23 @@ tail -1 "$DEST/tests.log"
 step "5/6 benchmarks"
 # Whatever is left of GPU_SECONDS (default 520 s; a device call's limit is 600 s): no case
 # starts past the budget (those are reported as skipped); the timeout lets the last finish.
-LEFT=$(( ${GPU_SECONDS:-520} - 50 - ($(date +%s) - T0) ))   # 50 s for step 6
+SWEEP=${GPU_SWEEP:-1}     # GPU_SWEEP=0: no step 6 (its 50 s go to the benchmarks)
+LEFT=$(( ${GPU_SECONDS:-520} - 50 * SWEEP - ($(date +%s) - T0) ))
 [ "$LEFT" -gt 60 ] || LEFT=60
 BARGS=(--out "$DEST" --budget $(( LEFT - 100 )))
 [ "$DRY" = 1 ] && BARGS+=(--dry-run)
 timeout -k 5 "$LEFT" "$PY" bench/gpu_bench.py "${BARGS[@]}" || fail "benchmarks"
 
 step "6/6 Gram configurations (bench/gpu_sweep.py: the launcher's and alternatives)"
-SARGS=(--out "$DEST/sweep.json" --seconds 35)
-[ "$DRY" = 1 ] && SARGS+=(--dry-run)
-timeout -k 5 60 "$PY" bench/gpu_sweep.py "${SARGS[@]}" > "$DEST/sweep.txt" 2>&1 \
-    || fail "Gram sweep (see sweep.txt)"
-tail -30 "$DEST/sweep.txt"
+if [ "$SWEEP" = 1 ]; then
+  SARGS=(--out "$DEST/sweep.json" --seconds 35)
+  [ "$DRY" = 1 ] && SARGS+=(--dry-run)
+  timeout -k 5 60 "$PY" bench/gpu_sweep.py "${SARGS[@]}" > "$DEST/sweep.txt" 2>&1 \
+      || fail "Gram sweep (see sweep.txt)"
+  tail -30 "$DEST/sweep.txt"
+else
+  echo "skipped (GPU_SWEEP=0)"
+fi
 
 step "done: exit status $status, results in $DEST"
 exit $status
