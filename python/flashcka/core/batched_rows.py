@@ -25,7 +25,7 @@ CHUNK_BYTES_DEVICE = 2 ** 28
 def linear_rows(be, tensors, g, n: int, ct, unbiased: bool) -> torch.Tensor:
     """Rows of the linear kernel into g (L, m) for every x (n, ...) in ``tensors``, with no
     host read -> stats (3, L) float64 on g's device: ‖X_c‖² (its value in ct), 1 where the
-    layer may be constant (rows 0 and 1 equal and finite: ``_constant_flags``) else 0,
+    layer may be constant (rows 0 and 1 equal and finite: ``maybe_constant``) else 0,
     ‖μ‖² (μ the mean that was subtracted). Flagged layers, and those whose ‖X_c‖² says a
     power-of-two scale may be needed, are the caller's to redo. Same-shape layers are done
     in chunks (``_chunk_rows``) when ``batches`` says so and no graph is needed."""
@@ -89,7 +89,7 @@ def _layer_row(be, x, out, ct, unbiased: bool) -> torch.Tensor:
     mu64 = (shift if shift is not None else mu).to(torch.float64)
     sq_c = be.centered_gram_row(x, mu, out, kernel="linear", sigma=None, threshold=1.0,
                                 unbiased=unbiased)
-    return torch.stack([sq_c.to(torch.float64), _constant_flags(x[None])[0].to(torch.float64),
+    return torch.stack([sq_c.to(torch.float64), maybe_constant(x[None])[0].to(torch.float64),
                         mu64.square().sum()])
 
 
@@ -104,10 +104,10 @@ def _chunk_rows(xs, m: int, n: int, ct, unbiased: bool):
     wide = torch.float64 if x.dtype == torch.float64 else ct
     mu = x.mean(1, dtype=wide, keepdim=True)
     if wide == ct:   # (else float64_shift's rule: the test is on the shifted x)
-        const = _constant_flags(x)
+        const = maybe_constant(x)
     xw = x.sub_(mu) if x.dtype == wide else x.to(wide) - mu   # (x is ours: in place)
     if wide != ct:
-        const = _constant_flags(xw)
+        const = maybe_constant(xw)
     xc = xw.to(ct)
     k = torch.bmm(xc, xc.transpose(1, 2))
     sq_c = k.diagonal(dim1=1, dim2=2).sum(1)
@@ -116,7 +116,7 @@ def _chunk_rows(xs, m: int, n: int, ct, unbiased: bool):
     return to_rows(_center_(k, unbiased), m, unbiased), stats
 
 
-def _constant_flags(x) -> torch.Tensor:
+def maybe_constant(x) -> torch.Tensor:
     """(B,) bool of x (B, n, ...): rows 0 and 1 equal and finite. Every layer with all
     rows equal (and finite: zero variance) is flagged; flagged ones are decided exactly by
     ``_engine.gram_row`` (its test starts with the same two rows), so real data costs a

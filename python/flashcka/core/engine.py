@@ -339,11 +339,13 @@ def _sq_row_norms(be, g: torch.Tensor) -> torch.Tensor:
 def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
     """Centered Gram of one representation into ``out``; returns (‖X_c‖², ‖X‖²) in the
     input's units (Python floats from the native backend, float64 0-d tensors otherwise).
-    The row is the Gram of ``scale · X_c`` (``pow2_scale``) and scale is written into ``scale_out`` (a one-element float64 tensor, e.g.
-    ``Rows.scale[i]``). The native backend computes μ, the scale and the row in one call
-    (``centered_gram_rows``, scaling as it loads x); the others get ``scale · x`` (a copy,
-    only when scale != 1). RBF rows are kernel values (σ scaled with x), so their scale
-    is 1."""
+    The row is the Gram of ``scale · X_c`` (``pow2_scale``) and scale is written into
+    ``scale_out`` (a one-element float64 tensor, e.g. ``Rows.scale[i]``). The native
+    backend computes μ, the scale and the row in one call (``centered_gram_rows``, scaling
+    as it loads x); the others build the row, then read ‖X_c‖² and whether rows 0 and 1
+    are equal in one host read (plus the RBF median's), and only then, rarely, zero the
+    row of a constant layer or redo it from ``scale · x`` (a copy). RBF rows are kernel
+    values (σ scaled with x), so their scale is 1."""
     if hasattr(be, "centered_gram_rows"):       # native: one call, scalars from it
         try:
             st = be.centered_gram_rows([x], out, kernel=s.kernel, sigma=s.sigma,
@@ -363,16 +365,19 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
             mu = be.column_mean(x, torch.float64).to(ct)  # a float32 sum near its max overflows
     mu64 = (shift if shift is not None else mu).to(torch.float64)
     mu_sq = mu64.square().sum()
-    if _constant_rows(x):  # X_c = 0 exactly, whatever the rounding of μ; its centered
-        out.zero_()        # kernel (0, or 11ᵀ for RBF) centres to exactly 0
-        scale_out.fill_(1.0)
-        zero = torch.zeros((), dtype=torch.float64, device=x.device)
-        return zero, zero + n * mu_sq
     try:
         sq_c = be.centered_gram_row(x, mu, out, kernel=s.kernel, sigma=s.sigma,
                                     threshold=s.threshold, unbiased=s.unbiased)
+        # one host read for both rare cases: rows 0 and 1 equal (constant?), and a scale
+        flagged, v = torch.stack([_batched.maybe_constant(x[None])[0].double(),
+                                  sq_c.detach().double()]).tolist()
+        if flagged and _constant_rows(x):  # X_c = 0 exactly, whatever the rounding of μ;
+            out.zero_()        # its centered kernel (0, or 11ᵀ for RBF) centres to 0
+            scale_out.fill_(1.0)
+            zero = torch.zeros((), dtype=torch.float64, device=x.device)
+            return zero, zero + n * mu_sq
         scale = 1.0
-        if _may_need_scale(float(sq_c), ct, x.numel()):  # rare: the exact rule, and redo
+        if _may_need_scale(v, ct, x.numel()):  # rare: the exact rule, and redo
             scale = pow2_scale(_max_abs_dev(x, mu, ct), ct, x.numel())
         if scale != 1.0:  # (a float64 x stays float64: the backend centres it before rounding)
             xs, mus = (x if x.dtype == torch.float64 else x.to(ct)) * scale, mu * scale
