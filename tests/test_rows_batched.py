@@ -4,7 +4,8 @@ chunk, every row checked against the float64 reference (tests/reference.py) on f
 random inputs at awkward sizes; constant, scaled and NaN layers inside a group; and the
 number of host reads of ``MinibatchCKA.update`` independent of the number of layers.
 
-The Triton backend runs under the interpreter on the CPU (TRITON_INTERPRET=1, set by
+Inputs live on the GPU where there is one (cuBLAS bmm, the Triton kernels); without one
+the Triton backend runs under the interpreter on the CPU (TRITON_INTERPRET=1, set by
 conftest before triton is imported). Row tolerance: ``16·u·(√d + √n)·max_a ‖x_a − μ‖²``
 on every centered Gram entry, u the unit roundoff of the compute dtype (``_check_rows``);
 CKA of float64 rows: rtol 1e-9.
@@ -23,8 +24,9 @@ from flashcka import backends
 from flashcka.backends.triton_backend import _unpack_row
 from flashcka.core import batched_rows, engine
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON_OK = not ("triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-                 and not torch.cuda.is_available())
+                 and DEV == "cpu")
 
 
 def _layers(rng, n, dtype, groups=(1, 2, 7)):
@@ -36,7 +38,7 @@ def _layers(rng, n, dtype, groups=(1, 2, 7)):
         for g, shape in zip(groups, shapes):
             if k < g:
                 x = rng.standard_normal(shape) * rng.uniform(0.5, 2) + rng.uniform(1, 4)
-                out.append(torch.tensor(x, dtype=torch.float64).to(dtype))
+                out.append(torch.tensor(x, dtype=torch.float64).to(DEV, dtype))
     return out
 
 
@@ -46,7 +48,7 @@ def _ct(dtype):
 
 def _centered_gram(be, row, n, unbiased):
     """The (n, n) float64 centered Gram of one row of be's layout."""
-    row = row.double()
+    row = row.double().cpu()
     if be.row_length(n, unbiased) == n * n:
         return row.reshape(n, n)
     return _unpack_row(row, n, unbiased)
@@ -66,7 +68,7 @@ def _check_rows(be, rows, xs, n, ct, unbiased):
     √n, in ours and in the float64 reference alike), and ‖X_c‖² within n times that."""
     u = 2.0 ** -53 if ct == torch.float64 else 2.0 ** -24
     for i, x in enumerate(xs):
-        x64 = x.double().reshape(n, -1).numpy()
+        x64 = x.double().reshape(n, -1).cpu().numpy()
         xc = x64 - x64.mean(0)
         bound = 16 * u * (math.sqrt(xc.shape[1]) + math.sqrt(n)) * (xc * xc).sum(1).max()
         scale = float(rows.scale[i])
@@ -96,11 +98,11 @@ def test_rows_match_reference(rng, monkeypatch, name, per_layer, unbiased, n, dt
     if per_layer and dtype == torch.bfloat16:
         pytest.skip("allow_bf16 rounds bfloat16 inputs' products: not IEEE")
     be = _backend(name, monkeypatch, per_layer)
-    assert batched_rows.batches(be, _ct(dtype), torch.device("cpu")) != per_layer
+    assert batched_rows.batches(be, _ct(dtype), torch.device(DEV)) != per_layer
     xs = _layers(rng, n, dtype)
     rows = engine.gram_rows(be, xs, [f"l{i}" for i in range(len(xs))], n, _ct(dtype),
                             engine.Settings(unbiased=unbiased))
-    assert torch.equal(rows.scale, torch.ones(len(xs), dtype=torch.float64))
+    assert bool((rows.scale == 1).all())
     _check_rows(be, rows, xs, n, _ct(dtype), unbiased)
 
 
@@ -111,6 +113,7 @@ def test_chunk_edges(rng, monkeypatch, chunk_layers):
     xs = _layers(rng, n, torch.float32)
     per_layer = n * 9 * (4 + 16) + 2 * n * n * 8          # the largest shape, (n, 9)
     monkeypatch.setitem(batched_rows.CHUNK_BYTES, "cpu", chunk_layers * per_layer)
+    monkeypatch.setattr(batched_rows, "CHUNK_BYTES_DEVICE", chunk_layers * per_layer)
     be = backends.get("torch")
     rows = engine.gram_rows(be, xs, [f"l{i}" for i in range(len(xs))], n, torch.float32,
                             engine.Settings())
@@ -127,9 +130,9 @@ def test_minibatch_cka_matches_reference(rng, monkeypatch, name, per_layer, unbi
     m = flashcka.MinibatchCKA(len(bx[0]), len(by[0]), backend=name, unbiased=unbiased)
     for x, y in zip(bx, by):
         m.update(x, y)
-    want = ref.minibatch_cka([[a.numpy() for a in b] for b in bx],
-                             [[a.numpy() for a in b] for b in by], unbiased=unbiased)
-    np.testing.assert_allclose(m.compute().numpy(), want, rtol=1e-9, atol=0)
+    want = ref.minibatch_cka([[a.cpu().numpy() for a in b] for b in bx],
+                             [[a.cpu().numpy() for a in b] for b in by], unbiased=unbiased)
+    np.testing.assert_allclose(m.compute().cpu().numpy(), want, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("name,per_layer", BACKENDS)
@@ -164,8 +167,7 @@ def test_constant_and_scaled_layers_inside_a_group(rng, monkeypatch, name, per_l
                             engine.Settings())
     assert not rows.g[c].any() and rows.sq_c[c] == 0 and rows.scale[c] == 1
     assert rows.scale[big] < 2.0 ** -90
-    assert torch.equal(rows.scale[[i for i in range(len(xs)) if i != big]],
-                       torch.ones(len(xs) - 1, dtype=torch.float64))
+    assert bool((rows.scale[[i for i in range(len(xs)) if i != big]] == 1).all())
     keep = [i for i in range(len(xs)) if i != c]
     sub = engine.Rows(rows.g[keep], rows.sq_c[keep], rows.sq[keep], rows.scale[keep])
     _check_rows(be, sub, [xs[i] for i in keep], n, torch.float32, True)
@@ -194,9 +196,10 @@ def test_nan_layer_inside_a_group_is_named(rng, monkeypatch, name, per_layer):
 def _count_host_reads(monkeypatch, layers: int) -> dict:
     """Calls of every tensor-to-host read during one MinibatchCKA(L, L).update."""
     g = np.random.default_rng(0)
-    xs = [torch.tensor(g.standard_normal((16, 8 + i % 3)), dtype=torch.float32)
+    xs = [torch.tensor(g.standard_normal((16, 8 + i % 3)), dtype=torch.float32, device=DEV)
           for i in range(layers)]
-    ys = [torch.tensor(g.standard_normal((16, 5)), dtype=torch.float32) for _ in range(layers)]
+    ys = [torch.tensor(g.standard_normal((16, 5)), dtype=torch.float32, device=DEV)
+          for _ in range(layers)]
     m = flashcka.MinibatchCKA(layers, layers, backend="torch")
     counts = {}
     with monkeypatch.context() as mp:
