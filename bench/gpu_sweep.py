@@ -39,13 +39,13 @@ from flashcka.backends import triton_launch as tl  # noqa: E402
 
 SHAPES = [(256, 151296), (1024, 151296), (4096, 4096), (4096, 151296)]
 DRY_SHAPES = [(5, 70), (37, 200)]
-CANDIDATES = {    # beyond the launcher's own (triton_configs.gram_config)
+CANDIDATES = {    # beyond the launcher's own (triton_configs.gram_config); TMA: Hopper only
     "fp32": [dict(BLOCK=64, BLOCK_K=32, num_warps=4, num_stages=2),
              dict(BLOCK=128, BLOCK_K=16, num_warps=8, num_stages=2)],
-    "tf32": [dict(BLOCK=128, BLOCK_K=32, num_warps=8, num_stages=3),
-             dict(BLOCK=128, BLOCK_K=32, num_warps=8, num_stages=5)],
+    "tf32": [dict(BLOCK=128, BLOCK_K=32, num_warps=8, num_stages=4),
+             dict(BLOCK=128, BLOCK_K=32, num_warps=8, num_stages=4, TMA=True)],
     "bf16": [dict(BLOCK=128, BLOCK_K=64, num_warps=8, num_stages=3),
-             dict(BLOCK=128, BLOCK_K=64, num_warps=8, num_stages=5)],
+             dict(BLOCK=128, BLOCK_K=64, num_warps=8, num_stages=3, TMA=True)],
 }
 FLAGS = {"fp32": dict(allow_tf32=False, allow_bf16=False),
          "tf32": dict(allow_tf32=True, allow_bf16=False),
@@ -54,7 +54,8 @@ FLAGS = {"fp32": dict(allow_tf32=False, allow_bf16=False),
 
 def _label(cfg: dict) -> str:
     return (f"{cfg['BLOCK']}x{cfg['BLOCK']}x{cfg['BLOCK_K']}"
-            + (f" w{cfg['num_warps']} s{cfg['num_stages']}" if "num_warps" in cfg else ""))
+            + (f" w{cfg['num_warps']} s{cfg['num_stages']}" if "num_warps" in cfg else "")
+            + (" TMA" if cfg.get("TMA") else ""))
 
 
 def _timer(dev):
@@ -127,11 +128,14 @@ def main(argv=None) -> int:
         for n, d in shapes:
             xs, mus = _inputs(n, d, mode, dev, gen)
             prec = tl._precision(xs[0].dtype, torch.float32, **FLAGS[mode])
-            own = tl._gram_config(torch.float32, n, prec=prec)
+            hopper = tl._hopper(dev)
+            own = tl._gram_config(torch.float32, n, prec=prec, hopper=hopper)
             cfgs = [("default", own)] + [("alt", c) for c in CANDIDATES[mode]
-                                         if c != own and not args.dry_run]
+                                         if c != own and not args.dry_run
+                                         and (hopper or not c.get("TMA"))]
             if args.dry_run:                      # the interpreter: one small override too
-                cfgs.append(("alt", dict(BLOCK=64, BLOCK_K=32)))
+                cfgs += [("alt", dict(BLOCK=64, BLOCK_K=32)),
+                         ("alt", dict(BLOCK=64, BLOCK_K=32, TMA=True))]
             k64 = _reference(xs[0], mus[0], mode)
             mm = _median_ms(timer, lambda i: torch.matmul(xs[i % 3], xs[i % 3].T), budget,
                             reps)
@@ -146,7 +150,7 @@ def main(argv=None) -> int:
                 err = _err(call(0)[0], k64)
                 ms = _median_ms(timer, call, budget, reps)
                 plan = tl.gram_plan(n, 1, d, torch.float32, sms=tl._num_sms(dev), prec=prec,
-                                    config=cfg)
+                                    hopper=hopper, config=cfg)
                 rows.append(dict(
                     mode=mode, n=n, d=d, config=_label(cfg), kind=kind, splits=plan.splits,
                     ours_ms=round(ms, 4), centre_ms=round(centre, 4), matmul_ms=round(mm, 4),

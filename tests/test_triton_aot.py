@@ -24,8 +24,11 @@ def _gram_variants(aot):
     out = set()
     for kname, sig, cst, opts, _ in aot.CONFIGS.aot_cases():
         if kname == "_gram_stats_kernel":
-            out.add((sig["xc_ptr"], sig["k_ptr"], cst["INPUT_PRECISION"], cst["BLOCK"],
-                     cst["BLOCK_K"], opts["num_warps"], opts["num_stages"], cst["SPLIT"]))
+            xc = sig["xc_ptr"]
+            if cst["TMA"]:          # tensordesc<fp32[128,32]> -> *fp32
+                xc = "*" + xc.split("<")[1].split("[")[0]
+            out.add((xc, sig["k_ptr"], cst["INPUT_PRECISION"], cst["BLOCK"], cst["BLOCK_K"],
+                     opts["num_warps"], opts["num_stages"], cst["SPLIT"], cst["TMA"]))
         elif kname == "_gram_reduce_kernel":
             out.add((sig["k_ptr"], cst["BLOCK"], opts.get("num_warps")))
     return out
@@ -40,14 +43,14 @@ def test_aot_covers_every_gram_variant_the_launcher_can_choose(monkeypatch):
     monkeypatch.setattr(tl, "interpreting", lambda: False)
     tt = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
           torch.float64: "*fp64"}
-    for xdt, ct, tf32, bf16, n, split in itertools.product(
+    for xdt, ct, tf32, bf16, n, split, hopper in itertools.product(
             tt, (torch.float32, torch.float64), (False, True), (False, True),
-            (4, 100, 128, 129, 256, 5000), (False, True)):
+            (4, 100, 128, 129, 256, 5000), (False, True), (False, True)):
         prec = tl._precision(xdt, ct, tf32, bf16)
-        cfg = tl._gram_config(ct, n, False, prec)
+        cfg = tl._gram_config(ct, n, False, prec, hopper)
         xc = aot.CONFIGS.xc_dtype(tl._name(ct), prec)
         key = ("*" + aot.CONFIGS.TRITON_TYPE[xc], tt[ct], prec, cfg["BLOCK"], cfg["BLOCK_K"],
-               cfg["num_warps"], cfg["num_stages"], split)
+               cfg["num_warps"], cfg["num_stages"], split, cfg.get("TMA", False))
         assert key in have, key
         red = aot.CONFIGS.reduce_config(cfg["BLOCK"], False)
         assert (tt[ct], cfg["BLOCK"], red.get("num_warps")) in have, (ct, cfg)

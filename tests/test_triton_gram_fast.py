@@ -108,16 +108,21 @@ def test_gram_against_reference(tl, rng, n, shape, dt):
     _gram_vs_reference(tl, x, mu, xc, _eps(dt))
 
 
-@pytest.mark.parametrize("block,block_k", [(64, 32), (128, 16), (128, 32)])
+@pytest.mark.parametrize("block,block_k,tma", [(64, 32, False), (128, 16, False),
+                                               (128, 32, False), (64, 32, True),
+                                               (128, 32, True)])
 @pytest.mark.parametrize("n", [5, 129])
-def test_gpu_block_sizes(tl, rng, n, block, block_k):
+def test_gpu_block_sizes(tl, rng, n, block, block_k, tma):
     """The GPU's tile sizes (through ``config``, as bench/gpu_sweep.py passes them): 129
-    rows are one full and one 1-row block of 128 (127 clamped rows), or 64 + 64 + 1."""
+    rows are one full and one 1-row block of 128 (127 clamped rows), or 64 + 64 + 1; TMA:
+    X_c read through a tensor descriptor (rows beyond n read as zero; Hopper on a GPU)."""
+    if tma and CUDA and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors (TMA) need Hopper")
     x = _x(rng, n, (70,), torch.float32)
     mu = x.mean(0, dtype=torch.float32)
     xc = (x.double() - mu.double()).reshape(n, -1)
-    _gram_vs_reference(tl, x, mu, xc, _eps(torch.float32),
-                       config=dict(BLOCK=block, BLOCK_K=block_k))
+    cfg = dict(BLOCK=block, BLOCK_K=block_k, **(dict(TMA=True) if tma else {}))
+    _gram_vs_reference(tl, x, mu, xc, _eps(torch.float32), config=cfg)
 
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.float64])

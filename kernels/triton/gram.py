@@ -83,7 +83,8 @@ def _centre_kernel(x_ptr, mu_ptr, xc_ptr, T, C, stride_n, stride_t, stride_c, d_
 def _gram_stats_kernel(xc_ptr, k_ptr, diag_ptr, rowpart_ptr, part_ptr,
                        n, d_pad, stride_n, stride_k, nb, per_split,
                        BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
-                       INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr = False):
+                       INPUT_PRECISION: tl.constexpr, SPLIT: tl.constexpr = False,
+                       TMA: tl.constexpr = False):
     """Program (tile, s): tile (bi, bj), bj >= bi, of K = X_c X_cᵀ over the features
     [s·per_split·BLOCK_K, (s+1)·per_split·BLOCK_K) ∩ [0, d_pad) of split s.
 
@@ -100,17 +101,22 @@ def _gram_stats_kernel(xc_ptr, k_ptr, diag_ptr, rowpart_ptr, part_ptr,
     tile = tl.program_id(0)
     s = tl.program_id(1)
     bi, bj = _tile_coords(tile, nb)
-    ri = tl.minimum(bi * BLOCK + tl.arange(0, BLOCK), n - 1).to(tl.int64)
-    rj = tl.minimum(bj * BLOCK + tl.arange(0, BLOCK), n - 1).to(tl.int64)
-    ck = tl.arange(0, BLOCK_K)
-    a_ptrs = xc_ptr + ri[:, None] * stride_n + ck[None, :]
-    b_ptrs = xc_ptr + rj[:, None] * stride_n + ck[None, :]
+    if not TMA:
+        ri = tl.minimum(bi * BLOCK + tl.arange(0, BLOCK), n - 1).to(tl.int64)
+        rj = tl.minimum(bj * BLOCK + tl.arange(0, BLOCK), n - 1).to(tl.int64)
+        ck = tl.arange(0, BLOCK_K)
+        a_ptrs = xc_ptr + ri[:, None] * stride_n + ck[None, :]
+        b_ptrs = xc_ptr + rj[:, None] * stride_n + ck[None, :]
     acc = tl.zeros((BLOCK, BLOCK), dtype=k_ptr.dtype.element_ty)
     k0 = s * per_split * BLOCK_K
     k1 = tl.minimum(k0 + per_split * BLOCK_K, d_pad)
     for kk in range(k0, k1, BLOCK_K):
-        a = tl.load(a_ptrs + kk)
-        b = tl.load(b_ptrs + kk)
+        if TMA:
+            a = xc_ptr.load([bi * BLOCK, kk])
+            b = xc_ptr.load([bj * BLOCK, kk])
+        else:
+            a = tl.load(a_ptrs + kk)
+            b = tl.load(b_ptrs + kk)
         if INPUT_PRECISION == "bf16":
             acc = tl.dot(a, tl.trans(b), acc)
         elif INPUT_PRECISION == "bf16_rounded":   # the same bf16 values, float32 products

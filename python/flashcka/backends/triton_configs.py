@@ -16,18 +16,21 @@ COMPUTE = ("float32", "float64")
 TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
 
 
-def gram_config(ct: str, n: int, interpret: bool, prec: str = "ieee") -> dict:
+def gram_config(ct: str, n: int, interpret: bool, prec: str = "ieee",
+                hopper: bool = False) -> dict:
     """``_gram_stats_kernel`` block sizes (and warps/stages on a GPU) for its BLOCK×BLOCK
     tiles of pre-centred rows. Chosen from sm_90 SASS with Triton 3.6 and 3.9 (bench/aot.py
     checks every variant for sm_80 and sm_90: no spills, shared memory within the limit)
-    and bench/gpu_sweep.py on an H200 (Triton 3.6):
-    tf32/bf16, n > 128: 128×128 tiles, BLOCK_K 32 (tf32) / 64 (bf16), 8 warps, 4 stages:
-    HGMMA fed by 16-byte cp.async, 144-152 registers, 129 KiB shared (4 warps spill
-    144 B; 3 or 5 stages, BLOCK_K 16/32, or 64×64 tiles were 1-60% slower at n = 4096);
+    and bench/gpu_sweep.py on an H200 (Triton 3.6, torch 2.11, 2026-12-04):
+    tf32/bf16, n > 128: 128×128 tiles, BLOCK_K 32 (tf32) / 64 (bf16), 8 warps: HGMMA fed
+    by 16-byte cp.async, 4 stages, 144-152 registers, 129 KiB shared (4 warps spill 144 B;
+    3 or 5 stages, BLOCK_K 16/32 or 64×64 tiles were 1-60% slower at n = 4096). tf32 on
+    Hopper (``hopper``): TMA loads, 3 stages (128 registers, 96 KiB: two blocks an SM),
+    2-12% faster than cp.async at every measured size (bf16: 3% slower at d = 151296).
     n ≤ 128: 64×64 (more programs for split-K to share the features).
     float32 IEEE (FMA): 64×64×32 on 2 warps, 2 stages: 8×8 accumulators a thread, about
     12 FFMA per 16-byte shared load, 242-254 registers, no spill (H200, n = 4096,
-    d = 151296: 116 ms; 4 warps 187 ms, 8 warps 347 ms, 128×128×16 on 8 warps 140 ms).
+    d = 151296: 116 ms; 4 warps 186 ms, 8 warps 347 ms, 128×128×16 on 8 warps 138 ms).
     float64: 32×32×16 (the float64 MMA)."""
     if interpret:
         return dict(BLOCK=32 if n > 16 else 16, BLOCK_K=64)
@@ -38,6 +41,8 @@ def gram_config(ct: str, n: int, interpret: bool, prec: str = "ieee") -> dict:
     bk = 32 if prec == "tf32" else 64
     if n <= 128:
         return dict(BLOCK=64, BLOCK_K=bk, num_warps=4, num_stages=4)
+    if hopper and prec == "tf32":
+        return dict(BLOCK=128, BLOCK_K=bk, num_warps=8, num_stages=3, TMA=True)
     return dict(BLOCK=128, BLOCK_K=bk, num_warps=8, num_stages=4)
 
 
@@ -101,27 +106,34 @@ def aot_cases():
     """Yield (kernel name, signature, constexprs, options, label) for every compiled
     variant the launchers can choose on a GPU. Signature entries are Triton type strings;
     pointers are 16-byte aligned (the common specialisation), "i32:16" integers divisible
-    by 16 (the Gram's d_pad and row stride, which the launcher makes so)."""
+    by 16 (the Gram's d_pad and row stride, which the launcher makes so); constexpr
+    TMA=True variants (tensor descriptors) are Hopper's only: bench/aot.py compiles them
+    for sm_90 alone."""
     ptr = lambda d: "*" + TRITON_TYPE[d]  # noqa: E731
     seen = set()
-    for x, ct, tf32, bf16, n, split in itertools.product(
-            X_DTYPES, COMPUTE, (False, True), (False, True), _NS, (False, True)):
+    for x, ct, tf32, bf16, n, split, hopper in itertools.product(
+            X_DTYPES, COMPUTE, (False, True), (False, True), _NS, (False, True),
+            (False, True)):
         prec = precision(x, ct, tf32, bf16, False)
-        cfg = gram_config(ct, n, False, prec)
+        cfg = gram_config(ct, n, False, prec, hopper)
         xc = xc_dtype(ct, prec)
         key = (xc, ct, prec, tuple(sorted(cfg.items())), split)
         if key in seen:
             continue
         seen.add(key)
         opts = {k: cfg[k] for k in ("num_warps", "num_stages")}
-        sig = dict(xc_ptr=ptr(xc), k_ptr=ptr(ct), diag_ptr=ptr(ct), rowpart_ptr=ptr(ct),
+        tma = cfg.get("TMA", False)
+        src = (f"tensordesc<{TRITON_TYPE[xc]}[{cfg['BLOCK']},{cfg['BLOCK_K']}]>" if tma
+               else ptr(xc))
+        sig = dict(xc_ptr=src, k_ptr=ptr(ct), diag_ptr=ptr(ct), rowpart_ptr=ptr(ct),
                    part_ptr=ptr(ct), n="i32", d_pad="i32:16", stride_n="i32:16",
                    stride_k="i32", nb="i32", per_split="i32")
         cst = dict(BLOCK=cfg["BLOCK"], BLOCK_K=cfg["BLOCK_K"], INPUT_PRECISION=prec,
-                   SPLIT=split)
+                   SPLIT=split, TMA=tma)
         yield ("_gram_stats_kernel", sig, cst, opts,
                f"xc={xc} ct={ct} {prec} {cfg['BLOCK']}x{cfg['BLOCK']}xK{cfg['BLOCK_K']} "
-               f"w{cfg['num_warps']} s{cfg['num_stages']}{' split' if split else ''}")
+               f"w{cfg['num_warps']} s{cfg['num_stages']}{' TMA' if tma else ''}"
+               f"{' split' if split else ''}")
     for x, ct, prec in sorted({(x, ct, precision(x, ct, tf32, bf16, False))
                                for x, ct, tf32, bf16 in itertools.product(
                                    X_DTYPES, COMPUTE, (False, True), (False, True))}):
@@ -132,8 +144,8 @@ def aot_cases():
         yield ("_centre_kernel", sig, dict(BLOCK_C=CENTRE_BLOCK), {},
                f"x={x} mu={wide} xc={xc} ({prec})")
     for ct in COMPUTE:
-        for blk in sorted({gram_config(ct, n, False, p)["BLOCK"]
-                           for n in _NS for p in ("ieee", "tf32", "bf16")}):
+        for blk in sorted({gram_config(ct, n, False, p, h)["BLOCK"]
+                           for n in _NS for p in ("ieee", "tf32", "bf16") for h in (0, 1)}):
             sig = dict(part_ptr=ptr(ct), k_ptr=ptr(ct), diag_ptr=ptr(ct), rowpart_ptr=ptr(ct),
                        n="i32", stride_k="i32", nb="i32", splits="i32")
             yield ("_gram_reduce_kernel", sig, dict(BLOCK=blk), reduce_config(blk, False),

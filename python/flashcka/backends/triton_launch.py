@@ -79,9 +79,14 @@ def _name(dt: torch.dtype) -> str:
 
 
 def _gram_config(ct: torch.dtype, n: int, interpret: bool | None = None,
-                 prec: str = "ieee") -> dict:
+                 prec: str = "ieee", hopper: bool = False) -> dict:
     return _cfg.gram_config(_name(ct), n, interpreting() if interpret is None else interpret,
-                            prec)
+                            prec, hopper)
+
+
+def _hopper(device: torch.device) -> bool:
+    """Compute capability 9.x (TMA loads for the tf32 Gram: ``triton_configs.gram_config``)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
 
 
 class GramPlan(NamedTuple):
@@ -98,7 +103,7 @@ class GramPlan(NamedTuple):
 
 
 def gram_plan(n: int, T: int, C: int, ct: torch.dtype, *, sms: int,
-              interpret: bool | None = None, prec: str = "ieee",
+              interpret: bool | None = None, prec: str = "ieee", hopper: bool = False,
               config: dict | None = None) -> GramPlan:
     """The grid for d = T·C features (T = 1 for (n, d)) on a device of ``sms``
     multiprocessors: one program per upper-triangle tile, and when those are fewer than
@@ -106,9 +111,9 @@ def gram_plan(n: int, T: int, C: int, ct: torch.dtype, *, sms: int,
     split; S from S0 = ceil(FILL·sms/ntri) to S0 + min(S0, WAVE_SEARCH): enough programs,
     then the fullest last wave on ``sms`` SMs, then the fewest splits); the S partial tiles
     are added in a fixed order.
-    config: block sizes, warps and stages instead of ``triton_configs.gram_config``'s
-    (bench/gpu_sweep.py)."""
-    cfg = config or _gram_config(ct, n, interpret, prec)
+    hopper: the device is a Hopper (TMA configurations). config: block sizes, warps,
+    stages (and TMA) instead of ``triton_configs.gram_config``'s (bench/gpu_sweep.py)."""
+    cfg = config or _gram_config(ct, n, interpret, prec, hopper)
     nb = _cdiv(n, cfg["BLOCK"])
     ntri = nb * (nb + 1) // 2
     steps = max(1, _cdiv(T * C, cfg["BLOCK_K"]))
@@ -207,7 +212,7 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     n = x.shape[0]
     prec = _precision(x.dtype, ct, allow_tf32, allow_bf16)
     plan = gram_plan(n, 1, x[0].numel(), ct, sms=_num_sms(x.device), prec=prec,
-                     config=config)
+                     hopper=_hopper(x.device), config=config)
     cfg = dict(plan.cfg)
     blk = cfg["BLOCK"]
     xc = centred_rows(x, mu, prec, cfg["BLOCK_K"])
@@ -216,8 +221,12 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
     rowpart = _scratch((plan.nb, n), ct, x.device)
     split = plan.splits > 1
     part = _scratch((plan.splits, plan.ntri, blk, blk), ct, x.device) if split else k
+    src = xc
+    if cfg.get("TMA"):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        src = TensorDescriptor.from_tensor(xc, [blk, cfg["BLOCK_K"]])
     _k._gram_stats_kernel[(plan.ntri, plan.splits)](
-        xc, k, diag, rowpart, part, n, xc.shape[1], xc.stride(0), k.stride(0),
+        src, k, diag, rowpart, part, n, xc.shape[1], xc.stride(0), k.stride(0),
         plan.nb, plan.per_split, INPUT_PRECISION=prec, SPLIT=split, **cfg)
     if split:
         _k._gram_reduce_kernel[(plan.ntri,)](part, k, diag, rowpart, n, k.stride(0),
