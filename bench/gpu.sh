@@ -92,13 +92,16 @@ else
   TESTS=(tests/test_triton.py tests/test_triton_grid.py tests/test_fallback.py
          tests/test_triton_gram_fast.py tests/test_rows_batched.py)
 fi
-timeout -k 5 120 "$PY" -m pytest -q -x -p no:cacheprovider -rs "${TESTS[@]}" \
-    > "$DEST/tests.log" 2>&1 || fail "GPU tests (see tests.log)"
+QUICK=${GPU_QUICK:-0}    # GPU_QUICK=1: 60 s of tests, no tiled-route tests (a short lease)
+timeout -k 5 $(( QUICK ? 60 : 120 )) "$PY" -m pytest -q -x -p no:cacheprovider -rs \
+    "${TESTS[@]}" > "$DEST/tests.log" 2>&1 || fail "GPU tests (see tests.log)"
 tail -3 "$DEST/tests.log"
-# The tiled route's Triton tile kernel (tests/test_tiled.py: against the float64 reference).
-timeout -k 5 90 "$PY" -m pytest -q -x -p no:cacheprovider -rs tests/test_tiled.py -k triton \
-    >> "$DEST/tests.log" 2>&1 || fail "tiled-route GPU tests (see tests.log)"
-tail -1 "$DEST/tests.log"
+if [ "$QUICK" = 0 ]; then
+  # The tiled route's Triton tile kernel (tests/test_tiled.py: against the float64 reference).
+  timeout -k 5 90 "$PY" -m pytest -q -x -p no:cacheprovider -rs tests/test_tiled.py -k triton \
+      >> "$DEST/tests.log" 2>&1 || fail "tiled-route GPU tests (see tests.log)"
+  tail -1 "$DEST/tests.log"
+fi
 
 step "5/6 benchmarks"
 # Whatever is left of GPU_SECONDS (default 520 s; a device call's limit is 600 s): no case
@@ -106,7 +109,7 @@ step "5/6 benchmarks"
 SWEEP=${GPU_SWEEP:-1}     # GPU_SWEEP=0: no step 6 (its 50 s go to the benchmarks)
 LEFT=$(( ${GPU_SECONDS:-520} - 50 * SWEEP - ($(date +%s) - T0) ))
 [ "$LEFT" -gt 60 ] || LEFT=60
-BARGS=(--out "$DEST" --budget $(( LEFT - 100 )))
+BARGS=(--out "$DEST" --budget $(( LEFT - (QUICK ? 40 : 100) )))
 [ "$DRY" = 1 ] && BARGS+=(--dry-run)
 timeout -k 5 "$LEFT" "$PY" bench/gpu_bench.py "${BARGS[@]}" || fail "benchmarks"
 
