@@ -147,11 +147,12 @@ def test_split_k(force_split, rng, n, shape, dt):
 
 @pytest.mark.parametrize("xdt", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("mode", ["tf32", "bf16"])
-def test_tensor_core_modes(force_split, rng, xdt, mode):
+@pytest.mark.parametrize("n", [37, 300])
+def test_tensor_core_modes(force_split, rng, n, xdt, mode):
     """tf32 (the interpreter multiplies in float32; the GPU on TF32 tensor cores: u = 2^-11)
     and bf16 (bfloat16 inputs only: the centred values rounded to bfloat16, products
-    accumulated in float32; the reference multiplies those same bf16 values in float64)."""
-    n = 37
+    accumulated in float32; the reference multiplies those same bf16 values in float64).
+    n = 300: a GPU's 128×128 tiles (TMA loads for tf32 on Hopper), a partial last block."""
     x = (realistic(rng, n, 300) + 3).to(xdt).to(DEV)
     mu = x.mean(0, dtype=torch.float32)
     bf16 = mode == "bf16" and xdt == torch.bfloat16
