@@ -15,7 +15,8 @@ checks each one:
   in the SASS: in the hot kernels (Gram, its reduction, pair stage) no spill instruction
   inside a loop and at most MAX_COLD_SPILL bytes of stack in all (ptxas sometimes saves a
   few lane-index values before the main loop and reloads them for the epilogue: Triton
-  3.6 on 5 of the 124 variants, 8 B each; 3.9 on none; the table gives every variant's);
+  3.6 once did on 5 of 124 variants, 8 B each; with the pre-centred Gram, none on 3.6 or
+  3.9; the table gives every variant's);
 * the tf32/bf16 product paths use tensor cores: HMMA or HGMMA in ``cuobjdump -sass``;
 * the Gram kernel's main loop loads only through 16-byte cp.async (LDGSTS.128) or TMA
   (the table gives every variant's in-loop loads: wide/other).
