@@ -1,8 +1,8 @@
 """Launchers for the Triton kernels in ``kernels/triton`` (installed as flashcka.triton).
 
-``gram_stats_triton`` -> ``centred_rows`` (X_c = x − 1μᵀ, one torch pass) and
-``_gram_stats_kernel`` (+ ``_gram_reduce_kernel`` when ``gram_plan`` splits the features); ``center_pack_triton`` ->
-``_center_pack_kernel``; ``rbf_triton`` -> ``_rbf_kernel``; ``pair_triton`` ->
+``gram_stats_triton`` -> ``centred_rows`` (``_centre_kernel``: X_c = x − 1μᵀ, once) and
+``_gram_stats_kernel`` (+ ``_gram_reduce_kernel`` when ``gram_plan`` splits the
+features); ``center_pack_triton`` -> ``_center_pack_kernel``; ``rbf_triton`` -> ``_rbf_kernel``; ``pair_triton`` ->
 ``_pair_kernel``. Shapes and dtypes are checked here; the kernels take raw pointers and
 strides. Block sizes, warps, stages and product precision come from ``triton_configs``
 (torch-free, so that ``bench/aot.py`` compiles exactly those variants for sm_80/sm_90).
@@ -378,6 +378,6 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-__all__ = ["gram_stats_triton", "gram_plan", "centred_rows", "GramPlan", "rbf_triton", "center_pack_triton", "pair_triton",
-           "kernel_tiles_triton",
+__all__ = ["gram_stats_triton", "gram_plan", "centred_rows", "GramPlan", "rbf_triton",
+           "center_pack_triton", "pair_triton", "kernel_tiles_triton",
            "row_length", "token_view", "interpreting"]
