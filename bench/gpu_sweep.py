@@ -5,19 +5,20 @@ copy X_c = x − 1μᵀ, the triangle-GEMM kernel, split-K reduction, row sums) 
 
     python bench/gpu_sweep.py [--out sweep.json] [--seconds 40] [--dry-run]
 
-Modes: fp32 (IEEE products; matmul with TF32 off), tf32 (allow_tf32; matmul with TF32
-on), bf16 (bfloat16 input, allow_bf16; matmul in bfloat16). Shapes (n, d): (256, 151296),
+Modes: fp32 (IEEE products; matmul with TF32 off), tf32 (allow_tf32; matmul with TF32 on),
+bf16 (bfloat16 input, allow_bf16; matmul in bfloat16). Shapes (n, d): (256, 151296),
 (1024, 151296), (4096, 4096), (4096, 151296). For each mode the launcher's own
 configuration (``default``) comes first, then the alternatives. Timing: CUDA events around
 each call, inputs rotated over 3 buffers (no L2 reuse between calls), one warm-up call
-(compiles), then the median of 3 to 30 repetitions (as many as fit in ~0.1 s). Columns:
-ms of ours, of the centring copy alone (``centred_rows``) and of matmul; useful TFLOP/s
-(ours n²d / t: the triangle is half a GEMM; matmul 2n²d / t); speed-up = matmul / ours (the target is ≥ 1.6);
-err = max |K − K64| / max K64_ii over the upper triangle, K64 the float64 Gram of the same
-centred values (X_c rounded to bfloat16 in bf16 mode); err ≥ 0.05 (wrong tiles, not
-rounding) is reported as WRONG and makes the exit status 1. Stops starting new measurements
-after --seconds. --dry-run: the same steps on the CPU through the Triton interpreter at
-tiny sizes (CI; seconds). On an H200 (Triton 3.6) the whole sweep took 31 s.
+(compiles), then the median of 3 to 30 repetitions (as many as fit in ~0.1 s). Columns: ms
+of ours, of the centring copy alone (``centred_rows``) and of matmul; useful TFLOP/s (ours
+n²d / t: the triangle is half a GEMM; matmul 2n²d / t); speed-up = matmul / ours (the
+target is ≥ 1.6); err = max |K − K64| / max K64_ii over the upper triangle, K64 the
+float64 Gram of the same centred values (X_c rounded to bfloat16 in bf16 mode); err ≥ 0.05
+(wrong tiles, not rounding) is reported as WRONG and makes the exit status 1. Stops
+starting new measurements after --seconds. --dry-run: the same steps on the CPU through
+the Triton interpreter at tiny sizes (CI; seconds). On an H200 (Triton 3.6) the whole
+sweep took 31 s.
 """
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Launchers for the Triton kernels in ``kernels/triton`` (installed as flashcka.triton).
 
 ``gram_stats_triton`` -> ``centred_rows`` (``_centre_kernel``: X_c = x − 1μᵀ, once) and
-``_gram_stats_kernel`` (+ ``_gram_reduce_kernel`` when ``gram_plan`` splits the
-features); ``center_pack_triton`` -> ``_center_pack_kernel``; ``rbf_triton`` ->
-``_rbf_kernel``; ``pair_triton`` -> ``_pair_kernel``. Shapes and dtypes are checked here; the kernels take raw pointers and
-strides. Block sizes, warps, stages and product precision come from ``triton_configs``
-(torch-free, so that ``bench/aot.py`` compiles exactly those variants for sm_80/sm_90).
-Scratch buffers come from ``_scratch``: NaN-filled when ``POISON`` is set (the
-tests do), so an element a kernel failed to write shows up as NaN.
+``_gram_stats_kernel`` (+ ``_gram_reduce_kernel`` when ``gram_plan`` splits the features);
+``center_pack_triton`` -> ``_center_pack_kernel``; ``rbf_triton`` -> ``_rbf_kernel``;
+``pair_triton`` -> ``_pair_kernel``. Shapes and dtypes are checked here; the kernels take
+raw pointers and strides. Block sizes, warps, stages and product precision come from
+``triton_configs`` (torch-free, so that ``bench/aot.py`` compiles exactly those variants
+for sm_80/sm_90). Scratch buffers come from ``_scratch``: NaN-filled when ``POISON`` is
+set (the tests do), so an element a kernel failed to write shows up as NaN.
 
 This module imports triton: import it lazily (flashcka itself never imports triton).
 On the CPU the kernels run through the Triton interpreter, which is decided when the
