@@ -2,7 +2,7 @@
 
 The torch and Triton backends build rows one layer at a time (``centered_gram_row``); on
 a GPU every host read in that loop drains the queue. Here every layer's row, its
-``‖X_c‖²`` and its constant-rows flag stay on the device, and layers of one shape, dtype
+``‖X_c‖²`` and a maybe-constant flag stay on the device, and layers of one shape, dtype
 and device are stacked and done together (``torch.bmm``) in chunks of bounded memory
 where the backend's numbers allow it (``batches``). ``_engine.gram_rows`` reads the flags
 once for the whole call and redoes the rare layers they pick (docs/design.md §5, Scale).
