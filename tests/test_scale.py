@@ -339,3 +339,26 @@ def test_float64_constant_far_from_zero_computed_in_float32(backend):
     with pytest.warns(flashcka.FlashCKAWarning, match="y"):
         got = flashcka.cka(x, y, kernel="rbf", sigma=0.5, dtype=torch.float32, backend=backend)
     assert torch.isnan(got)
+
+
+def test_large_layer_in_range_keeps_its_batched_row(monkeypatch):
+    """A float32 layer whose ‖X_c‖² alone cannot rule out a power-of-two scale (std 2000:
+    ‖X_c‖² above n·d·hi²'s bound) but whose max |x − μ| is in range: the exact rule says
+    scale 1, so its batched row stands (no second Gram by ``gram_row``) and CKA matches
+    the float64 reference."""
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    xs = [(z @ torch.randn(3, 100, generator=g, dtype=torch.float64)
+           + torch.randn(12, 100, generator=g, dtype=torch.float64)) * 2000 + 5,
+          torch.randn(12, 7, generator=g, dtype=torch.float64)]
+    x32 = [x.float() for x in xs]
+    sq = float((x32[0].double() - x32[0].double().mean(0)).square().sum())
+    assert _engine._may_need_scale(sq, torch.float32, x32[0].numel())   # the case at hand
+    calls = []
+    real = _engine.gram_row
+    monkeypatch.setattr(_engine, "gram_row", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    acc = flashcka.MinibatchCKA(2, 2, backend="torch")
+    acc.update(x32, x32)
+    assert calls == []
+    want = ref.minibatch_cka([[x.double().numpy() for x in x32]], [[x.double().numpy() for x in x32]])
+    assert np.abs(acc.compute().numpy() - want).max() <= 1e-5

@@ -145,10 +145,22 @@ def _device_rows(be, tensors, names, g, n, ct, s: Settings):
     scale = torch.ones(len(tensors), dtype=torch.float64, device=g.device)
     values, flags, _ = stats.tolist()
     for i, (v, c) in enumerate(zip(values, flags)):
-        if c or _may_need_scale(v, ct, tensors[i].numel()):
+        if c or (_may_need_scale(v, ct, tensors[i].numel())
+                 and not _scale_is_one(be, tensors[i], v, ct)):
             sq_c[i], sq[i] = gram_row(be, tensors[i], names[i], g[i], n, ct, s,
                                       scale_out=scale[i])
     return sq_c, sq, scale
+
+
+def _scale_is_one(be, x, sq_c: float, ct) -> bool:
+    """For a layer ``_may_need_scale`` picked from its ‖X_c‖² alone (every large layer in
+    float32: n·d·hi² is small there), the exact rule of ``gram_row``: a finite ‖X_c‖², no
+    float64 shift, and ``pow2_scale`` of max|x − μ| equal to 1 -> its row stands (one pass
+    over x for the maximum, not a second Gram: on the H200 the redo made ViT-B/16's 48
+    layers cost two Grams each)."""
+    if not math.isfinite(sq_c) or float64_shift(x, ct) is not None:
+        return False
+    return pow2_scale(_max_abs_dev(x, be.column_mean(x, ct), ct), ct, x.numel()) == 1.0
 
 
 def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
