@@ -39,3 +39,14 @@ def test_what_fits_runs_and_the_check_can_be_turned_off(monkeypatch):
 def test_available_bytes_reads_this_machine():
     have = _memory.available_bytes(torch.device("cpu"))
     assert have is None or 0 < have < 2 ** 50
+
+
+def test_the_centred_feature_copy_counts(monkeypatch):
+    """The torch and Triton backends centre x into an (n, d) copy in ct before the Gram:
+    a wide layer whose n × n Gram is tiny but whose copy does not fit is refused by name
+    (at n = 4096, d = 197·768 the copy is 2.5 GB in float32, the Gram 64 MB)."""
+    monkeypatch.setattr(_memory, "available_bytes", lambda device: 300 * 2 ** 20)
+    wide = torch.randn(64, 1).expand(64, 2_000_000)      # 512 MB as float32, no storage
+    with pytest.raises(MemoryError, match="wide.*n = 64"):
+        flashcka.cka_matrix({"wide": wide, "narrow": torch.randn(64, 5)}, backend="torch",
+                            route="gram")

@@ -56,11 +56,13 @@ class Backend:
     def row_length(self, n: int, unbiased: bool) -> int:
         raise NotImplementedError
 
-    def scratch_bytes(self, n: int, ct: torch.dtype) -> int:
-        """Working memory of one call building Grams of n samples in ct, beyond the rows
-        (an estimate used to refuse calls that cannot fit: ``_engine.check_memory``).
-        Default: the Gram, its centred copy and a temporary, n × n each."""
-        return 3 * n * n * ct.itemsize
+    def scratch_bytes(self, n: int, ct: torch.dtype, d: int = 0) -> int:
+        """Working memory of one call building Grams of n samples of (at most) d features in
+        ct, beyond the rows (an estimate used to refuse calls that cannot fit:
+        ``_engine.check_memory``). Default: the Gram, its centred copy and a temporary,
+        n × n each, and the centred features X_c (n, d) (the torch backend's and the
+        Triton kernels' copy: 2.5 GB at n = 4096, d = 197·768 in float32)."""
+        return (3 * n * n + n * d) * ct.itemsize
 
     def column_mean(self, x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
         """Column mean μ of x (n, ...) -> x.shape[1:] in ct (the μ of centered_gram_row)."""

@@ -115,9 +115,10 @@ class NativeBackend(Backend):
             return True
         return not (x.shape[0] <= 64 and math.prod(x.shape[1:]) >= 4096)
 
-    def scratch_bytes(self, n, ct):
+    def scratch_bytes(self, n, ct, d=0):
         """Each working thread's n × n triangle (layers in parallel, or the slots of one
-        layer split over the threads): threads · n² values (csrc/gram_cpu.cpp)."""
+        layer split over the threads): threads · n² values (csrc/gram_cpu.cpp); x is
+        centred as it is packed, a chunk at a time, so d adds nothing."""
         return self._threads() * n * n * ct.itemsize
 
     @staticmethod

@@ -89,7 +89,8 @@ def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None =
     L = len(tensors)
     device = tensors[0].device
     m = be.row_length(n, s.unbiased)
-    check_memory(be, names, n, m, ct, device, rows=L if out is None else 0)
+    check_memory(be, names, n, m, ct, device, rows=L if out is None else 0,
+                 d=max(x[0].numel() for x in tensors))
     g = out if out is not None else torch.empty(L, m, dtype=ct, device=device)
     if hasattr(be, "centered_gram_rows"):       # native: all layers in one call
         sq_c, sq, scale = _fused_rows(be, tensors, names, g, n, s)
@@ -105,17 +106,17 @@ def gram_rows(be, tensors, names, n, ct, s: Settings, out: torch.Tensor | None =
     return Rows(g, sq_c, sq, scale)
 
 
-def check_memory(be, names, n, m, ct, device, rows: int) -> None:
+def check_memory(be, names, n, m, ct, device, rows: int, d: int = 0) -> None:
     """Before allocating: ``rows`` rows of m values in ct plus the backend's scratch for
-    Grams of n samples (``Backend.scratch_bytes``) must fit in what the device has left,
-    else a MemoryError naming the layers and what to do (_memory.check)."""
-    need = rows * m * ct.itemsize + be.scratch_bytes(n, ct)
+    Grams of n samples of up to d features (``Backend.scratch_bytes``) must fit in what the
+    device has left, else a MemoryError naming the layers and what to do (_memory.check)."""
+    need = rows * m * ct.itemsize + be.scratch_bytes(n, ct, d)
     if need < 2 ** 28:  # nothing to check below 256 MiB
         return
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     _memory.check(need, device, f"the centered Grams of {len(names)} layer(s) ({shown}) at "
                   f"n = {n} samples ({rows} rows of {m:,} {ct} values + the {be.name} "
-                  f"backend's n x n scratch)",
+                  f"backend's n x n and centred-feature scratch)",
                   "Memory grows as n²: compare fewer samples at a time with "
                   "flashcka.MinibatchCKA (minibatch CKA, Nguyen et al. 2021) or compare(..., "
                   "batch_size=...), fewer layers per call, or float32 instead of float64.")
