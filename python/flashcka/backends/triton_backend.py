@@ -1,16 +1,20 @@
 """The Triton backend: fused centered-Gram kernels and a split-K pair stage (GPU).
 
 Per representation x (n, ...) with column mean μ:
-  1. ``_gram_stats_kernel``: K = X_c X_cᵀ, X_c = x − 1μᵀ subtracted as each tile is
-     loaded (x read in its own dtype and strides, token tensors (n, T, C) not copied);
-     only tiles on/above the diagonal (≈ n²d flops, half a GEMM), plus diag(K) and K1.
+  1. ``_centre_kernel``: X_c = x − 1μᵀ once, contiguous, in the compute dtype (bf16 for
+     bf16 products), x read in its own dtype and strides (token tensors (n, T, C) not
+     copied); then ``_gram_stats_kernel``: K = X_c X_cᵀ as a triangle GEMM whose loads
+     feed tl.dot directly (16-byte cp.async, TMA for TF32 on Hopper), only tiles on/above
+     the diagonal (≈ n²d flops, half a GEMM), plus diag(K) and K1.
   2. RBF only, ``_rbf_kernel``: D = diag 1ᵀ + 1 diagᵀ − 2K, median on the device,
      K = exp(−D/(2σ²)) and its row sums.
   3. ``_center_pack_kernel``: U-centering (unbiased) or HKH (biased), written as a packed
      row: sqrt(2)·C_ij for i < j (+ C_ii when biased), n(n−1)/2 (+ n) entries, so a dot
      product of rows is ⟨C, C'⟩_F and the pair stage reads half of n².
-Pair stage: ``_pair_kernel``, float32 (or float64) partial sums over chunks of the row,
-added in float64.
+Pair stage: float32 (or float64) partial sums over chunks of the row, added in float64:
+cuBLAS (``pair_chunked``) for IEEE products on a GPU, ``_pair_kernel`` for TF32 and in the
+interpreter. The tiled route's linear tiles with IEEE products: cuBLAS too.
+Measured on an H200 (bench/results/nvidia-h200/): docs/design.md §4.
 
 Precision: float32 uses IEEE products by default; ``TritonBackend(allow_tf32=True)`` (or
 ``flashcka.backends.get("triton").allow_tf32 = True``) allows TF32 tensor cores (about
