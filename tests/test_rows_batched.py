@@ -194,10 +194,11 @@ def test_nan_layer_inside_a_group_is_named(rng, monkeypatch, name, per_layer):
 
 
 def _count_host_reads(monkeypatch, layers: int) -> dict:
-    """Calls of every tensor-to-host read during one MinibatchCKA(L, L).update."""
+    """Calls of every tensor-to-host read during one MinibatchCKA(L, L).update; xs ~8e3:
+    each ‖X_c‖² beyond ``_may_need_scale``'s bound, max|x − μ| in range (scale 1)."""
     g = np.random.default_rng(0)
-    xs = [torch.tensor(g.standard_normal((16, 8 + i % 3)), dtype=torch.float32, device=DEV)
-          for i in range(layers)]
+    xs = [torch.tensor(8e3 * g.standard_normal((16, 8 + i % 3)), dtype=torch.float32,
+                       device=DEV) for i in range(layers)]
     ys = [torch.tensor(g.standard_normal((16, 5)), dtype=torch.float32, device=DEV)
           for _ in range(layers)]
     m = flashcka.MinibatchCKA(layers, layers, backend="torch")
@@ -218,3 +219,20 @@ def _count_host_reads(monkeypatch, layers: int) -> dict:
 def test_host_reads_do_not_grow_with_layers(monkeypatch):
     few, many = _count_host_reads(monkeypatch, 4), _count_host_reads(monkeypatch, 40)
     assert few == many, f"4 layers: {few}; 40 layers: {many}"
+
+
+@pytest.mark.parametrize("name,per_layer", BACKENDS)
+def test_large_layers_inside_the_range_are_not_redone(rng, monkeypatch, name, per_layer):
+    """‖X_c‖² beyond ``_may_need_scale``'s bound, max|x − μ| inside the safe range (values
+    ~6e3 in float32): scale 1 from the call's one read, no second Gram (no gram_row)."""
+    be = _backend(name, monkeypatch, per_layer)
+    n = 37
+    xs = [x * 6000 for x in _layers(rng, n, torch.float32)]
+    redone, real = [], engine.gram_row
+    monkeypatch.setattr(engine, "gram_row", lambda *a, **k: redone.append(a[2]) or real(*a, **k))
+    rows = engine.gram_rows(be, xs, [f"l{i}" for i in range(len(xs))], n, torch.float32,
+                            engine.Settings())
+    assert any(engine._may_need_scale(float(v), torch.float32, x.numel())
+               for v, x in zip(rows.sq_c, xs))
+    assert redone == [] and bool((rows.scale == 1).all())
+    _check_rows(be, rows, xs, n, torch.float32, True)

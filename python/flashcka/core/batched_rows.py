@@ -24,12 +24,13 @@ CHUNK_BYTES_DEVICE = 2 ** 28
 
 def linear_rows(be, tensors, g, n: int, ct, unbiased: bool) -> torch.Tensor:
     """Rows of the linear kernel into g (L, m) for every x (n, ...) in ``tensors``, with no
-    host read -> stats (3, L) float64 on g's device: ‖X_c‖² (its value in ct), 1 where the
+    host read -> stats (4, L) float64 on g's device: ‖X_c‖² (its value in ct), 1 where the
     layer may be constant (rows 0 and 1 equal and finite: ``maybe_constant``) else 0,
-    ‖μ‖² (μ the mean that was subtracted). Flagged layers, and those whose ‖X_c‖² says a
-    power-of-two scale may be needed, are the caller's to redo. Same-shape layers are done
-    in chunks (``_chunk_rows``) when ``batches`` says so and no graph is needed."""
-    stats = torch.empty(3, len(tensors), dtype=torch.float64, device=g.device)
+    ‖μ‖² (μ the mean that was subtracted), max|x − μ| (``max_abs_dev``, the maximum of
+    ``_engine.pow2_scale``'s rule). Flagged layers, and those whose scale is not 1, are
+    the caller's to redo. Same-shape layers are done in chunks (``_chunk_rows``) when
+    ``batches`` says so and no graph is needed."""
+    stats = torch.empty(4, len(tensors), dtype=torch.float64, device=g.device)
     if not batches(be, ct, g.device) or (
             torch.is_grad_enabled() and any(x.requires_grad for x in tensors)):
         for i, x in enumerate(tensors):
@@ -79,7 +80,7 @@ def _chunk_size(x, limit: int) -> int:
 def _layer_row(be, x, out, ct, unbiased: bool) -> torch.Tensor:
     """One layer by ``be.centered_gram_row`` into out, as ``_engine.gram_row`` starts it
     (the float64 shift, μ), without its host reads -> its column of ``linear_rows``' stats
-    (3,)."""
+    (4,)."""
     shift = float64_shift(x, ct)
     if shift is not None:   # centred in float64 before anything is rounded to ct
         x = x - shift
@@ -89,12 +90,13 @@ def _layer_row(be, x, out, ct, unbiased: bool) -> torch.Tensor:
     mu64 = (shift if shift is not None else mu).to(torch.float64)
     sq_c = be.centered_gram_row(x, mu, out, kernel="linear", sigma=None, threshold=1.0,
                                 unbiased=unbiased)
+    amax = max_abs_dev(x.reshape(1, x.shape[0], -1), mu.reshape(1, 1, -1), ct)[0]
     return torch.stack([sq_c.to(torch.float64), maybe_constant(x[None])[0].to(torch.float64),
-                        mu64.square().sum()])
+                        mu64.square().sum(), amax.to(torch.float64)])
 
 
 def _chunk_rows(xs, m: int, n: int, ct, unbiased: bool):
-    """B same-shape layers at once -> (rows (B, m) in ct, stats (3, B) as ``linear_rows``).
+    """B same-shape layers at once -> (rows (B, m) in ct, stats (4, B) as ``linear_rows``).
 
     X (B, n, d) stacked; X_c = X − 1μᵀ per layer, subtracted in float64 for float64 inputs
     and in ct otherwise, then rounded to ct (the rule of ``torch_backend.center_features``
@@ -103,16 +105,16 @@ def _chunk_rows(xs, m: int, n: int, ct, unbiased: bool):
     x = torch.stack(xs).reshape(len(xs), n, -1)
     wide = torch.float64 if x.dtype == torch.float64 else ct
     mu = x.mean(1, dtype=wide, keepdim=True)
-    if wide == ct:   # (else float64_shift's rule: the test is on the shifted x)
-        const = maybe_constant(x)
+    if wide == ct:   # (else float64_shift's rule: the tests are on the shifted x, μ = 0)
+        const, amax = maybe_constant(x), max_abs_dev(x, mu, ct)
     xw = x.sub_(mu) if x.dtype == wide else x.to(wide) - mu   # (x is ours: in place)
     if wide != ct:
-        const = maybe_constant(xw)
+        const, amax = maybe_constant(xw), max_abs_dev(xw, torch.zeros_like(mu, dtype=ct), ct)
     xc = xw.to(ct)
     k = torch.bmm(xc, xc.transpose(1, 2))
     sq_c = k.diagonal(dim1=1, dim2=2).sum(1)
     stats = torch.stack([sq_c.to(torch.float64), const.to(torch.float64),
-                         mu.to(torch.float64).square().sum((1, 2))])
+                         mu.to(torch.float64).square().sum((1, 2)), amax.to(torch.float64)])
     return to_rows(_center_(k, unbiased), m, unbiased), stats
 
 
@@ -123,6 +125,14 @@ def maybe_constant(x) -> torch.Tensor:
     pass over two rows, not over x."""
     b = x.shape[0]
     return ((x[:, 0] == x[:, 1]) & torch.isfinite(x[:, 0])).reshape(b, -1).all(1)
+
+
+def max_abs_dev(x, mu, ct) -> torch.Tensor:
+    """(B,) max |x − μ| of x (B, n, d) and μ (B, 1, d) in ct, from each column's min and
+    max, in ct: the value of ``_engine._max_abs_dev`` for each layer."""
+    lo, hi = torch.aminmax(x, dim=1)
+    m = mu[:, 0]
+    return torch.maximum(hi.to(ct) - m, m - lo.to(ct)).amax(1)
 
 
 def _center_(k: torch.Tensor, unbiased: bool) -> torch.Tensor:

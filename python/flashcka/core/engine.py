@@ -135,33 +135,25 @@ def _fused_rows(be, tensors, names, g, n, s: Settings):
 
 def _device_rows(be, tensors, names, g, n, ct, s: Settings):
     """Linear rows from the torch or Triton backend with one host read for the whole call:
-    every row, ‖X_c‖² and maybe-constant flag made on the device (``batched_rows``:
-    same-shape layers together where the backend allows), then read at once; the layers
-    they pick, those whose rows 0 and 1 are equal (constant ones among them) and those
-    whose ‖X_c‖² says ``_may_need_scale`` (NaN/Inf included), are redone by ``gram_row``,
-    exactly as alone -> (sq_c, sq, scale) (L,) float64. Other layers have scale 1 and
-    ‖X‖² = ‖X_c‖² + n·‖μ‖²."""
+    every row, ‖X_c‖², maybe-constant flag and max|x − μ| made on the device
+    (``batched_rows``: same-shape layers together where the backend allows), then read at
+    once; the layers they pick, those whose rows 0 and 1 are equal (constant ones among
+    them), those with a NaN/Inf ‖X_c‖² and those ``gram_row`` would scale
+    (``_may_need_scale``, then ``pow2_scale`` of max|x − μ|: its exact rule, with no pass
+    over x and no read of its own; every large float32 layer passes the first test), are
+    redone by ``gram_row``, exactly as alone -> (sq_c, sq, scale) (L,) float64. Other
+    layers have scale 1 and ‖X‖² = ‖X_c‖² + n·‖μ‖²."""
     stats = _batched.linear_rows(be, tensors, g, n, ct, s.unbiased)
     sq_c, sq = stats[0], stats[0] + n * stats[2]
     scale = torch.ones(len(tensors), dtype=torch.float64, device=g.device)
-    values, flags, _ = stats.tolist()
-    for i, (v, c) in enumerate(zip(values, flags)):
-        if c or (_may_need_scale(v, ct, tensors[i].numel())
-                 and not _scale_is_one(be, tensors[i], v, ct)):
+    values, flags, _, amax = stats.tolist()
+    for i, (v, c, a) in enumerate(zip(values, flags, amax)):
+        nd = tensors[i].numel()
+        if c or not math.isfinite(v) or (_may_need_scale(v, ct, nd)
+                                         and pow2_scale(a, ct, nd) != 1.0):
             sq_c[i], sq[i] = gram_row(be, tensors[i], names[i], g[i], n, ct, s,
                                       scale_out=scale[i])
     return sq_c, sq, scale
-
-
-def _scale_is_one(be, x, sq_c: float, ct) -> bool:
-    """For a layer ``_may_need_scale`` picked from its ‖X_c‖² alone (every large layer in
-    float32: n·d·hi² is small there), the exact rule of ``gram_row``: a finite ‖X_c‖², no
-    float64 shift, and ``pow2_scale`` of max|x − μ| equal to 1 -> its row stands (one pass
-    over x for the maximum, not a second Gram: on the H200 the redo made ViT-B/16's 48
-    layers cost two Grams each)."""
-    if not math.isfinite(sq_c) or float64_shift(x, ct) is not None:
-        return False
-    return pow2_scale(_max_abs_dev(x, be.column_mean(x, ct), ct), ct, x.numel()) == 1.0
 
 
 def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:
