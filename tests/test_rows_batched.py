@@ -153,8 +153,9 @@ def test_float64_inputs_in_float32(rng, monkeypatch, name, per_layer, offset, sp
 @pytest.mark.parametrize("name,per_layer", BACKENDS)
 def test_constant_and_scaled_layers_inside_a_group(rng, monkeypatch, name, per_layer):
     """Layer 4 of the 7-layer group repeats one row ~3e6 (its float32 mean is inexact:
-    still a zero row, ‖X_c‖² = 0 exactly, scale 1); layer 5 is ~1e30 in float32 (a power-of-two scale < 1, rows still match); layer 6
-    has rows 0 and 1 equal, the others not (flagged, redone, not constant)."""
+    still a zero row, ‖X_c‖² = 0 exactly, scale 1); layer 5 is ~1e30 in float32 (a
+    power-of-two scale < 1, rows still match); layer 6 has rows 0 and 1 equal, the others
+    not (flagged, redone, not constant)."""
     be = _backend(name, monkeypatch, per_layer)
     n = 37
     xs = _layers(rng, n, torch.float32)
