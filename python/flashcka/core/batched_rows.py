@@ -34,7 +34,7 @@ def linear_rows(be, tensors, g, n: int, ct, unbiased: bool) -> torch.Tensor:
     if not batches(be, ct, g.device) or (
             torch.is_grad_enabled() and any(x.requires_grad for x in tensors)):
         for i, x in enumerate(tensors):
-            stats[:, i] = _layer_row(be, x, g[i], ct, unbiased)
+            stats[:, i] = layer_row(be, x, g[i], ct, unbiased)
         return stats
     for idx in _groups(tensors):
         rows, st = _chunk_rows([tensors[i] for i in idx], g.shape[1], n, ct, unbiased)
@@ -77,7 +77,7 @@ def _chunk_size(x, limit: int) -> int:
     return max(1, limit // (n * d * (x.element_size() + 16) + 2 * n * n * 8))
 
 
-def _layer_row(be, x, out, ct, unbiased: bool) -> torch.Tensor:
+def layer_row(be, x, out, ct, unbiased: bool) -> torch.Tensor:
     """One layer by ``be.centered_gram_row`` into out, as ``_engine.gram_row`` starts it
     (the float64 shift, μ), without its host reads -> its column of ``linear_rows``' stats
     (4,)."""

@@ -148,12 +148,20 @@ def _device_rows(be, tensors, names, g, n, ct, s: Settings):
     scale = torch.ones(len(tensors), dtype=torch.float64, device=g.device)
     values, flags, _, amax = stats.tolist()
     for i, (v, c, a) in enumerate(zip(values, flags, amax)):
-        nd = tensors[i].numel()
-        if c or not math.isfinite(v) or (_may_need_scale(v, ct, nd)
-                                         and pow2_scale(a, ct, nd) != 1.0):
+        if needs_redo(v, c, a, ct, tensors[i].numel()):
             sq_c[i], sq[i] = gram_row(be, tensors[i], names[i], g[i], n, ct, s,
                                       scale_out=scale[i])
     return sq_c, sq, scale
+
+
+def needs_redo(sq_c: float, maybe_constant: float, amax: float, ct, nd: int) -> bool:
+    """Whether a device-made linear row (``batched_rows.linear_rows``' stats: ‖X_c‖²,
+    maybe-constant flag, max|x − μ|, of a layer of nd values) must be redone by
+    ``gram_row``: rows 0 and 1 equal (constant ones among them), a NaN/Inf ‖X_c‖², or a
+    scale other than 1 by ``gram_row``'s rule (``_may_need_scale``, then ``pow2_scale``
+    of the exact maximum)."""
+    return bool(maybe_constant) or not math.isfinite(sq_c) or (
+        _may_need_scale(sq_c, ct, nd) and pow2_scale(amax, ct, nd) != 1.0)
 
 
 def check_finite(sq_c: torch.Tensor, names, ct, tensors=None) -> None:

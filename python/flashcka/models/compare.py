@@ -264,12 +264,14 @@ def _run(models, recorders, adapters, ctx, loader, mask, max_batches, progress, 
                 ctx.ct = torch.float64
             bmask = batch_mask(batch, mask, n, b)
             for model, rec, adapt in zip(models, recorders, adapters):
-                rec.start(n, bmask)
-                try:
-                    forward(model, batch, adapt, b, rec.side)
-                finally:
-                    rec.active = False
-                rec.finish()
+                done = False
+                while not done:      # again, once a run at most: GramRecorder.finish
+                    rec.start(n, bmask)
+                    try:
+                        forward(model, batch, adapt, b, rec.side)
+                    finally:
+                        rec.active = False
+                    done = rec.finish()
             rows = [rec.rows() for rec in recorders]
             ctx.fixed = True                     # the compute dtype is fixed from here on
             run.add(b, ctx.be, rows[0], rows[0] if same else rows[1], n, ctx.ct,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..core import engine as _engine, validate as _validate
+from ..core import batched_rows as _batched, engine as _engine, validate as _validate
 from .. import backends
 from .selection import Point, select_points  # noqa: F401  (re-exported)
 
@@ -191,6 +191,14 @@ class GramRecorder:
         self._calls: dict[str, int] = {}
         self._dropped: dict[str, str] = {}          # label -> why (first batch)
         self.g = None
+        # After the first batch, linear rows from a backend without a fused all-layer call
+        # (torch, Triton) are made on the device with no host read per layer; ``finish``
+        # reads the batch's stats once (``_engine.needs_redo``) and, should a layer need
+        # ``gram_row``'s exact path (constant, scaled, non-finite), asks for the forward
+        # pass again and goes layer by layer from there on.
+        self.deferred = False
+        self._st: torch.Tensor | None = None      # (4, L) batched_rows stats, deferred
+        self._nd: list[int] = []                  # each layer's number of values
         self.handles: dict[str, object] = {}
         modules = dict(model.named_modules())
         for p in points:
@@ -236,6 +244,9 @@ class GramRecorder:
         if not first and (self.g is None or self.g.shape[1] != m):
             self.g = None                                     # free the old rows first
             self.g = torch.empty(len(self.labels), m, dtype=self.ctx.ct, device=self.ctx.device)
+        if self.deferred:
+            self._st = torch.zeros(4, len(self.labels), dtype=torch.float64,
+                                   device=self.ctx.device)
         self.active = True
 
     def _record(self, p: Point, label: str, output, call) -> None:
@@ -268,6 +279,11 @@ class GramRecorder:
                                  f"{self._want[label]} time(s) in this forward pass, unlike "
                                  f"in the first batch's")
             x = self._tensor(p, name, output, call)
+            if self.deferred:
+                self._st[:, i] = _batched.layer_row(self.ctx.be, x, self.g[i], self.ctx.ct,
+                                                    self.ctx.settings.unbiased)
+                self._nd[i] = x.numel()
+                return
         sq_c, sq = _engine.gram_row(self.ctx.be, x, f"layer {name}", self.g[i], self.n,
                                     self.ctx.ct, self.ctx.settings, scale_out=self.scale[i])
         # into preallocated buffers: small tensors kept alive across the forward pass,
@@ -334,18 +350,35 @@ class GramRecorder:
         self.g = new
         self.scale, self.sq_c, self.sq = stats.unbind(0)
 
-    def finish(self) -> None:
-        """End a batch's forward pass: check the calls (first batch: fix the layers)."""
+    def finish(self) -> bool:
+        """End a batch's forward pass: check the calls (first batch: fix the layers).
+        Returns False when the batch's forward pass must run again (a deferred row needs
+        ``gram_row``: from then on every layer goes through it), else True."""
         self.active = False
         if self.labels is None:
             self._fix_layers()
-        else:
-            for label, want in self._want.items():
-                if self._calls[label] != want:
-                    raise ValueError(f"{self.side}: {label} was called {self._calls[label]} "
-                                     f"time(s) in this batch's forward pass but {want} in the "
-                                     f"first batch's; compare needs the same calls on every "
-                                     f"batch")
+            self.deferred = (self.ctx.settings.kernel == "linear"
+                             and not hasattr(self.ctx.be, "centered_gram_rows"))
+            self._nd = [0] * len(self.labels)
+            return True
+        for label, want in self._want.items():
+            if self._calls[label] != want:
+                raise ValueError(f"{self.side}: {label} was called {self._calls[label]} "
+                                 f"time(s) in this batch's forward pass but {want} in the "
+                                 f"first batch's; compare needs the same calls on every "
+                                 f"batch")
+        if not self.deferred:
+            return True
+        st, self._st = self._st, None
+        values, flags, _, amax = st.tolist()               # the batch's one host read
+        if any(_engine.needs_redo(v, c, a, self.ctx.ct, nd)
+               for v, c, a, nd in zip(values, flags, amax, self._nd)):
+            self.deferred = False
+            return False
+        self.sq_c.copy_(st[0])
+        self.sq.copy_(st[0] + self.n * st[2])
+        self.scale.fill_(1.0)
+        return True
 
     def rows(self) -> _engine.Rows:
         """The batch's Rows (after ``finish`` of every side: the other side may have

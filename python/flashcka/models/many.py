@@ -60,9 +60,8 @@ class _Recorders:
         for r in self.recs:
             r.start(n, mask)
 
-    def finish(self):
-        for r in self.recs:
-            r.finish()
+    def finish(self) -> bool:
+        return all([r.finish() for r in self.recs])     # every recorder checks its calls
 
     def rows(self) -> _engine.Rows:
         rows = [r.rows() for r in self.recs]
