@@ -77,17 +77,21 @@ def _chunk_size(x, limit: int) -> int:
     return max(1, limit // (n * d * (x.element_size() + 16) + 2 * n * n * 8))
 
 
-def layer_row(be, x, out, ct, unbiased: bool) -> torch.Tensor:
-    """One layer by ``be.centered_gram_row`` into out, as ``_engine.gram_row`` starts it
-    (the float64 shift, μ), without its host reads -> its column of ``linear_rows``' stats
-    (4,)."""
+def centring(be, x, ct):
+    """What a layer's row is centred by -> (x', μ in ct, μ in float64): a float64 x with a
+    narrower ct is shifted by its float64 column mean first (``float64_shift``: x' = x − μ,
+    and the backend subtracts a zero μ), else x' = x and μ = ``be.column_mean(x, ct)``."""
     shift = float64_shift(x, ct)
     if shift is not None:   # centred in float64 before anything is rounded to ct
-        x = x - shift
-        mu = torch.zeros(shift.shape, dtype=ct, device=x.device)
-    else:
-        mu = be.column_mean(x, ct)
-    mu64 = (shift if shift is not None else mu).to(torch.float64)
+        return x - shift, torch.zeros(shift.shape, dtype=ct, device=x.device), shift
+    mu = be.column_mean(x, ct)
+    return x, mu, mu.to(torch.float64)
+
+
+def layer_row(be, x, out, ct, unbiased: bool) -> torch.Tensor:
+    """One layer by ``be.centered_gram_row`` into out, as ``_engine.gram_row`` starts it
+    (``centring``), without its host reads -> its column of ``linear_rows``' stats (4,)."""
+    x, mu, mu64 = centring(be, x, ct)
     sq_c = be.centered_gram_row(x, mu, out, kernel="linear", sigma=None, threshold=1.0,
                                 unbiased=unbiased)
     amax = max_abs_dev(x.reshape(1, x.shape[0], -1), mu.reshape(1, 1, -1), ct)[0]
@@ -131,8 +135,9 @@ def max_abs_dev(x, mu, ct) -> torch.Tensor:
     """(B,) max |x − μ| of x (B, n, d) and μ (B, 1, d) in ct, from each column's min and
     max, in ct: the value of ``_engine._max_abs_dev`` for each layer. (amin and amax: on
     a CPU torch.aminmax over dim 1 runs 13x slower than the two.)"""
+    x = x.detach()
     lo, hi = x.amin(1), x.amax(1)
-    m = mu[:, 0]
+    m = mu[:, 0].detach()
     return torch.maximum(hi.to(ct) - m, m - lo.to(ct)).amax(1)
 
 

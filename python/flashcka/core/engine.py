@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import batched_rows as _batched, memory as _memory, validate as _validate
-from ..backends import ZeroBandwidthError, float64_shift
+from ..backends import ZeroBandwidthError
 
 
 @dataclass
@@ -368,15 +368,10 @@ def gram_row(be, x, name, out, n, ct, s: Settings, scale_out: torch.Tensor):
         sq_c, sq, scale, _ = st.tolist()[0]     # (indexing a tensor costs µs a time)
         scale_out.fill_(scale)
         return sq_c, sq
-    shift = float64_shift(x, ct)
-    if shift is not None:  # centred in float64 before anything is rounded to ct
-        x = x - shift
-        mu = torch.zeros(shift.shape, dtype=ct, device=x.device)
-    else:
-        mu = be.column_mean(x, ct)
-        if x.device.type == "cpu" and not bool(torch.isfinite(mu).all()):
-            mu = be.column_mean(x, torch.float64).to(ct)  # a float32 sum near its max overflows
-    mu64 = (shift if shift is not None else mu).to(torch.float64)
+    x, mu, mu64 = _batched.centring(be, x, ct)
+    if x.device.type == "cpu" and not bool(torch.isfinite(mu).all()):
+        mu = be.column_mean(x, torch.float64).to(ct)  # a float32 sum near its max overflows
+        mu64 = mu.to(torch.float64)
     mu_sq = mu64.square().sum()
     try:
         sq_c = be.centered_gram_row(x, mu, out, kernel=s.kernel, sigma=s.sigma,
@@ -426,10 +421,9 @@ def _constant_rows(x) -> bool:
 
 
 def _max_abs_dev(x, mu, ct) -> float:
-    """max |x − μ| over all elements, from each column's min and max (one pass; no graph)."""
-    lo, hi = torch.aminmax(x.detach().reshape(x.shape[0], -1), dim=0)
-    m = mu.detach().reshape(-1)
-    return float(torch.maximum(hi.to(ct) - m, m - lo.to(ct)).max())
+    """max |x − μ| over all elements (``batched_rows.max_abs_dev`` of the one layer)."""
+    return float(_batched.max_abs_dev(x.reshape(1, x.shape[0], -1), mu.reshape(1, 1, -1),
+                                      ct)[0])
 
 
 def zero_variance(sq_c: torch.Tensor, sq: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
