@@ -1,13 +1,25 @@
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 # Triton kernels run through the interpreter on CPU tensors when there is no GPU; the
-# variable must be set before anything imports triton.
+# variable must be set before anything imports triton. Triton tests take TRITON_MARKS as
+# their pytestmark: without CUDA they are skipped, with the reason, if triton was imported
+# before this (the interpreter was not asked for in time).
+TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+TRITON_MARKS = [
+    pytest.mark.triton,
+    pytest.mark.skipif(not CUDA and TRITON_PREIMPORTED,
+                       reason="triton was imported before TRITON_INTERPRET=1 could be set; "
+                              "run with TRITON_INTERPRET=1 in the environment"),
+]
 
 
 def pytest_sessionstart(session):

@@ -11,8 +11,6 @@ on every centered Gram entry, u the unit roundoff of the compute dtype (``_check
 CKA of float64 rows: rtol 1e-9.
 """
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -20,13 +18,12 @@ import torch
 
 import flashcka
 import reference as ref
+from conftest import DEV, TRITON_PREIMPORTED
 from flashcka import backends
 from flashcka.backends.triton_backend import _unpack_row
 from flashcka.core import batched_rows, engine
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-TRITON_OK = not ("triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-                 and DEV == "cpu")
+TRITON_OK = not (TRITON_PREIMPORTED and DEV == "cpu")
 
 
 def _layers(rng, n, dtype, groups=(1, 2, 7)):

@@ -13,28 +13,16 @@ rounded to their dtype for the products): ``4·eps(dtype)·max K``.
 import os
 import sys
 
+import numpy as np
+import pytest
 import torch
 
-_TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import flashcka
+import reference as ref
+from conftest import CUDA, DEV, TRITON_MARKS, realistic
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import flashcka  # noqa: E402
-import reference as ref  # noqa: E402
-from conftest import realistic  # noqa: E402
-
-CUDA = torch.cuda.is_available()
 pytest.importorskip("triton")
-pytestmark = [
-    pytest.mark.triton,
-    pytest.mark.skipif(not CUDA and _TRITON_PREIMPORTED,
-                       reason="triton was imported before TRITON_INTERPRET=1 could be set; "
-                              "run with TRITON_INTERPRET=1 in the environment"),
-]
-DEV = "cuda" if CUDA else "cpu"
+pytestmark = TRITON_MARKS
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 
