@@ -40,6 +40,17 @@ def rng():
     return np.random.default_rng(seed_for_test())
 
 
+@pytest.fixture(params=["free", "device"])
+def reads(request, monkeypatch):
+    """Both routes of ``core.batched_rows.reads_are_free`` on the test device: "free" (a
+    CPU's: max|x − μ| only where it can matter, compare()'s hooks read each layer) and
+    "device" (a GPU's: no read per layer, hooks deferred) -> the route's name."""
+    from flashcka.core import batched_rows
+    monkeypatch.setattr(batched_rows, "FREE_READS",
+                        frozenset({DEV} if request.param == "free" else ()))
+    return request.param
+
+
 def seed_for_test() -> int:
     """``FLASHCKA_TEST_SEED`` if set (an int), else a fresh seed; printed either way."""
     given = os.environ.get("FLASHCKA_TEST_SEED")

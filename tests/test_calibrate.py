@@ -400,48 +400,27 @@ def test_cli_permutations_and_bootstrap(tmp_path, monkeypatch, capsys):
 
 
 WORKER = """
-import sys, datetime
-import torch, torch.distributed as dist
-sys.path.insert(0, sys.argv[5])
-from dist_models import net, loader
-from flashcka import compare
-rank, world, init, mode, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], \\
-    sys.argv[6]
-torch.set_num_threads(1)
-dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                        timeout=datetime.timedelta(seconds=60))
-try:
+    from dist_models import net, loader
+    from flashcka import compare
     batches = loader()
-    if mode == "shard":
+    if args[0] == "shard":
         r = compare(net(0), net(1), batches, shard=True, progress=False, permutations=30, seed=5)
     else:
         r = compare(net(0), net(1), batches[rank::world], progress=False, permutations=30,
                     seed=5)
     r.save(out)
-finally:
-    dist.destroy_process_group()
 """
 
 
 @pytest.mark.parametrize("mode", ["shard", "preshard"])
 def test_two_ranks_permutations_equal_one_process(tmp_path, mode):
-    import os
-    import subprocess
-    import sys
+    from ranks import run_two_ranks
     from test_compare_distributed import _load_models
-    from test_distributed import wait_ranks
     m = _load_models(tmp_path)
     want = flashcka.compare(m.net(0), m.net(1), m.loader(), progress=False, permutations=30,
                             seed=5)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    init = f"file://{tmp_path}/rendezvous"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), "2", init, mode,
-                               str(tmp_path), str(tmp_path / f"r{r}.json")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in range(2)]
-    wait_ranks(procs, timeout=240)
-    for r in range(2):
-        got = flashcka.load_result(tmp_path / f"r{r}.json")
+    for path in run_two_ranks(tmp_path, WORKER, mode):
+        got = flashcka.load_result(path)
         assert got.num_batches == 5
         for k in ("matrix", "null_mean", "null_std"):
             np.testing.assert_allclose(getattr(got, k).numpy(), getattr(want, k).numpy(),

@@ -3,7 +3,8 @@ layer's row is made on the device with no host read (``GramRecorder.deferred``);
 reads its stats once and, when a layer needs ``gram_row``'s exact path (constant, scaled,
 non-finite), runs the batch's forward pass again layer by layer (issue 23: on an H200 a
 read per layer per batch made compare() 8× slower than pytorch-cka on its ResNet-18 job).
-Results against the float64 reference (tests/reference.py)."""
+On a CPU reads cost nothing and the hooks read each layer as they go (``reads`` runs both
+routes there). Results against the float64 reference (tests/reference.py)."""
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 import flashcka
 import reference as ref
+from flashcka.core import batched_rows
 
 
 class Branch(nn.Module):
@@ -72,8 +74,9 @@ def _reads(monkeypatch, L, k):
 
 
 def test_host_reads_per_batch_do_not_grow_with_layers(monkeypatch):
-    """The first batch fixes the layers (layer by layer); each later batch adds the same
-    reads for 3 layers as for 30."""
+    """A GPU's route: the first batch fixes the layers (layer by layer); each later batch
+    adds the same reads for 3 layers as for 30."""
+    monkeypatch.setattr(batched_rows, "FREE_READS", frozenset())
     def later(L):
         a, b = _reads(monkeypatch, L, 2), _reads(monkeypatch, L, 5)
         return {k: b.get(k, 0) - a.get(k, 0) for k in set(a) | set(b)}
@@ -108,10 +111,10 @@ def _reference_switched(model, batches, names, scales):
 
 
 @pytest.mark.parametrize("when", [0, 2])
-def test_a_layer_turning_constant_replays_the_batch(when):
-    """Layer 1 is constant in batch ``when`` only (its HSICs 0 there): in a later batch,
-    that batch's forward pass runs again layer by layer (one more forward call); the CKA
-    is the reference's."""
+def test_a_layer_turning_constant_replays_the_batch(reads, when):
+    """Layer 1 is constant in batch ``when`` only (its HSICs 0 there): in a later batch, on
+    a GPU's route, that batch's forward pass runs again layer by layer (one more forward
+    call; none on a CPU's); the CKA is the reference's."""
     model = Stack(4)
     names = [f"layers.{i}" for i in range(4)]
     batches = _batches(2)
@@ -121,18 +124,21 @@ def test_a_layer_turning_constant_replays_the_batch(when):
     got = flashcka.compare(model, None, _switched(model, batches, scales), layers_a=names,
                            backend="torch", progress=False).matrix.numpy()
     h.remove()
-    assert len(calls) == len(batches) + (1 if when else 0)   # batch 0 is layer by layer
+    replays = 1 if when and reads == "device" else 0        # batch 0 is layer by layer
+    assert len(calls) == len(batches) + replays
     want = _reference_switched(model, batches, names, scales)
     assert np.abs(got - want).max() <= 1e-6
 
 
-def test_large_values_after_the_first_batch_are_scaled():
-    """A layer whose values leave float32's safe range from batch 1 on (×1e30): replayed
-    with gram_row's power-of-two scale; CKA as the reference's."""
+@pytest.mark.parametrize("big", [1e16, 1e30])
+def test_large_values_after_the_first_batch_are_scaled(reads, big):
+    """A layer whose values leave float32's safe range from batch 1 on (×1e16: ‖X_c‖²
+    finite, ×1e30: overflows): gram_row's power-of-two scale (replayed on a GPU's route);
+    CKA as the reference's."""
     model = Stack(3)
     names = [f"layers.{i}" for i in range(3)]
     batches = _batches(3)
-    scales = lambda b: [1.0, 1e30 if b else 1.0, 1.0]  # noqa: E731
+    scales = lambda b: [1.0, big if b else 1.0, 1.0]  # noqa: E731
     got = flashcka.compare(model, None, _switched(model, batches, scales), layers_a=names,
                            backend="torch", progress=False).matrix.numpy()
     want = _reference_switched(model, batches, names, scales)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from flashcka import CKAResult, compare
-from test_distributed import wait_ranks
+from ranks import run_two_ranks, wait_ranks
 
 MODELS = textwrap.dedent("""
     import torch
@@ -29,27 +29,16 @@ MODELS = textwrap.dedent("""
                 for n in sizes]
 """)
 
-WORKER = textwrap.dedent("""
-    import sys, datetime
-    import torch, torch.distributed as dist
-    sys.path.insert(0, sys.argv[5])
+WORKER = """
     from dist_models import net, loader
     from flashcka import compare
-    rank, world, init, mode, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], \\
-        sys.argv[4], sys.argv[6]
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        batches = loader()
-        if mode == "shard":          # every rank iterates the same loader
-            r = compare(net(0), net(1), batches, shard=True, progress=False)
-        else:                        # each rank is given its round-robin share
-            r = compare(net(0), net(1), batches[rank::world], progress=False)
-        r.save(out)
-    finally:
-        dist.destroy_process_group()
-""")
+    batches = loader()
+    if args[0] == "shard":          # every rank iterates the same loader
+        r = compare(net(0), net(1), batches, shard=True, progress=False)
+    else:                           # each rank is given its round-robin share
+        r = compare(net(0), net(1), batches[rank::world], progress=False)
+    r.save(out)
+"""
 
 
 def _load_models(tmp_path):
@@ -68,15 +57,8 @@ def _load_models(tmp_path):
 def test_two_ranks_equal_one_process(tmp_path, mode):
     m = _load_models(tmp_path)
     want = compare(m.net(0), m.net(1), m.loader(), progress=False)
-    init = f"file://{tmp_path}/rendezvous"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), "2", init, mode,
-                               str(tmp_path), str(tmp_path / f"r{r}.json")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in range(2)]
-    wait_ranks(procs, timeout=240)
-    for r in range(2):
-        got = CKAResult.load(tmp_path / f"r{r}.json")
+    for path in run_two_ranks(tmp_path, WORKER, mode):
+        got = CKAResult.load(path)
         assert got.names_a == want.names_a and got.names_b == want.names_b
         assert got.num_batches == 5 and got.num_samples == want.num_samples == 72
         np.testing.assert_allclose(got.matrix.numpy(), want.matrix.numpy(), rtol=0, atol=1e-12)

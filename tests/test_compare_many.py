@@ -1,15 +1,12 @@
 """compare_many: minibatch CKA over every pair of hooked layers of several models equals the
 float64 reference (and compare() on each pair of models), one forward per model per batch;
 resume and torch.distributed as compare has them."""
-import os
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import reference as ref
 from flashcka import CKAResult, compare
@@ -139,33 +136,17 @@ def test_resume_gives_the_numbers_of_an_uninterrupted_run(nets, tmp_path):
         compare_many(models, batches, checkpoint=ck, kernel="rbf", progress=False)
 
 
-WORKER = textwrap.dedent("""
-    import sys, datetime
-    import torch, torch.distributed as dist
-    sys.path.insert(0, sys.argv[4])
+WORKER = """
     from many_nets import nets, loader
     from flashcka.models.many import compare_many
-    rank, world, init, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[5]
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        compare_many(nets(), loader(), shard=True, progress=False).save(out)
-    finally:
-        dist.destroy_process_group()
-""")
+    compare_many(nets(), loader(), shard=True, progress=False).save(out)
+"""
 
 
 def test_two_ranks_equal_one_process(nets, tmp_path):
-    from test_distributed import wait_ranks
+    from ranks import run_two_ranks
     want = compare_many(nets.nets(), nets.loader(), progress=False)
-    init = f"file://{tmp_path}/rendezvous"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), "2", init, str(tmp_path),
-                               str(tmp_path / f"r{r}.json")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    wait_ranks(procs, timeout=240)
-    for r in range(2):
-        got = CKAResult.load(tmp_path / f"r{r}.json")
+    for path in run_two_ranks(tmp_path, WORKER):
+        got = CKAResult.load(path)
         assert got.names_a == want.names_a and got.num_batches == 5
         np.testing.assert_allclose(got.matrix.numpy(), want.matrix.numpy(), rtol=0, atol=1e-12)

@@ -1,53 +1,27 @@
 """MinibatchCKA.all_reduce over two real ranks (gloo, file:// rendezvous, CPU processes):
 each rank accumulates half of the batches; after all_reduce every rank's compute() equals
 one process over all of them, and the float64 reference."""
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import torch
 
 import flashcka
 import reference as ref
+from ranks import run_two_ranks
 
-WORKER = textwrap.dedent("""
-    import sys
-    import numpy as np, torch, torch.distributed as dist
+WORKER = """
+    import numpy as np
     import flashcka
-    rank, world, init, data, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], \\
-        sys.argv[4], sys.argv[5]
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                            timeout=__import__("datetime").timedelta(seconds=60))
-    try:
-        z = np.load(data, allow_pickle=True)
-        bx, by = z["bx"], z["by"]
-        m = flashcka.MinibatchCKA(len(bx[0]), len(by[0]), kernel=str(z["kernel"]),
-                                  unbiased=bool(z["unbiased"]))
-        for b in range(rank, len(bx), world):    # this rank's share of the batches
-            m.update([torch.tensor(a) for a in bx[b]], [torch.tensor(a) for a in by[b]])
-        m.all_reduce()
-        np.savez(out, cka=m.compute().numpy(), num_batches=m.num_batches,
-                 num_samples=m.num_samples)
-    finally:
-        dist.destroy_process_group()
-""")
-
-
-def wait_ranks(procs, timeout):
-    """Wait for every rank's process: all killed and the test failed when one hangs; each
-    must exit 0 (its stderr's tail in the message)."""
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"a rank hung (more than {timeout} s)")
-        assert p.returncode == 0, err[-3000:]
+    z = np.load(args[0], allow_pickle=True)
+    bx, by = z["bx"], z["by"]
+    m = flashcka.MinibatchCKA(len(bx[0]), len(by[0]), kernel=str(z["kernel"]),
+                              unbiased=bool(z["unbiased"]))
+    for b in range(rank, len(bx), world):    # this rank's share of the batches
+        m.update([torch.tensor(a) for a in bx[b]], [torch.tensor(a) for a in by[b]])
+    m.all_reduce()
+    np.savez(out, cka=m.compute().numpy(), num_batches=m.num_batches,
+             num_samples=m.num_samples)
+"""
 
 
 def _batches(rng, sizes, dims):
@@ -81,19 +55,13 @@ def test_two_ranks_equal_one_process(rng, tmp_path, kernel, unbiased, scaled):
                 a[i, j] = layer
         return a
     np.savez(data, bx=obj(bx), by=obj(by), kernel=kernel, unbiased=unbiased)
-    init = f"file://{tmp_path}/rendezvous"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), "2", init, str(data),
-                               str(tmp_path / f"out{r}.npz")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in range(2)]
-    wait_ranks(procs, timeout=180)
+    outs = run_two_ranks(tmp_path, WORKER, str(data), suffix=".npz", timeout=180)
     one = flashcka.MinibatchCKA(3, 2, kernel=kernel, unbiased=unbiased)
     for x, y in zip(bx, by):
         one.update([torch.tensor(a) for a in x], [torch.tensor(a) for a in y])
     want = one.compute().numpy()
     for r in range(2):
-        got = np.load(tmp_path / f"out{r}.npz")
+        got = np.load(outs[r])
         assert int(got["num_batches"]) == len(sizes)
         assert int(got["num_samples"]) == sum(sizes)
         np.testing.assert_allclose(got["cka"], want, rtol=0, atol=1e-12)

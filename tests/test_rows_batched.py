@@ -137,7 +137,7 @@ def test_minibatch_cka_matches_reference(rng, monkeypatch, name, per_layer, unbi
 
 @pytest.mark.parametrize("name,per_layer", BACKENDS)
 @pytest.mark.parametrize("offset,spread", [(1e10, 1e2), (1e30, 1e20)])
-def test_float64_inputs_in_float32(rng, monkeypatch, name, per_layer, offset, spread):
+def test_float64_inputs_in_float32(rng, monkeypatch, reads, name, per_layer, offset, spread):
     """float64 layers computed in float32 are centred in float64 first
     (``backends.float64_shift``): an offset far beyond float32's resolution of the spread
     costs nothing; spreads of 1e20 also need a power-of-two scale."""
@@ -151,24 +151,27 @@ def test_float64_inputs_in_float32(rng, monkeypatch, name, per_layer, offset, sp
 
 
 @pytest.mark.parametrize("name,per_layer", BACKENDS)
-def test_constant_and_scaled_layers_inside_a_group(rng, monkeypatch, name, per_layer):
+def test_constant_and_scaled_layers_inside_a_group(rng, monkeypatch, reads, name, per_layer):
     """Layer 4 of the 7-layer group repeats one row ~3e6 (its float32 mean is inexact:
-    still a zero row, ‖X_c‖² = 0 exactly, scale 1); layer 5 is ~1e30 in float32 (a
-    power-of-two scale < 1, rows still match); layer 6 has rows 0 and 1 equal, the others
-    not (flagged, redone, not constant)."""
+    still a zero row, ‖X_c‖² = 0 exactly, scale 1); layer 5 is ~1e30 in float32 (‖X_c‖²
+    overflows: redone with a power-of-two scale < 1, rows still match); layer 3 is ~1e16
+    (‖X_c‖² finite: scaled by max|x − μ| alone); layer 6 has rows 0 and 1 equal, the
+    others not (flagged, redone, not constant)."""
     be = _backend(name, monkeypatch, per_layer)
     n = 37
     xs = _layers(rng, n, torch.float32)
     same = [i for i, x in enumerate(xs) if x.shape == (n, 6)]
-    c, big, dup = same[3], same[4], same[5]
+    mid, c, big, dup = same[2], same[3], same[4], same[5]
     xs[c] = (xs[c][:1] * 1e5 + 3e6).expand(n, 6).clone()
     xs[big] = xs[big] * 1e30
+    xs[mid] = xs[mid] * 1e16
     xs[dup][1] = xs[dup][0]
     rows = engine.gram_rows(be, xs, [f"l{i}" for i in range(len(xs))], n, torch.float32,
                             engine.Settings())
     assert not rows.g[c].any() and rows.sq_c[c] == 0 and rows.scale[c] == 1
-    assert rows.scale[big] < 2.0 ** -90
-    assert bool((rows.scale[[i for i in range(len(xs)) if i != big]] == 1).all())
+    assert rows.scale[big] < 2.0 ** -90 and 2.0 ** -60 < rows.scale[mid] < 2.0 ** -40
+    assert bool(torch.isfinite(rows.sq_c[mid]))
+    assert bool((rows.scale[[i for i in range(len(xs)) if i not in (big, mid)]] == 1).all())
     keep = [i for i in range(len(xs)) if i != c]
     sub = engine.Rows(rows.g[keep], rows.sq_c[keep], rows.sq[keep], rows.scale[keep])
     _check_rows(be, sub, [xs[i] for i in keep], n, torch.float32, True)
@@ -218,22 +221,35 @@ def _count_host_reads(monkeypatch, layers: int) -> dict:
 
 
 def test_host_reads_do_not_grow_with_layers(monkeypatch):
+    monkeypatch.setattr(batched_rows, "FREE_READS", frozenset())   # a GPU's route
     few, many = _count_host_reads(monkeypatch, 4), _count_host_reads(monkeypatch, 40)
     assert few == many, f"4 layers: {few}; 40 layers: {many}"
 
 
 @pytest.mark.parametrize("name,per_layer", BACKENDS)
-def test_large_layers_inside_the_range_are_not_redone(rng, monkeypatch, name, per_layer):
+def test_large_layers_inside_the_range_are_not_redone(rng, monkeypatch, reads, name,
+                                                       per_layer):
     """‖X_c‖² beyond ``_may_need_scale``'s bound, max|x − μ| inside the safe range (values
-    ~6e3 in float32): scale 1 from the call's one read, no second Gram (no gram_row)."""
+    ~6e3 in float32): scale 1, no second Gram (no gram_row); the maximum from the call's
+    one read (a GPU's route) or taken for each such layer alone (a CPU's, where no other
+    layer takes it)."""
     be = _backend(name, monkeypatch, per_layer)
     n = 37
     xs = [x * 6000 for x in _layers(rng, n, torch.float32)]
+    small = _layers(rng, n, torch.float32, groups=(3, 1, 1))
     redone, real = [], engine.gram_row
     monkeypatch.setattr(engine, "gram_row", lambda *a, **k: redone.append(a[2]) or real(*a, **k))
+    maxima, real_max = [], engine._max_abs_dev
+    monkeypatch.setattr(engine, "_max_abs_dev",
+                        lambda x, *a: maxima.append(x.shape) or real_max(x, *a))
+    rows = engine.gram_rows(be, small, [f"s{i}" for i in range(len(small))], n,
+                            torch.float32, engine.Settings())
+    assert maxima == [] and redone == []      # inside the bound: no maximum on either route
+    _check_rows(be, rows, small, n, torch.float32, True)
     rows = engine.gram_rows(be, xs, [f"l{i}" for i in range(len(xs))], n, torch.float32,
                             engine.Settings())
-    assert any(engine._may_need_scale(float(v), torch.float32, x.numel())
-               for v, x in zip(rows.sq_c, xs))
-    assert redone == [] and bool((rows.scale == 1).all())
+    beyond = sum(engine._may_need_scale(float(v), torch.float32, x.numel())
+                 for v, x in zip(rows.sq_c, xs))
+    assert beyond > 0 and redone == [] and bool((rows.scale == 1).all())
+    assert len(maxima) == (beyond if reads == "free" else 0)
     _check_rows(be, rows, xs, n, torch.float32, True)

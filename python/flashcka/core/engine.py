@@ -142,12 +142,17 @@ def _device_rows(be, tensors, names, g, n, ct, s: Settings):
     (``_may_need_scale``, then ``pow2_scale`` of max|x − μ|: its exact rule, with no pass
     over x and no read of its own; every large float32 layer passes the first test), are
     redone by ``gram_row``, exactly as alone -> (sq_c, sq, scale) (L,) float64. Other
-    layers have scale 1 and ‖X‖² = ‖X_c‖² + n·‖μ‖²."""
+    layers have scale 1 and ‖X‖² = ‖X_c‖² + n·‖μ‖². Where reads cost nothing (a CPU:
+    ``batched_rows.reads_are_free``) the maximum is taken here, as ``gram_row`` takes it,
+    for only the layers that pass the first test."""
     stats = _batched.linear_rows(be, tensors, g, n, ct, s.unbiased)
     sq_c, sq = stats[0], stats[0] + n * stats[2]
     scale = torch.ones(len(tensors), dtype=torch.float64, device=g.device)
     values, flags, _, amax = stats.tolist()
+    lazy = _batched.reads_are_free(g.device)
     for i, (v, c, a) in enumerate(zip(values, flags, amax)):
+        if lazy and _may_need_scale(v, ct, tensors[i].numel()):
+            a = _max_abs_dev(*_batched.centring(be, tensors[i], ct)[:2], ct)
         if needs_redo(v, c, a, ct, tensors[i].numel()):
             sq_c[i], sq[i] = gram_row(be, tensors[i], names[i], g[i], n, ct, s,
                                       scale_out=scale[i])

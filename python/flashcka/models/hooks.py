@@ -192,7 +192,8 @@ class GramRecorder:
         self._dropped: dict[str, str] = {}          # label -> why (first batch)
         self.g = None
         # After the first batch, linear rows from a backend without a fused all-layer call
-        # (torch, Triton) are made on the device with no host read per layer; ``finish``
+        # (torch, Triton) on a device whose reads cost a synchronisation (a GPU:
+        # ``batched_rows.reads_are_free``) are made there with no host read per layer; ``finish``
         # reads the batch's stats once (``_engine.needs_redo``) and, should a layer need
         # ``gram_row``'s exact path (constant, scaled, non-finite), asks for the forward
         # pass again and goes layer by layer from there on.
@@ -358,7 +359,8 @@ class GramRecorder:
         if self.labels is None:
             self._fix_layers()
             self.deferred = (self.ctx.settings.kernel == "linear"
-                             and not hasattr(self.ctx.be, "centered_gram_rows"))
+                             and not hasattr(self.ctx.be, "centered_gram_rows")
+                             and not _batched.reads_are_free(self.ctx.device))
             self._nd = [0] * len(self.labels)
             return True
         for label, want in self._want.items():
