@@ -137,21 +137,9 @@ def cases_for(which, size, n_big):
 
 def header(argv) -> str:
     """Where and how the rows were measured: command, commit, CPU, load, versions."""
-    import platform
     import torch
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=HERE).stdout.strip()
-    except OSError:
-        commit = "?"
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from conftest import device_name, git_commit
+    commit, cpu = git_commit(), device_name("cpu")
     cmd = "python bench/bench_tiled.py " + " ".join(argv if argv is not None else sys.argv[1:])
     return (f"`{cmd}` at {commit}; {cpu}, {os.cpu_count()} CPUs, load "
             f"{os.getloadavg()[0]:.1f} at the end (a machine shared with other jobs); torch "

@@ -23,11 +23,8 @@ versions, thread count, OpenBLAS core and the commit.
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,17 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def header() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from conftest import device_name, git_commit
+    commit, cpu = git_commit(), device_name("cpu")
     from flashcka.backends.native import _load
     lib = _load()
     blas = f"kernels: {lib.simd}; threads: {lib.threads}; {lib.blas}" if lib else "no native"

@@ -1,6 +1,8 @@
 """Two real ranks for the distributed tests: CPU processes in a gloo group with a file://
-rendezvous, one thread each (``run_two_ranks``), and the wait that fails a test whose rank
-hangs or exits non-zero (``wait_ranks``)."""
+rendezvous, one thread each (``run_two_ranks``), the wait that fails a test whose rank
+hangs or exits non-zero (``wait_ranks``), and the module both ranks and the test import
+(``write_module``)."""
+import importlib
 import os
 import subprocess
 import sys
@@ -53,3 +55,14 @@ def wait_ranks(procs, timeout):
                 q.kill()
             pytest.fail(f"a rank hung (more than {timeout} s)")
         assert p.returncode == 0, err[-3000:]
+
+
+def write_module(tmp_path, name: str, source: str):
+    """Write ``source`` as tmp_path/{name}.py (where ``run_two_ranks``' ranks import it
+    from) and import it here -> the module, loaded anew."""
+    (tmp_path / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        return importlib.reload(importlib.import_module(name))
+    finally:
+        sys.path.remove(str(tmp_path))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from flashcka import CKAResult, compare
-from ranks import run_two_ranks, wait_ranks
+from ranks import run_two_ranks, wait_ranks, write_module
 
 MODELS = textwrap.dedent("""
     import torch
@@ -42,15 +42,7 @@ WORKER = """
 
 
 def _load_models(tmp_path):
-    (tmp_path / "dist_models.py").write_text(MODELS)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import importlib
-        import dist_models
-        importlib.reload(dist_models)
-        return dist_models
-    finally:
-        sys.path.remove(str(tmp_path))
+    return write_module(tmp_path, "dist_models", MODELS)
 
 
 @pytest.mark.parametrize("mode", ["shard", "preshard"])

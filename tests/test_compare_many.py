@@ -1,7 +1,6 @@
 """compare_many: minibatch CKA over every pair of hooked layers of several models equals the
 float64 reference (and compare() on each pair of models), one forward per model per batch;
 resume and torch.distributed as compare has them."""
-import sys
 import textwrap
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 import reference as ref
+from ranks import run_two_ranks, write_module
 from flashcka import CKAResult, compare
 from flashcka.models.many import compare_many
 
@@ -33,15 +33,7 @@ NETS = textwrap.dedent("""
 
 @pytest.fixture
 def nets(tmp_path):
-    (tmp_path / "many_nets.py").write_text(NETS)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import importlib
-        import many_nets
-        importlib.reload(many_nets)
-        yield many_nets
-    finally:
-        sys.path.remove(str(tmp_path))
+    return write_module(tmp_path, "many_nets", NETS)
 
 
 def _acts(models, batches, layers):
@@ -144,7 +136,6 @@ WORKER = """
 
 
 def test_two_ranks_equal_one_process(nets, tmp_path):
-    from ranks import run_two_ranks
     want = compare_many(nets.nets(), nets.loader(), progress=False)
     for path in run_two_ranks(tmp_path, WORKER):
         got = CKAResult.load(path)

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import engine as _engine, memory as _memory, validate as _validate
-from .. import backends
-from .calibrate import permutation_seed
+from . import engine as _engine, memory as _memory
+from .calibrate import gram_inputs, permutation_seed
 from .engine import Settings
 from .minibatch import MinibatchCKA
 
@@ -60,23 +59,12 @@ def bootstrap_interval(xs, ys=None, *, num_resamples: int = 1000, seed: int = 0,
     per resample.
     """
     level = check_args(num_resamples, seed, level, method)
-    xa, na = _validate.representations(xs, "xs")
-    same = ys is None
-    xb, nb = (xa, na) if same else _validate.representations(ys, "ys")
     s = Settings(kernel, unbiased, sigma, threshold)
-    s.check()
-    backends.check_name(backend)
-    groups = [(xa, na)] + ([] if same else [(xb, nb)])
-    n = _validate.sample_count(groups, s.unbiased)
+    xa, na, xb, nb, n, ct, be = gram_inputs(xs, ys, s, backend, dtype)
+    same = ys is None
     if method == "bca" and s.unbiased and n < 5:
         raise ValueError(f"method='bca' needs n >= 5 samples with unbiased=True (its "
                          f"leave-one-out CKAs use n - 1 >= 4), got n = {n}")
-    _validate.device_of(groups)
-    ct = _validate.compute_dtype(groups, dtype)
-    be = backends.select(backend, xa[0])
-    if be.name != "native":
-        xa = _validate.upcast_float8(xa)
-        xb = xa if same else _validate.upcast_float8(xb)
     ra = MinibatchCKA._check_constant_rows(_engine.gram_rows(be, xa, na, n, ct, s), xa, na, ct)
     rb = ra if same else MinibatchCKA._check_constant_rows(
         _engine.gram_rows(be, xb, nb, n, ct, s), xb, nb, ct)

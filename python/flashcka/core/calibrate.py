@@ -55,20 +55,9 @@ def permutation_test(xs, ys=None, *, num_permutations: int = 1000, seed: int = 0
     how the permutations are grouped. Kernel and estimator settings as for ``cka_matrix``
     (the Gram route, on ``backend``).
     """
-    xa, na = _validate.representations(xs, "xs")
-    same = ys is None
-    xb, nb = (xa, na) if same else _validate.representations(ys, "ys")
     s = Settings(kernel, unbiased, sigma, threshold)
-    s.check()
-    backends.check_name(backend)
-    groups = [(xa, na)] + ([] if same else [(xb, nb)])
-    n = _validate.sample_count(groups, s.unbiased)
-    _validate.device_of(groups)
-    ct = _validate.compute_dtype(groups, dtype)
-    be = backends.select(backend, xa[0])
-    if be.name != "native":
-        xa = _validate.upcast_float8(xa)
-        xb = xa if same else _validate.upcast_float8(xb)
+    xa, na, xb, nb, n, ct, be = gram_inputs(xs, ys, s, backend, dtype)
+    same = ys is None
     acc = PermutationNull(num_permutations, seed, same, s.unbiased, progress=progress)
     for b, (lo, hi) in enumerate(_batches(n, batch_size, s.unbiased)):
         ta = [t[lo:hi] for t in xa]
@@ -82,6 +71,27 @@ def permutation_test(xs, ys=None, *, num_permutations: int = 1000, seed: int = 0
                 _engine.gram_rows(be, tb, nb, hi - lo, ct, s), tb, nb, ct)
         acc.add_rows(be, ra, rb, hi - lo, na, nb, batch=b)
     return acc.result(na, nb)
+
+
+def gram_inputs(xs, ys, s: Settings, backend: str, dtype):
+    """The Gram route's inputs, every argument checked (each representation, the settings,
+    the backend's name, the sample count, one device, the compute dtype) -> (xa, na, xb,
+    nb, n, ct, be): xs's tensors and names, ys's (xs's when ys is None), the number of
+    samples, the compute dtype and the backend (float8 inputs upcast unless native)."""
+    xa, na = _validate.representations(xs, "xs")
+    same = ys is None
+    xb, nb = (xa, na) if same else _validate.representations(ys, "ys")
+    s.check()
+    backends.check_name(backend)
+    groups = [(xa, na)] + ([] if same else [(xb, nb)])
+    n = _validate.sample_count(groups, s.unbiased)
+    _validate.device_of(groups)
+    ct = _validate.compute_dtype(groups, dtype)
+    be = backends.select(backend, xa[0])
+    if be.name != "native":
+        xa = _validate.upcast_float8(xa)
+        xb = xa if same else _validate.upcast_float8(xb)
+    return xa, na, xb, nb, n, ct, be
 
 
 def _batches(n: int, batch_size, unbiased: bool) -> list[tuple[int, int]]:
