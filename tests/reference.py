@@ -30,6 +30,18 @@ def gram(x, kernel="linear", sigma=None, threshold=1.0):
     return gram_linear(x) if kernel == "linear" else gram_rbf(x, sigma, threshold)
 
 
+def unpack_row(row, n, unbiased):
+    """A packed centered-Gram row (docs/design.md §4: √2·C_ij for i < j, row by row, then
+    C_ii when biased) -> the symmetric (n, n) float64 matrix C."""
+    row = np.asarray(row, dtype=np.float64)
+    c = np.zeros((n, n))
+    c[np.triu_indices(n, 1)] = row[: n * (n - 1) // 2] / np.sqrt(2)
+    c = c + c.T
+    if not unbiased:
+        c += np.diag(row[n * (n - 1) // 2:])
+    return c
+
+
 def center_biased(k):
     n = k.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n

@@ -57,6 +57,25 @@ def test_matches_scipy_with_bootstrap(rng, method, D, M, ties):
                                        rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_constant_values_are_undefined_whatever_the_rounding(rng, method):
+    """Every similarity 0.1: the float64 mean of the values (and of any draw's multiset)
+    rounds to 0.09999999999999999, so the centred values are not all 0; ρ with it is
+    undefined all the same, as scipy's (NaN), in every draw; the other dataset's own ρ
+    is 1 in every draw with two distinct values."""
+    M = 5
+    b = rng.uniform(0, 1, (M, M))
+    mats = {"const": torch.full((M, M), 0.1, dtype=torch.float64),
+            "b": torch.tensor((b + b.T) / 2)}
+    allm = list(range(M))
+    assert math.isnan(_rho(_upper(mats["const"].numpy(), allm), _upper(mats["b"].numpy(), allm),
+                           method))
+    out = cross_dataset_consistency(mats, method, n_boot=40, seed=int(rng.integers(1000)))
+    assert torch.isnan(out["correlation"][0]).all() and torch.isnan(out["correlation"][:, 0]).all()
+    assert out["undefined_draws"][0].tolist() == [40, 40]
+    assert out["correlation"][1, 1] == 1 and out["undefined_draws"][1, 1] < 40
+
+
 def test_results_and_sequence_input(rng):
     mats = _matrices(rng, 3, 5)
     names = [f"m{i}" for i in range(5)]

@@ -95,6 +95,12 @@ def test_errors(rng):
     bad["flat"] = bad["flat"].clone()
     with pytest.raises(ValueError, match="flat: sample 0 has constant features"):
         similarity_matrix(bad, measure="rsa")
+    # sample 4 all 0.1 in float64: its mean rounds to 0.1 + 1 ulp, its centred norm is
+    # 3e-17, not 0; constant all the same
+    tenth = {"good": xs[0].double(), "tenth": torch.tensor(rng.standard_normal((10, 3)))}
+    tenth["tenth"][4] = 0.1
+    with pytest.raises(ValueError, match="tenth: sample 4 has constant features"):
+        similarity_matrix(tenth, measure="rsa")
     nan = {"a": xs[0], "b": xs[1].clone()}
     nan["b"][3, 2] = float("nan")
     for m in ("rsa", "mutual_knn", "cknna"):

@@ -194,15 +194,8 @@ def test_gram_stats_tensor_core_modes(force_split, rng, xdt, mode):
 # ------------------------------------------------------------------ centered rows
 
 def _unpack(row, n, unbiased):
-    """Packed row -> full symmetric (n, n) float64 (test helper, float64 throughout)."""
-    row = row.double().cpu()
-    iu = torch.triu_indices(n, n, 1)
-    c = torch.zeros(n, n, dtype=torch.float64)
-    c[iu[0], iu[1]] = row[: n * (n - 1) // 2] / np.sqrt(2)
-    c = c + c.T
-    if not unbiased:
-        c += torch.diag(row[n * (n - 1) // 2:])
-    return c
+    """Packed row -> full symmetric (n, n) float64 (``reference.unpack_row``)."""
+    return torch.from_numpy(ref.unpack_row(row.double().cpu().numpy(), n, unbiased))
 
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.float64])

@@ -199,11 +199,5 @@ def test_centered_gram_row(rng, n, shape, unbiased):
 
 
 def _unpack(row, n, unbiased):
-    row = row.double().cpu()
-    iu = torch.triu_indices(n, n, 1)
-    c = torch.zeros(n, n, dtype=torch.float64)
-    c[iu[0], iu[1]] = row[: n * (n - 1) // 2] / np.sqrt(2)
-    c = c + c.T
-    if not unbiased:
-        c += torch.diag(row[n * (n - 1) // 2:])
-    return c
+    """Packed row -> full symmetric (n, n) float64 (``reference.unpack_row``)."""
+    return torch.from_numpy(ref.unpack_row(row.double().cpu().numpy(), n, unbiased))

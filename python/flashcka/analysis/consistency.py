@@ -2,6 +2,7 @@
 drives the consistency of representational similarity across datasets")."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -77,21 +78,23 @@ def cross_dataset_consistency(matrices, method: str = "pearson", *, n_boot: int 
 
 def _corr(s: torch.Tensor, method: str) -> torch.Tensor:
     """(D, P) -> (D, D) Pearson correlation of the rows (of their average ranks for
-    Spearman); NaN where a row is constant."""
+    Spearman); NaN where a row is constant (max = min: its rounded mean need not be its
+    value, so the norm of the centred row is no test)."""
     if method == "spearman":
         s = torch.stack([_average_ranks(r) for r in s])
     c = s - s.mean(1, keepdim=True)
     norm = c.norm(dim=1)
     r = (c @ c.T) / (norm[:, None] * norm[None, :])
-    r = torch.where((norm[:, None] > 0) & (norm[None, :] > 0), r,
-                    torch.full_like(r, float("nan")))
+    ok = (s.amax(1) > s.amin(1)) & (norm > 0)
+    r = torch.where(ok[:, None] & ok[None, :], r, torch.full_like(r, float("nan")))
     return r.clamp(-1.0, 1.0)
 
 
 def _weighted_corr(s: torch.Tensor, w: torch.Tensor, method: str) -> torch.Tensor:
     """s (D, P) values, w (B, P) integer weights (multiplicities) -> (B, D, D): the
     correlation of the rows over the multiset in which value p appears w[b, p] times;
-    Spearman ranks that multiset (ties: mean rank)."""
+    Spearman ranks that multiset (ties: mean rank). NaN where a row is constant over the
+    multiset (its max = its min; the rounded weighted mean need not be that value)."""
     D, P = s.shape
     B = w.shape[0]
     if method == "spearman":
@@ -113,7 +116,10 @@ def _weighted_corr(s: torch.Tensor, w: torch.Tensor, method: str) -> torch.Tenso
     cov = c @ c.transpose(1, 2)                              # (B, D, D)
     var = cov.diagonal(dim1=1, dim2=2)
     r = cov / (var[:, :, None] * var[:, None, :]).sqrt()
-    bad = (var[:, :, None] <= 0) | (var[:, None, :] <= 0) | (total < 2)[:, None, None]
+    drawn = (w > 0)[:, None]                                 # (B, 1, P)
+    const = (x.masked_fill(~drawn, -math.inf).amax(2)
+             <= x.masked_fill(~drawn, math.inf).amin(2)) | (var <= 0)     # (B, D)
+    bad = const[:, :, None] | const[:, None, :] | (total < 2)[:, None, None]
     return torch.where(bad, torch.full_like(r, float("nan")), r).clamp(-1.0, 1.0)
 
 

@@ -189,9 +189,10 @@ def _rsa_rows(tensors, names, ct, method) -> torch.Tensor:
     rows = []
     for x, name in zip(tensors, names):
         f = _flat(x, name, ct)
+        const = f.amax(1) == f.amin(1)        # (its rounded mean need not be its value)
         f = f - f.mean(1, keepdim=True)
         norms = f.norm(dim=1, keepdim=True)
-        bad = ~(norms[:, 0] > 0)
+        bad = const | ~(norms[:, 0] > 0)
         if bool(bad.any()):
             raise ValueError(f"{name}: sample {int(bad.nonzero()[0])} has constant features, so "
                              f"its Pearson correlation with other samples (the RDM) is "
