@@ -24,9 +24,9 @@ CHUNK_BYTES_DEVICE = 2 ** 28
 # Device types whose host reads cost nothing (no queue to drain). There max|x − μ| is taken
 # only for the layers where it can matter (``_engine._may_need_scale``, after a read of
 # ‖X_c‖²) and compare()'s hooks read each layer's row as they go (``_engine.gram_row``),
-# instead of a pass over every layer's x for the maximum (the torch backend's peers job on
-# a Zen 5 CPU: 0.73× plain torch with it, 0.89× without). Tests empty it to run the
-# device path on a CPU.
+# instead of a pass over every layer's x for the maximum (bench/device_rows.py on a Zen 5
+# CPU: one gram_rows call 1.02-1.03x faster than the per-layer path with this, 0.97-1.01x
+# with the pass). Tests empty it to run the device path on a CPU.
 FREE_READS = frozenset({"cpu"})
 
 
@@ -121,11 +121,12 @@ def _chunk_rows(xs, m: int, n: int, ct, unbiased: bool, with_max: bool):
     """B same-shape layers at once -> (rows (B, m) in ct, stats (4, B) as ``linear_rows``,
     max|x − μ| NaN unless ``with_max``).
 
-    X (B, n, d) stacked; X_c = X − 1μᵀ per layer, subtracted in float64 for float64 inputs
-    and in ct otherwise, then rounded to ct (the rule of ``torch_backend.center_features``
+    X (B, n, d) stacked (one layer: a view of it); X_c = X − 1μᵀ per layer, subtracted
+    in float64 for float64 inputs and in ct otherwise, then rounded to ct (the rule of ``torch_backend.center_features``
     and ``backends.float64_shift``); K = X_c X_cᵀ (B, n, n) by one bmm, ‖X_c‖² = tr K;
     K centred in place (``_center_``) and written as rows of length m (``to_rows``)."""
-    x = torch.stack(xs).reshape(len(xs), n, -1)
+    ours = len(xs) > 1                      # a copy (the stack): centred in place
+    x = (torch.stack(xs) if ours else xs[0]).reshape(len(xs), n, -1)
     wide = torch.float64 if x.dtype == torch.float64 else ct
     mu = x.mean(1, dtype=wide, keepdim=True)
     amax = torch.full((len(xs),), math.nan, device=x.device)
@@ -133,7 +134,7 @@ def _chunk_rows(xs, m: int, n: int, ct, unbiased: bool, with_max: bool):
         const = maybe_constant(x)
         if with_max:
             amax = max_abs_dev(x, mu, ct)
-    xw = x.sub_(mu) if x.dtype == wide else x.to(wide) - mu   # (x is ours: in place)
+    xw = x.sub_(mu) if ours and x.dtype == wide else x.to(wide) - mu
     if wide != ct:
         const = maybe_constant(xw)
         if with_max:
