@@ -18,6 +18,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _rows_k(ptr, r, mr, stride, rk, mk):
+    """The (len(r), len(rk)) block of rows r and columns rk of a row-major buffer with row
+    stride ``stride``, 0 outside the masks mr (rows) and mk (columns)."""
+    return tl.load(ptr + r.to(tl.int64)[:, None] * stride + rk[None, :],
+                   mask=mr[:, None] & mk[None, :], other=0.0)
+
+
+@triton.jit
 def _kernel_tile_kernel(xi_ptr, xj_ptr, par_ptr, out_ptr, ti, tj, d, stride_i, stride_j, tol,
                         KERNEL: tl.constexpr, DIAG: tl.constexpr, UNBIASED: tl.constexpr,
                         SHIFT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -33,20 +41,16 @@ def _kernel_tile_kernel(xi_ptr, xj_ptr, par_ptr, out_ptr, ti, tj, d, stride_i, s
     for k0 in range(0, d, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < d
-        a = tl.load(xi_ptr + rm.to(tl.int64)[:, None] * stride_i + rk[None, :],
-                    mask=mm[:, None] & mk[None, :], other=0.0)
-        b = tl.load(xj_ptr + rn.to(tl.int64)[:, None] * stride_j + rk[None, :],
-                    mask=mn[:, None] & mk[None, :], other=0.0)
+        a = _rows_k(xi_ptr, rm, mm, stride_i, rk, mk)
+        b = _rows_k(xj_ptr, rn, mn, stride_j, rk, mk)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION,
                      out_dtype=dt)      # float64: Triton 3.6 needs it
     if KERNEL != 0:     # squared row norms: a second walk (kept out of the product loop,
         for k0 in range(0, d, BLOCK_K):     # where it made float32 on sm_80 spill)
             rk = k0 + tl.arange(0, BLOCK_K)
             mk = rk < d
-            a = tl.load(xi_ptr + rm.to(tl.int64)[:, None] * stride_i + rk[None, :],
-                        mask=mm[:, None] & mk[None, :], other=0.0)
-            b = tl.load(xj_ptr + rn.to(tl.int64)[:, None] * stride_j + rk[None, :],
-                        mask=mn[:, None] & mk[None, :], other=0.0)
+            a = _rows_k(xi_ptr, rm, mm, stride_i, rk, mk)
+            b = _rows_k(xj_ptr, rn, mn, stride_j, rk, mk)
             si += tl.sum(a * a, 1)
             sj += tl.sum(b * b, 1)
     v = acc
