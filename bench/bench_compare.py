@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import flashcka
+from conftest import repeat_times
 
 models = pytest.importorskip("flashcka.models", reason="flashcka.models (the demo's "
                              "small ViT/ResNet) is not there")
@@ -39,13 +40,7 @@ def compare_size(quick):
 
 def _best(fn, repeat=3):
     """Best wall time of ``repeat`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(repeat_times(fn, repeat))
 
 
 def _forward_all(models_, loader):

@@ -31,21 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from conftest import proc_status
+
 HERE = Path(__file__).resolve().parent
 FULL = {"n": 100_000, "layers": 12, "d": 768, "knn_n": [5000, 10000, 20000]}
 QUICK = {"n": 3000, "layers": 2, "d": 64, "knn_n": [1000, 2000]}
 
 
 # ------------------------------------------------------------------ measurement helpers
-def proc_status() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        k, _, v = line.partition(":")
-        if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-            out[k] = int(v.split()[0]) * 1024
-    return out
-
-
 def page_cache() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("Cached:"):

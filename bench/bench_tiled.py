@@ -37,13 +37,6 @@ FULL = dict(n=100_000, layers=12, d=768, rbf=(50_000, 4, 256),
 QUICK = dict(n=2000, layers=3, d=64, rbf=(1500, 2, 32), scaling=[500, 1000], gram_max=1000)
 
 
-def proc_peak() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def gemm_rate() -> float:
     """FLOP/s of torch.matmul (float32) 2048 × 768 @ 768 × 2048, best of five."""
     import torch
@@ -84,14 +77,15 @@ def worker(case: dict) -> dict:
         Path("/proc/self/clear_refs").write_text("5\n")
     except OSError:
         pass
-    base = proc_peak()
+    from conftest import proc_status
+    base = proc_status()["VmHWM"]
     r0 = gemm_rate()
     kw = dict(kernel=case.get("kernel", "linear"), unbiased=case.get("unbiased", True),
               route=case["route"], progress=case.get("progress", False))
     t = time.perf_counter()
     m = flashcka.cka_matrix(xs, **kw)
     seconds = time.perf_counter() - t
-    peak = proc_peak()
+    peak = proc_status()["VmHWM"]
     rate = max(r0, gemm_rate())
     n, L, d = case["n"], case["layers"], case["d"]
     passes = 1 + (tiled_median.passes(torch.float32) if kw["kernel"] == "rbf" else 0)

@@ -25,16 +25,7 @@ import torch
 
 import flashcka
 from flashcka import models
-
-
-def best(fn, repeat=3):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times), times
+from conftest import repeat_times
 
 
 def forward_all(mods, loader, call=lambda m, x: m(x)):
@@ -142,10 +133,10 @@ def compiled(n=64, batches=3):
         return lambda: flashcka.compare(m, None, loader, layers_a="sublayers", progress=False,
                                         jackknife=False)
     for rnd in range(2):                      # interleaved: the machine may be shared
-        row = {"eager forward": best(forward_all([vit], loader), 5)[0],
-               "compiled forward": best(forward_all([comp], loader), 5)[0],
-               "compare(compiled)": best(cmp(comp), 5)[0],
-               "compare(eager)": best(cmp(vit), 5)[0]}
+        row = {"eager forward": min(repeat_times(forward_all([vit], loader), 5)),
+               "compiled forward": min(repeat_times(forward_all([comp], loader), 5)),
+               "compare(compiled)": min(repeat_times(cmp(comp), 5)),
+               "compare(eager)": min(repeat_times(cmp(vit), 5))}
         print(f"round {rnd}: " + ", ".join(f"{k} {v:.3f}s" for k, v in row.items()))
     a, b = cmp(comp)(), cmp(vit)()
     print(f"max |compare(compiled) - compare(eager)| = "

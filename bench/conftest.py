@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -163,6 +164,29 @@ def _dtype_supported(request):
     names = request.fixturenames
     if "target" in names and "dtype" in names:
         skip_unless(request.getfixturevalue("target"), request.getfixturevalue("dtype"))
+
+
+# ---------------------------------------------------------------- the scripts' helpers
+def repeat_times(fn, repeat: int) -> list[float]:
+    """Wall times (s) of ``repeat`` calls of fn, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def proc_status() -> dict:
+    """This process's peak and current memory (bytes): VmHWM, VmRSS, RssAnon, RssFile of
+    /proc/self/status (Linux)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+            out[k] = int(v.split()[0]) * 1024
+    return out
 
 
 # ---------------------------------------------------------------- provenance

@@ -24,19 +24,10 @@ import torch
 import flashcka
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import repeat_times  # noqa: E402
 from targets import header  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-
-
-def best_of(f, reps):
-    f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def gemm_rate(reps=10) -> float:
@@ -60,7 +51,8 @@ def floor_s(L, n, d, rate):
 def point(L, n, d, backend, reps):
     g = torch.Generator().manual_seed(L * 7 + n)
     xs = [torch.randn(n, d, generator=g) + 0.5 for _ in range(L)]
-    t = best_of(lambda: flashcka.cka_matrix(xs, route="gram", backend=backend), reps)
+    t = statistics.median(repeat_times(
+        lambda: flashcka.cka_matrix(xs, route="gram", backend=backend), reps))
     del xs
     return t
 
