@@ -122,9 +122,10 @@ def _chunk_rows(xs, m: int, n: int, ct, unbiased: bool, with_max: bool):
     max|x − μ| NaN unless ``with_max``).
 
     X (B, n, d) stacked (one layer: a view of it); X_c = X − 1μᵀ per layer, subtracted
-    in float64 for float64 inputs and in ct otherwise, then rounded to ct (the rule of ``torch_backend.center_features``
-    and ``backends.float64_shift``); K = X_c X_cᵀ (B, n, n) by one bmm, ‖X_c‖² = tr K;
-    K centred in place (``_center_``) and written as rows of length m (``to_rows``)."""
+    in float64 for float64 inputs and in ct otherwise, then rounded to ct (the rule of
+    ``torch_backend.center_features`` and ``backends.float64_shift``); K = X_c X_cᵀ
+    (B, n, n) by one bmm, ‖X_c‖² = tr K; K centred in place (``_center_``) and written as
+    rows of length m (``to_rows``)."""
     ours = len(xs) > 1                      # a copy (the stack): centred in place
     x = (torch.stack(xs) if ours else xs[0]).reshape(len(xs), n, -1)
     wide = torch.float64 if x.dtype == torch.float64 else ct

@@ -55,8 +55,8 @@ def bootstrap_interval(xs, ys=None, *, num_resamples: int = 1000, seed: int = 0,
     Φ(z₀ + (z₀ + z_q)/(1 − a(z₀ + z_q))) for q = α/2, 1 − α/2). BCa needs n ≥ 5
     unbiased. Cost: each resample (and each of BCa's n leave-one-out CKAs) re-centers the
     (L_A + L_B) stored Grams, O((L_A + L_B)·n²), plus a product; memory: float64 copies of
-    the Grams, (L_A + L_B)·n² values. The kernel's σ (median heuristic) is the full sample's, not re-estimated
-    per resample.
+    the Grams, (L_A + L_B)·n² values. The kernel's σ (median heuristic) is the full
+    sample's, not re-estimated per resample.
     """
     level = check_args(num_resamples, seed, level, method)
     s = Settings(kernel, unbiased, sigma, threshold)
