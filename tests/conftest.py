@@ -14,6 +14,18 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
+
+
+def triton_runs() -> bool:
+    """Whether Triton kernels run in this process: triton installed, and a GPU or the
+    interpreter (asked for before triton was imported)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return CUDA or (os.environ.get("TRITON_INTERPRET") == "1" and not TRITON_PREIMPORTED)
+
+
 TRITON_MARKS = [
     pytest.mark.triton,
     pytest.mark.skipif(not CUDA and TRITON_PREIMPORTED,

@@ -3,7 +3,6 @@ cka_matrix, gram and center return results carrying the graph on every backend `
 picks, on both routes; gradients are checked against finite differences in float64
 (torch.autograd.gradcheck). A forced backend that cannot differentiate raises.
 """
-import os
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from torch.autograd import gradcheck
 
 import flashcka
 import reference as ref
+from conftest import triton_runs
 
 
 def _inputs(seed, n=9, dx=4, dy=3):
@@ -94,14 +94,7 @@ def test_gram_and_center_gradcheck(kernel):
 
 
 def _forced():
-    out = ["native"]
-    try:
-        import triton  # noqa: F401
-        if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
-            out.append("triton")
-    except ImportError:
-        pass
-    return out
+    return ["native"] + (["triton"] if triton_runs() else [])
 
 
 @pytest.mark.parametrize("backend", _forced())

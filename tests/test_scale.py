@@ -6,7 +6,6 @@ data (and HSIC scaled by s⁴), on every route and backend: the pair stage must 
 overflow (a 1e9 scale gave CKA = 0) nor underflow (1e-12 gave NaN "zero variance").
 A float64 input with a 1e8 offset must stay at float64 accuracy on both routes.
 """
-import os
 import warnings
 
 import math
@@ -17,20 +16,14 @@ import torch
 
 import flashcka
 import reference as ref
+from conftest import triton_runs
 from flashcka.core import engine as _engine
 
 SCALES = [1e-30, 1e-20, 1e-12, 1e-6, 1e9, 1e15, 1e20, 1e30]
 
 
 def _backends():
-    out = ["torch", "auto"]
-    try:
-        import triton  # noqa: F401
-        if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
-            out.append("triton")
-    except ImportError:
-        pass
-    return out
+    return ["torch", "auto"] + (["triton"] if triton_runs() else [])
 
 
 def _pair(rng, n=14, dx=6, dy=5):
@@ -272,13 +265,9 @@ def test_float32_one_varying_column_among_constants(rng, route, c):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
 
 
-def _wide_backends():
-    return [b for b in _backends() if b != "auto"]   # native: pending (bugs.md, H1)
-
-
-@pytest.mark.parametrize("backend", _wide_backends())
+@pytest.mark.parametrize("backend", _backends() + ["native"])
 @pytest.mark.parametrize("kernel", ["linear", "rbf"])
-def test_float64_input_computed_in_float32_is_centered_first(rng, backend, kernel):
+def test_offset_float64_beside_float32_computed_in_float32(rng, backend, kernel):
     """dtype=torch.float32 on float64 data at a 1e8 offset with unit spread: centering
     happens in float64 and only the centered values are rounded, so the spread (below
     float32's resolution of 1e8, which is 8) survives (it gave "sigma = 0" / NaN)."""

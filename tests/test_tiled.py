@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 
 import flashcka  # noqa: E402
 import reference as ref  # noqa: E402
+from conftest import triton_runs  # noqa: E402
 from flashcka import backends  # noqa: E402
 from flashcka.backends.base import Backend  # noqa: E402
 from flashcka.core import sources, tiled, tiled_median  # noqa: E402
@@ -35,8 +36,7 @@ def _tile_backends():
             ok, _ = be.usable()
         except ImportError:
             ok = False
-        if name == "triton" and not (torch.cuda.is_available()
-                                     or os.environ.get("TRITON_INTERPRET") == "1"):
+        if name == "triton" and not triton_runs():
             ok = False
         if ok and type(be).kernel_tiles is not Backend.kernel_tiles:
             out.append(name)
