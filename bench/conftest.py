@@ -167,6 +167,21 @@ def _dtype_supported(request):
 
 
 # ---------------------------------------------------------------- the scripts' helpers
+def call_seconds(fn, cuda: bool) -> float:
+    """Seconds of one call of fn: CUDA events around it when ``cuda`` (the GPU's time for
+    the work fn queues), perf_counter otherwise."""
+    if not cuda:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / 1e3
+
+
 def repeat_times(fn, repeat: int) -> list[float]:
     """Wall times (s) of ``repeat`` calls of fn, after one warm-up call."""
     fn()

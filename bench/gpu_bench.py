@@ -52,6 +52,7 @@ import torch  # noqa: E402
 import flashcka  # noqa: E402
 from flashcka import backends  # noqa: E402
 from flashcka.backends.triton_backend import TritonBackend  # noqa: E402
+from conftest import call_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = "cpu" if DRY else "cuda"
@@ -80,21 +81,8 @@ def timeit(fn, inputs) -> float:
     for i in range(WARMUP):
         fn(inputs[i % len(inputs)])
     sync()
-    times = []
-    for i in range(REPS):
-        inp = inputs[i % len(inputs)]
-        if DEV == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn(inp)
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn(inp)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(call_seconds(lambda: fn(inputs[i % len(inputs)]), DEV == "cuda")
+                             for i in range(REPS))
 
 
 T0 = time.perf_counter()

@@ -37,6 +37,7 @@ if DRY:
 import torch  # noqa: E402
 
 from flashcka.backends import triton_launch as tl  # noqa: E402
+from conftest import call_seconds  # noqa: E402
 
 SHAPES = [(256, 151296), (1024, 151296), (4096, 4096), (4096, 151296)]
 DRY_SHAPES = [(5, 70), (37, 200)]
@@ -62,20 +63,7 @@ def _label(cfg: dict) -> str:
 def _timer(dev):
     """f -> list of ms per call (CUDA events on a GPU, perf_counter on the CPU)."""
     def run(f, reps):
-        out = []
-        for i in range(reps):
-            if dev.type == "cuda":
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                f(i)
-                b.record()
-                b.synchronize()
-                out.append(a.elapsed_time(b))
-            else:
-                t0 = time.perf_counter()
-                f(i)
-                out.append((time.perf_counter() - t0) * 1e3)
-        return out
+        return [call_seconds(lambda: f(i), dev.type == "cuda") * 1e3 for i in range(reps)]
     return run
 
 
@@ -150,7 +138,7 @@ def main(argv=None) -> int:
                     xs[i % 3], mus[i % 3], config=cfg, **FLAGS[mode])
                 err = _err(call(0)[0], k64)
                 ms = _median_ms(timer, call, budget, reps)
-                plan = tl.gram_plan(n, 1, d, torch.float32, sms=tl._num_sms(dev), prec=prec,
+                plan = tl.gram_plan(n, d, torch.float32, sms=tl._num_sms(dev), prec=prec,
                                     hopper=hopper, config=cfg)
                 rows.append(dict(
                     mode=mode, n=n, d=d, config=_label(cfg), kind=kind, splits=plan.splits,

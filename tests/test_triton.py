@@ -142,7 +142,7 @@ def test_gram_stats_split_k(force_split, rng, n, shape, dt):
         x = x.transpose(1, 2)                        # (n, T, C) read through strides
         assert force_split.token_view(x)[1] > 1
     xv, T, C, *_ = force_split.token_view(x)
-    plan = force_split.gram_plan(n, T, C, dt, sms=64)
+    plan = force_split.gram_plan(n, T * C, dt, sms=64)
     assert plan.splits > 1, plan
     _gram_case(force_split, x, dt)
     mu = x.mean(0, dtype=dt)

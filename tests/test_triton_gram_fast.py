@@ -120,7 +120,7 @@ def test_split_k(force_split, rng, n, shape, dt):
     if n == 129:
         x = x.repeat(1, 4, *([1] * (x.dim() - 2)))            # enough features to split
     d = x[0].numel()
-    plan = force_split.gram_plan(n, 1, d, dt, sms=64)
+    plan = force_split.gram_plan(n, d, dt, sms=64)
     assert plan.splits > 1, plan
     mu = x.mean(0, dtype=dt)
     xc = (x.double() - mu.double()).reshape(n, -1)

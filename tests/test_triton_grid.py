@@ -16,7 +16,7 @@ SMS = [108, 132]           # A100, H100/H200
 
 def _plan(x, sms, ct=torch.float32):
     xv, T, C, *_ = tl.token_view(x)
-    return tl.gram_plan(x.shape[0], T, C, ct, sms=sms, interpret=False), T, C
+    return tl.gram_plan(x.shape[0], T * C, ct, sms=sms, interpret=False), T, C
 
 
 def _inputs(n, d):
@@ -39,7 +39,7 @@ def test_minibatch_shapes_fill_the_gpu(n, d, sms, ct):
             assert T > 1, "the token layout was merged: this case tests nothing"
         assert plan.ntri == plan.nb * (plan.nb + 1) // 2
         assert plan.programs >= 2 * sms, (layout, plan)
-        steps = T * -(-C // plan.cfg["BLOCK_K"])
+        steps = -(-T * C // plan.cfg["BLOCK_K"])
         assert plan.per_split * plan.splits >= steps                 # every step covered
         assert plan.per_split * (plan.splits - 1) < steps            # no empty split
         assert plan.per_split >= tl.MIN_STEPS

@@ -18,5 +18,5 @@ from .pair import _pair_kernel
 from .rbf import _rbf_kernel
 from .tiled import _kernel_tile_kernel
 
-__all__ = ["_centre_kernel", "_gram_stats_kernel", "_gram_reduce_kernel", "_center_pack_kernel", "_rbf_kernel",
-           "_pair_kernel", "_kernel_tile_kernel"]
+__all__ = ["_centre_kernel", "_gram_stats_kernel", "_gram_reduce_kernel", "_center_pack_kernel",
+           "_rbf_kernel", "_pair_kernel", "_kernel_tile_kernel"]

@@ -102,21 +102,21 @@ class GramPlan(NamedTuple):
         return self.ntri * self.splits
 
 
-def gram_plan(n: int, T: int, C: int, ct: torch.dtype, *, sms: int,
+def gram_plan(n: int, d: int, ct: torch.dtype, *, sms: int,
               interpret: bool | None = None, prec: str = "ieee", hopper: bool = False,
               config: dict | None = None) -> GramPlan:
-    """The grid for d = T·C features (T = 1 for (n, d)) on a device of ``sms``
-    multiprocessors: one program per upper-triangle tile, and when those are fewer than
-    FILL·sms, the ceil(d/BLOCK_K) feature steps split S ways (at least MIN_STEPS steps a
-    split; S from S0 = ceil(FILL·sms/ntri) to S0 + min(S0, WAVE_SEARCH): enough programs,
-    then the fullest last wave on ``sms`` SMs, then the fewest splits); the S partial tiles
-    are added in a fixed order.
+    """The grid for n samples of d features (``centred_rows``' contiguous X_c, whatever
+    x's layout) on a device of ``sms`` multiprocessors: one program per upper-triangle
+    tile, and when those are fewer than FILL·sms, the ceil(d/BLOCK_K) feature steps split
+    S ways (at least MIN_STEPS steps a split; S from S0 = ceil(FILL·sms/ntri) to
+    S0 + min(S0, WAVE_SEARCH): enough programs, then the fullest last wave on ``sms`` SMs,
+    then the fewest splits); the S partial tiles are added in a fixed order.
     hopper: the device is a Hopper (TMA configurations). config: block sizes, warps,
     stages (and TMA) instead of ``triton_configs.gram_config``'s (bench/gpu_sweep.py)."""
     cfg = config or _gram_config(ct, n, interpret, prec, hopper)
     nb = _cdiv(n, cfg["BLOCK"])
     ntri = nb * (nb + 1) // 2
-    steps = max(1, _cdiv(T * C, cfg["BLOCK_K"]))
+    steps = max(1, _cdiv(d, cfg["BLOCK_K"]))
     per_split = steps
     if ntri < FILL * sms and steps >= 2 * MIN_STEPS:
         lo = _cdiv(FILL * sms, ntri)
@@ -211,9 +211,9 @@ def gram_stats_triton(x: torch.Tensor, mu: torch.Tensor, *, allow_tf32: bool = F
         raise TypeError(f"mu must be float32 or float64, got {ct}")
     n = x.shape[0]
     prec = _precision(x.dtype, ct, allow_tf32, allow_bf16)
-    plan = gram_plan(n, 1, x[0].numel(), ct, sms=_num_sms(x.device), prec=prec,
+    plan = gram_plan(n, x[0].numel(), ct, sms=_num_sms(x.device), prec=prec,
                      hopper=_hopper(x.device), config=config)
-    cfg = dict(plan.cfg)
+    cfg = plan.cfg
     blk = cfg["BLOCK"]
     xc = centred_rows(x, mu, prec, cfg["BLOCK_K"])
     k = _scratch((n, n), ct, x.device)
